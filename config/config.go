@@ -1,0 +1,129 @@
+// Package config reads oauthrelay's YAML configuration: the schema of the
+// design card, defaults filled in from provider type and cloud, ${ENV}
+// expansion, *_file secrets, and validation whose errors name the file, the
+// line and the key.
+//
+// The keys are a public contract (users' automation relies on them): add keys,
+// rename none without a migration.
+package config
+
+import "net/netip"
+
+// Config is one loaded, validated configuration. It is never mutated after
+// Load returns; a reload builds a new one.
+type Config struct {
+	// File is the path the configuration was read from (for messages).
+	File string `yaml:"-"`
+
+	StateDir  string               `yaml:"state_dir"`
+	Log       Log                  `yaml:"log"`
+	Listen    Listen               `yaml:"listen"`
+	Providers map[string]*Provider `yaml:"providers"`
+	Accounts  []*Account           `yaml:"accounts"`
+}
+
+// Log selects the slog handler.
+type Log struct {
+	Level  string `yaml:"level"`  // debug|info|warn|error (default info)
+	Format string `yaml:"format"` // text|json (default text)
+}
+
+// Listen holds the local listeners.
+type Listen struct {
+	SMTP  Listener `yaml:"smtp"`
+	IMAP  Listener `yaml:"imap"`
+	Admin Admin    `yaml:"admin"`
+}
+
+// Listener is a local SMTP or IMAP listener.
+type Listener struct {
+	// Addr is host:port; "off" disables the listener. Default
+	// 127.0.0.1:2525 (SMTP), 127.0.0.1:1143 (IMAP).
+	Addr string `yaml:"addr"`
+	// TLS is none|starttls|implicit (default none). starttls and implicit
+	// need CertFile and KeyFile.
+	TLS      string `yaml:"tls"`
+	CertFile string `yaml:"cert_file"`
+	KeyFile  string `yaml:"key_file"`
+	// AllowInsecure permits binding a non-loopback address with tls: none.
+	// Plaintext logins are then accepted from any client: only for networks
+	// the administrator trusts.
+	AllowInsecure bool `yaml:"allow_insecure"`
+}
+
+// Admin is the HTTP admin listener.
+type Admin struct {
+	Addr string `yaml:"addr"` // default 127.0.0.1:8025; "off" disables
+	// Username and PasswordHash (bcrypt) protect the admin pages with
+	// HTTP basic auth; required when Addr is not a loopback address.
+	Username     string `yaml:"username"`
+	PasswordHash string `yaml:"password_hash"`
+}
+
+// Provider is one identity provider app registration.
+type Provider struct {
+	// Name is the key in the providers map.
+	Name string `yaml:"-"`
+
+	Type   string `yaml:"type"`   // microsoft|google|generic
+	Cloud  string `yaml:"cloud"`  // microsoft: global|usgov|china
+	Tenant string `yaml:"tenant"` // microsoft: tenant id or domain (default "organizations" for delegated grants)
+
+	ClientID string `yaml:"client_id"`
+	// ClientSecret holds the secret after ${ENV} expansion or after
+	// ClientSecretFile was read (Load fills it in).
+	ClientSecret          string `yaml:"client_secret"`
+	ClientSecretFile      string `yaml:"client_secret_file"`
+	ClientCertificateFile string `yaml:"client_certificate_file"`
+	ClientKeyFile         string `yaml:"client_key_file"`
+
+	Grant string `yaml:"grant"` // client_credentials|authorization_code|device_code|password
+
+	// Endpoints and scopes: filled in from Type and Cloud when empty.
+	TokenURL     string   `yaml:"token_url"`
+	AuthorizeURL string   `yaml:"authorize_url"`
+	DeviceURL    string   `yaml:"device_url"`
+	Scopes       []string `yaml:"scopes"`
+	// RedirectURL is the redirect URI registered for the authorization code
+	// grant. Empty: a loopback http://localhost:PORT/ chosen by `login`, or
+	// the admin listener's /oauth2/callback.
+	RedirectURL string `yaml:"redirect_url"`
+
+	SMTP Upstream `yaml:"smtp"`
+	IMAP Upstream `yaml:"imap"`
+
+	// CAFile adds a PEM CA bundle to the system roots for upstream TLS.
+	CAFile string `yaml:"ca_file"`
+}
+
+// Upstream is a provider's mail server.
+type Upstream struct {
+	Addr string `yaml:"addr"`
+	TLS  string `yaml:"tls"` // starttls|implicit|none (none: loopback addresses only)
+}
+
+// Account maps a local login to a mailbox.
+type Account struct {
+	Name     string `yaml:"name"`
+	Provider string `yaml:"provider"`
+	Mailbox  string `yaml:"mailbox"` // the XOAUTH2 user
+
+	Username     string `yaml:"username"`      // what the legacy app logs in with
+	PasswordHash string `yaml:"password_hash"` // bcrypt
+
+	// Password / PasswordFile: the mailbox's own password, for the
+	// password (ROPC) grant. Load fills Password from PasswordFile.
+	Password     string `yaml:"password"`
+	PasswordFile string `yaml:"password_file"`
+	// PasswordPassthrough (password grant only): the app's login password is
+	// the mailbox password and is exchanged for the token; PasswordHash is
+	// then not needed.
+	PasswordPassthrough bool `yaml:"password_passthrough"`
+
+	AllowedFrom []string `yaml:"allowed_from"` // MAIL FROM patterns: "a@b.c", "*@b.c"
+	RelayFrom   []string `yaml:"relay_from"`   // CIDRs allowed to send without AUTH
+
+	// Filled in by Load.
+	ProviderRef *Provider      `yaml:"-"`
+	RelayNets   []netip.Prefix `yaml:"-"`
+}
