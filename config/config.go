@@ -5,9 +5,62 @@
 //
 // The keys are a public contract (users' automation relies on them): add keys,
 // rename none without a migration.
+//
+// The pipeline is Parse: YAML nodes → typed values (unknown keys, wrong types
+// and ${ENV} are handled per scalar so each problem keeps its line) → file
+// names made absolute and *_file secrets read → defaults → validation. Every
+// problem of every stage is reported, not just the first. Non-goals: watching
+// the file (a reload is a new Load) and templating beyond ${NAME}.
 package config
 
-import "net/netip"
+import (
+	"fmt"
+	"net/netip"
+	"os"
+)
+
+// The values of the enumerated keys, for the packages that switch on them.
+const (
+	TypeMicrosoft = "microsoft"
+	TypeGoogle    = "google"
+	TypeGeneric   = "generic"
+
+	CloudGlobal = "global"
+	CloudUSGov  = "usgov"
+	CloudChina  = "china"
+
+	GrantClientCredentials = "client_credentials"
+	GrantAuthorizationCode = "authorization_code"
+	GrantDeviceCode        = "device_code"
+	GrantPassword          = "password"
+
+	TLSNone     = "none"
+	TLSStartTLS = "starttls"
+	TLSImplicit = "implicit"
+
+	// AddrOff as a listener's addr disables that listener.
+	AddrOff = "off"
+)
+
+// Load reads the configuration file at path; see Parse. Environment
+// variables come from the process environment.
+func Load(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	return Parse(path, data, os.LookupEnv)
+}
+
+// Account returns the account called name, or nil if there is none.
+func (c *Config) Account(name string) *Account {
+	for _, a := range c.Accounts {
+		if a.Name == name {
+			return a
+		}
+	}
+	return nil
+}
 
 // Config is one loaded, validated configuration. It is never mutated after
 // Load returns; a reload builds a new one.
@@ -120,8 +173,10 @@ type Account struct {
 	// then not needed.
 	PasswordPassthrough bool `yaml:"password_passthrough"`
 
-	AllowedFrom []string `yaml:"allowed_from"` // MAIL FROM patterns: "a@b.c", "*@b.c"
-	RelayFrom   []string `yaml:"relay_from"`   // CIDRs allowed to send without AUTH
+	// AllowedFrom are the MAIL FROM patterns: "a@b.c", "*@b.c", "*", and
+	// "<>" for the null sender. Load sets [Mailbox] when it is empty.
+	AllowedFrom []string `yaml:"allowed_from"`
+	RelayFrom   []string `yaml:"relay_from"` // CIDRs allowed to send without AUTH
 
 	// Filled in by Load.
 	ProviderRef *Provider      `yaml:"-"`

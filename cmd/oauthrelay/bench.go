@@ -1,0 +1,304 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"text/tabwriter"
+	"time"
+
+	gosasl "github.com/emersion/go-sasl"
+	"github.com/emersion/go-smtp"
+	"golang.org/x/crypto/bcrypt"
+
+	"github.com/oauthrelay/oauthrelay/internal/fakems"
+	"github.com/oauthrelay/oauthrelay/internal/sasl"
+)
+
+// runBench measures the relay against a direct connection to the same fake
+// upstream and prints the figures. The relay runs as a child process
+// (`oauthrelay serve`), so its peak resident memory is its own.
+func runBench(ctx context.Context, args []string, _ io.Reader, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	quick := fs.Bool("quick", false, "fewer messages (a smoke run)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	fw, err := startFakeWorld(ctx, fakems.Options{DiscardData: true})
+	if err != nil {
+		return err
+	}
+	defer fw.ms.Close()
+	rp, err := startRelayProcess(ctx, fw, stderr)
+	if err != nil {
+		return err
+	}
+	defer rp.stop()
+
+	p := func(format string, a ...any) { fmt.Fprintf(stdout, format+"\n", a...) }
+	p("oauthrelay bench: relay (child process %d) vs direct, same fake Exchange upstream on loopback", rp.cmd.Process.Pid)
+
+	// Peak memory first, on a fresh process: one 100 MB message.
+	if err := smtpSendOne(ctx, rp.smtpAddr, 100<<20); err != nil {
+		return fmt.Errorf("100 MB message: %w", err)
+	}
+	hwm, err := peakRSS(rp.cmd.Process.Pid)
+	if err != nil {
+		return err
+	}
+	p("SMTP peak RSS of the relay after relaying one 100 MB message: %.1f MiB (target < 64 MiB)", float64(hwm)/(1<<20))
+
+	tok := fw.ms.IssueAccessToken(demoClientID, "")
+	direct := func() (*smtp.Client, error) {
+		c, err := smtp.DialStartTLS(fw.ms.SMTPAddr, fw.ms.ClientTLSConfig())
+		if err != nil {
+			return nil, err
+		}
+		if err := c.Auth(sasl.NewXOAuth2Client(demoMailbox, tok)); err != nil {
+			c.Close()
+			return nil, err
+		}
+		return c, nil
+	}
+	relayed := func() (*smtp.Client, error) {
+		c, err := smtp.Dial(rp.smtpAddr)
+		if err != nil {
+			return nil, err
+		}
+		if err := c.Auth(gosasl.NewPlainClient("", demoUser, demoPassword)); err != nil {
+			c.Close()
+			return nil, err
+		}
+		return c, nil
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "message\tclients\tdirect msg/s\trelay msg/s\tratio\t")
+	for _, size := range []int{1 << 10, 1 << 20} {
+		for _, clients := range []int{1, 32} {
+			n := 2000
+			if size > 1<<10 {
+				n = 320
+			}
+			if *quick {
+				n /= 10
+			}
+			d, err := smtpLoad(ctx, direct, clients, n, size)
+			if err != nil {
+				return fmt.Errorf("direct load: %w", err)
+			}
+			r, err := smtpLoad(ctx, relayed, clients, n, size)
+			if err != nil {
+				return fmt.Errorf("relay load: %w", err)
+			}
+			fmt.Fprintf(tw, "%s\t%d\t%.0f\t%.0f\t%.2f\t\n", sizeName(size), clients, d, r, r/d)
+		}
+	}
+	tw.Flush()
+	p("(ratio: relay / direct; target >= 0.90 at 32 clients)")
+	return nil
+}
+
+func sizeName(n int) string {
+	if n >= 1<<20 {
+		return fmt.Sprintf("%d MB", n>>20)
+	}
+	return fmt.Sprintf("%d KB", n>>10)
+}
+
+// relayProcess is `oauthrelay serve` run as a child against the fake.
+type relayProcess struct {
+	cmd      *exec.Cmd
+	smtpAddr string
+	imapAddr string
+	dir      string
+}
+
+func startRelayProcess(ctx context.Context, fw *fakeWorld, stderr io.Writer) (*relayProcess, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	dir, err := os.MkdirTemp("", "oauthrelay-bench-")
+	if err != nil {
+		return nil, err
+	}
+	hash, err := bcrypt.GenerateFromPassword([]byte(demoPassword), bcrypt.MinCost)
+	if err != nil {
+		return nil, err
+	}
+	rp := &relayProcess{dir: dir, smtpAddr: freeAddr("127.0.0.1:0"), imapAddr: freeAddr("127.0.0.1:0")}
+	yaml := strings.Replace(fw.yaml(dir, rp.smtpAddr, rp.imapAddr, string(hash)), "level: info", "level: warn", 1)
+	cfgPath := filepath.Join(dir, "config.yaml")
+	if err := os.WriteFile(cfgPath, []byte(yaml), 0o600); err != nil {
+		return nil, err
+	}
+	rp.cmd = exec.CommandContext(ctx, exe, "serve", "-config", cfgPath)
+	rp.cmd.Stderr = stderr
+	if err := rp.cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start relay: %w", err)
+	}
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		c, err := net.DialTimeout("tcp", rp.smtpAddr, time.Second)
+		if err == nil {
+			c.Close()
+			return rp, nil
+		}
+		if time.Now().After(deadline) {
+			rp.stop()
+			return nil, fmt.Errorf("relay did not start listening on %s: %w", rp.smtpAddr, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func (rp *relayProcess) stop() {
+	rp.cmd.Process.Signal(os.Interrupt)
+	done := make(chan struct{})
+	go func() { rp.cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		rp.cmd.Process.Kill()
+		<-done
+	}
+	os.RemoveAll(rp.dir)
+}
+
+// peakRSS reads VmHWM (peak resident set) of a process, in bytes (Linux).
+func peakRSS(pid int) (int64, error) {
+	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, fmt.Errorf("peak RSS needs Linux /proc: %w", err)
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), "VmHWM:"); ok {
+			kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			return kb << 10, err
+		}
+	}
+	return 0, errors.New("no VmHWM in /proc status")
+}
+
+// rssNow reads VmRSS of a process, in bytes.
+func rssNow(pid int) (int64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, err
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "VmRSS:"); ok {
+			kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			return kb << 10, err
+		}
+	}
+	return 0, errors.New("no VmRSS in /proc status")
+}
+
+// smtpSendOne sends one message of size bytes through the relay.
+func smtpSendOne(ctx context.Context, addr string, size int) error {
+	c, err := smtp.Dial(addr)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	if err := c.Auth(gosasl.NewPlainClient("", demoUser, demoPassword)); err != nil {
+		return err
+	}
+	return sendSized(c, size)
+}
+
+// body returns a message of about size bytes of base64 lines.
+func body(size int) []byte {
+	raw := make([]byte, size*3/4)
+	rand.Read(raw)
+	enc := base64.StdEncoding.EncodeToString(raw)
+	var b strings.Builder
+	b.WriteString("From: " + demoMailbox + "\r\nTo: bench@example.net\r\nSubject: bench\r\n\r\n")
+	for len(enc) > 76 {
+		b.WriteString(enc[:76] + "\r\n")
+		enc = enc[76:]
+	}
+	b.WriteString(enc + "\r\n")
+	return []byte(b.String())
+}
+
+func sendSized(c *smtp.Client, size int) error {
+	msg := body(size)
+	return sendMsg(c, msg)
+}
+
+func sendMsg(c *smtp.Client, msg []byte) error {
+	if err := c.Mail(demoMailbox, nil); err != nil {
+		return err
+	}
+	if err := c.Rcpt("bench@example.net", nil); err != nil {
+		return err
+	}
+	w, err := c.Data()
+	if err != nil {
+		return err
+	}
+	if _, err := w.Write(msg); err != nil {
+		return err
+	}
+	return w.Close()
+}
+
+// smtpLoad sends n messages of size bytes over `clients` sessions opened
+// with dial (one login per session, then messages back to back) and returns
+// messages per second. Bounded by n and by a 2-minute deadline.
+func smtpLoad(ctx context.Context, dial func() (*smtp.Client, error), clients, n, size int) (float64, error) {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	msg := body(size)
+	var left atomic.Int64
+	left.Store(int64(n))
+	var sent atomic.Int64
+	errc := make(chan error, clients)
+	var wg sync.WaitGroup
+	start := time.Now()
+	for i := 0; i < clients; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c, err := dial()
+			if err != nil {
+				errc <- err
+				return
+			}
+			defer c.Close()
+			for left.Add(-1) >= 0 && ctx.Err() == nil {
+				if err := sendMsg(c, msg); err != nil {
+					errc <- err
+					return
+				}
+				sent.Add(1)
+			}
+			c.Quit()
+		}()
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	close(errc)
+	if err := <-errc; err != nil {
+		return 0, err
+	}
+	return float64(sent.Load()) / elapsed.Seconds(), nil
+}

@@ -1,0 +1,107 @@
+// Command oauthrelay lets legacy software keep speaking plain SMTP and IMAP
+// with a username and password on localhost while it authenticates upstream
+// to Microsoft 365 (or Gmail, or any OAuth 2.0 mail provider) with XOAUTH2.
+//
+// Usage:
+//
+//	oauthrelay serve -config FILE
+//	oauthrelay check -config FILE [ACCOUNT]
+//	oauthrelay login -config FILE ACCOUNT
+//	oauthrelay token -config FILE ACCOUNT
+//	oauthrelay hash-password < password
+//	oauthrelay demo
+//	oauthrelay bench
+//	oauthrelay version
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+// version is stamped by the build (-ldflags -X main.version=...).
+var version = "dev"
+
+// command is one subcommand.
+type command struct {
+	name  string
+	usage string
+	run   func(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error
+}
+
+func commands() []command {
+	return []command{
+		{"serve", "serve -config FILE            run the relay", runServe},
+		{"check", "check -config FILE [ACCOUNT]  get a token and log in over SMTP and IMAP for each account", runCheck},
+		{"login", "login -config FILE ACCOUNT    sign an account in (authorization code or device code)", runLogin},
+		{"token", "token -config FILE ACCOUNT    print a fresh access token", runToken},
+		{"hash-password", "hash-password                 read a password on stdin, print its bcrypt hash", runHashPassword},
+		{"demo", "demo                          run the relay against a fake Microsoft 365 on loopback", runDemo},
+		{"bench", "bench                         measure relay vs direct throughput against the fake", runBench},
+		{"version", "version                       print the version", runVersion},
+	}
+}
+
+// errUsage makes main print the usage and exit 2.
+var errUsage = errors.New("usage")
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	os.Exit(run(ctx, os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
+}
+
+func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		usage(stderr)
+		return 2
+	}
+	for _, c := range commands() {
+		if c.name != args[0] {
+			continue
+		}
+		err := c.run(ctx, args[1:], stdin, stdout, stderr)
+		switch {
+		case err == nil:
+			return 0
+		case errors.Is(err, errUsage), errors.Is(err, flag.ErrHelp):
+			fmt.Fprintln(stderr, "usage: oauthrelay", c.usage)
+			return 2
+		case errors.Is(err, errCheckFailed):
+			return 1
+		}
+		fmt.Fprintln(stderr, "oauthrelay:", err)
+		return 1
+	}
+	usage(stderr)
+	return 2
+}
+
+func usage(w io.Writer) {
+	fmt.Fprintln(w, "usage: oauthrelay COMMAND [ARGS]")
+	for _, c := range commands() {
+		fmt.Fprintln(w, "  oauthrelay", c.usage)
+	}
+}
+
+func runVersion(_ context.Context, _ []string, _ io.Reader, stdout, _ io.Writer) error {
+	fmt.Fprintln(stdout, "oauthrelay", version)
+	return nil
+}
+
+// configFlag parses "-config FILE" plus positional arguments.
+func configFlag(name string, args []string, stderr io.Writer) (string, []string, error) {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	path := fs.String("config", "/etc/oauthrelay/config.yaml", "configuration file")
+	if err := fs.Parse(args); err != nil {
+		return "", nil, err
+	}
+	return *path, fs.Args(), nil
+}

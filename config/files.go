@@ -1,0 +1,110 @@
+package config
+
+import (
+	"crypto/rsa"
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"maps"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+)
+
+// resolvePaths makes every file name in c absolute, relative to dir (the
+// config file's directory), so that the packages using them do not depend on
+// the working directory the daemon was started in.
+func resolvePaths(c *Config, dir string) {
+	abs := func(p *string) {
+		if *p != "" && !filepath.IsAbs(*p) {
+			*p = filepath.Join(dir, *p)
+		}
+	}
+	abs(&c.StateDir)
+	for _, l := range []*Listener{&c.Listen.SMTP, &c.Listen.IMAP} {
+		abs(&l.CertFile)
+		abs(&l.KeyFile)
+	}
+	for _, p := range c.Providers {
+		abs(&p.ClientSecretFile)
+		abs(&p.ClientCertificateFile)
+		abs(&p.ClientKeyFile)
+		abs(&p.CAFile)
+	}
+	for _, a := range c.Accounts {
+		abs(&a.PasswordFile)
+	}
+}
+
+// readSecrets fills ClientSecret and Password from their *_file keys. A file
+// keeps secrets out of the config (and out of the environment, which child
+// processes and /proc expose); the trailing newline editors add is dropped.
+func readSecrets(c *Config, r *report) {
+	for _, name := range slices.Sorted(maps.Keys(c.Providers)) {
+		p := c.Providers[name]
+		readSecret(r, "providers."+name, "client_secret", &p.ClientSecret, p.ClientSecretFile)
+	}
+	for i, a := range c.Accounts {
+		readSecret(r, fmt.Sprintf("accounts[%d]", i), "password", &a.Password, a.PasswordFile)
+	}
+}
+
+// readSecret reads the secret called name (at path) from file into value.
+func readSecret(r *report, path, name string, value *string, file string) {
+	if file == "" {
+		return
+	}
+	// A problem here is the one problem of this secret: fail also keeps
+	// validation from reporting the secret as missing.
+	fail := func(format string, args ...any) {
+		r.add(path+"."+name+"_file", format, args...)
+		r.bad[path+"."+name] = true
+	}
+	if *value != "" {
+		fail("set %s or %s_file, not both", name, name)
+		return
+	}
+	data, err := os.ReadFile(file)
+	if err != nil {
+		fail("%w", err)
+		return
+	}
+	s := string(data)
+	if t, ok := strings.CutSuffix(s, "\r\n"); ok {
+		s = t
+	} else {
+		s = strings.TrimSuffix(s, "\n")
+	}
+	if s == "" {
+		fail("%s is empty", file)
+		return
+	}
+	*value = s
+}
+
+// checkClientCert checks that the client certificate and key of the
+// certificate credential load and belong together. The key must be RSA:
+// Entra ID accepts client assertions signed RS256 or PS256 only.
+func checkClientCert(certFile, keyFile string) error {
+	pair, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		return err
+	}
+	if _, ok := pair.PrivateKey.(*rsa.PrivateKey); !ok {
+		return fmt.Errorf("%s: want an RSA key (client assertions are signed RS256), not %T", keyFile, pair.PrivateKey)
+	}
+	return nil
+}
+
+// checkCAFile checks that file holds at least one PEM certificate.
+func checkCAFile(file string) error {
+	data, err := os.ReadFile(file)
+	if err != nil {
+		return err
+	}
+	if !x509.NewCertPool().AppendCertsFromPEM(data) {
+		return fmt.Errorf("no PEM certificates in %s", file)
+	}
+	return nil
+}

@@ -1,0 +1,118 @@
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"net/netip"
+	"os"
+	"reflect"
+	"sync"
+
+	"github.com/oauthrelay/oauthrelay/config"
+	"github.com/oauthrelay/oauthrelay/internal/oauth"
+)
+
+// Account is a configured account with what the relay needs at run time.
+type Account struct {
+	*config.Account
+	// Source gets this account's access tokens.
+	Source *oauth.Source
+	// roots verify the provider's upstream servers (system roots plus
+	// ca_file).
+	roots *x509.CertPool
+
+	runMu  sync.Mutex
+	cancel context.CancelFunc // stops Source.Run; nil when not running
+
+	memoOnce sync.Once
+	memoKey  []byte
+	memoMu   sync.Mutex
+	memo     []byte // HMAC of the last verified password (see checkPassword)
+}
+
+func newAccount(ca *config.Account, prev *Account, opts Options) (*Account, error) {
+	roots, err := loadRoots(ca.ProviderRef.CAFile)
+	if err != nil {
+		return nil, err
+	}
+	a := &Account{Account: ca, roots: roots}
+	if prev != nil && sameTokenSettings(prev.Account, ca) {
+		a.Source = prev.Source
+		prev.runMu.Lock()
+		a.cancel, prev.cancel = prev.cancel, nil
+		prev.runMu.Unlock()
+		return a, nil
+	}
+	a.Source, err = oauth.NewSource(ca, oauth.Options{
+		Store:      opts.Store,
+		HTTPClient: opts.HTTPClient,
+		Logger:     opts.Logger.With("account", ca.Name),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("token source: %w", err)
+	}
+	return a, nil
+}
+
+// sameTokenSettings reports whether two versions of an account would get the
+// same tokens, so a reload can keep the cached token and its refresher.
+func sameTokenSettings(a, b *config.Account) bool {
+	return a.Name == b.Name && a.Mailbox == b.Mailbox && a.Password == b.Password &&
+		a.PasswordPassthrough == b.PasswordPassthrough &&
+		reflect.DeepEqual(*a.ProviderRef, *b.ProviderRef)
+}
+
+func loadRoots(caFile string) (*x509.CertPool, error) {
+	roots, err := x509.SystemCertPool()
+	if err != nil || roots == nil {
+		roots = x509.NewCertPool()
+	}
+	if caFile == "" {
+		return roots, nil
+	}
+	pem, err := os.ReadFile(caFile)
+	if err != nil {
+		return nil, fmt.Errorf("ca_file: %w", err)
+	}
+	if !roots.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("ca_file %s: no PEM certificates", caFile)
+	}
+	return roots, nil
+}
+
+// UpstreamTLS is the client TLS configuration for host: always verified, TLS
+// 1.2 or newer.
+func (a *Account) UpstreamTLS(host string) *tls.Config {
+	return &tls.Config{ServerName: host, RootCAs: a.roots, MinVersion: tls.VersionTLS12}
+}
+
+func (a *Account) relaysFor(addr netip.Addr) bool {
+	for _, p := range a.RelayNets {
+		if p.Contains(addr) {
+			return true
+		}
+	}
+	return false
+}
+
+// start runs the background token refresher under ctx unless it runs.
+func (a *Account) start(ctx context.Context) {
+	a.runMu.Lock()
+	defer a.runMu.Unlock()
+	if a.cancel != nil {
+		return
+	}
+	ctx, a.cancel = context.WithCancel(ctx)
+	go a.Source.Run(ctx)
+}
+
+func (a *Account) stop() {
+	a.runMu.Lock()
+	defer a.runMu.Unlock()
+	if a.cancel != nil {
+		a.cancel()
+		a.cancel = nil
+	}
+}

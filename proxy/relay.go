@@ -1,0 +1,193 @@
+// Package proxy holds what the SMTP and IMAP front ends share: the accounts
+// of the current configuration with their token sources, local
+// authentication (bcrypt, per-address throttling), upstream dialling with
+// verified TLS, and the classification of login failures that each protocol
+// turns into its own reply. The protocol sessions live in proxy/smtp and
+// proxy/imap; the listeners are started by cmd/oauthrelay.
+//
+// A Relay is the one value holding this state (no globals). Reload swaps the
+// account set atomically: sessions that already logged in keep the *Account
+// they got, new logins see the new configuration.
+package proxy
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/oauthrelay/oauthrelay/config"
+	"github.com/oauthrelay/oauthrelay/internal/oauth"
+)
+
+// Options are a Relay's dependencies. Nil fields have the documented default.
+type Options struct {
+	// Logger receives structured logs; nil discards them.
+	Logger *slog.Logger
+	// Store holds refresh tokens; nil works only for client credentials.
+	Store oauth.Store
+	// HTTPClient is used for token requests; nil: oauth's default.
+	HTTPClient *http.Client
+	// Dialer dials upstream servers; nil: a net.Dialer with a 15 s timeout.
+	Dialer *net.Dialer
+	// Observer is told about logins and relayed mail (metrics, status
+	// page); nil: nothing is recorded.
+	Observer Observer
+}
+
+// Relay is the shared state of all sessions.
+type Relay struct {
+	opts     Options
+	log      *slog.Logger
+	observer Observer
+	throttle *Throttle
+
+	mu      sync.Mutex // serialises Reload
+	current atomic.Pointer[snapshot]
+}
+
+// snapshot is one configuration's accounts.
+type snapshot struct {
+	cfg        *config.Config
+	accounts   []*Account
+	byUsername map[string]*Account // lowercase username
+}
+
+// NewRelay builds the accounts and token sources of cfg.
+func NewRelay(cfg *config.Config, opts Options) (*Relay, error) {
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.Dialer == nil {
+		opts.Dialer = &net.Dialer{Timeout: 15 * time.Second, KeepAlive: 30 * time.Second}
+	}
+	if opts.Observer == nil {
+		opts.Observer = nopObserver{}
+	}
+	r := &Relay{
+		opts:     opts,
+		log:      opts.Logger,
+		observer: opts.Observer,
+		throttle: NewThrottle(),
+	}
+	snap, err := r.build(cfg, nil)
+	if err != nil {
+		return nil, err
+	}
+	r.current.Store(snap)
+	return r, nil
+}
+
+// build makes the accounts of cfg, reusing the token source (and so the
+// cached access token) of an account from prev whose token-relevant settings
+// are unchanged.
+func (r *Relay) build(cfg *config.Config, prev *snapshot) (*snapshot, error) {
+	snap := &snapshot{cfg: cfg, byUsername: make(map[string]*Account)}
+	old := make(map[string]*Account)
+	if prev != nil {
+		for _, a := range prev.accounts {
+			old[a.Name] = a
+		}
+	}
+	for _, ca := range cfg.Accounts {
+		a, err := newAccount(ca, old[ca.Name], r.opts)
+		if err != nil {
+			return nil, fmt.Errorf("account %s: %w", ca.Name, err)
+		}
+		snap.accounts = append(snap.accounts, a)
+		if ca.Username != "" {
+			snap.byUsername[strings.ToLower(ca.Username)] = a
+		}
+	}
+	return snap, nil
+}
+
+// Reload replaces the configuration. On error the old one stays in force.
+// Background refreshers of the new sources start under ctx; those of
+// dropped or replaced sources are stopped.
+func (r *Relay) Reload(ctx context.Context, cfg *config.Config) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	prev := r.current.Load()
+	snap, err := r.build(cfg, prev)
+	if err != nil {
+		return err
+	}
+	kept := make(map[*oauth.Source]bool)
+	for _, a := range snap.accounts {
+		kept[a.Source] = true
+		a.start(ctx)
+	}
+	for _, a := range prev.accounts {
+		if !kept[a.Source] {
+			a.stop()
+		}
+	}
+	r.current.Store(snap)
+	return nil
+}
+
+// Run starts the background token refresh of every account and blocks until
+// ctx is done.
+func (r *Relay) Run(ctx context.Context) {
+	r.mu.Lock()
+	for _, a := range r.current.Load().accounts {
+		a.start(ctx)
+	}
+	r.mu.Unlock()
+	<-ctx.Done()
+}
+
+// Config returns the configuration in force.
+func (r *Relay) Config() *config.Config { return r.current.Load().cfg }
+
+// Accounts returns the accounts in force, in configuration order.
+func (r *Relay) Accounts() []*Account { return r.current.Load().accounts }
+
+// Logger returns the relay's logger.
+func (r *Relay) Logger() *slog.Logger { return r.log }
+
+// Observer returns the relay's observer (never nil).
+func (r *Relay) Observer() Observer { return r.observer }
+
+// AccountForRelay returns the account that lets a client at addr submit
+// mail from sender without AUTH: the first whose relay_from holds addr and
+// whose allowed_from holds sender; nil if none.
+func (r *Relay) AccountForRelay(addr netip.Addr, sender string) *Account {
+	for _, a := range r.current.Load().accounts {
+		if a.relaysFor(addr) && a.AllowsSender(sender) {
+			return a
+		}
+	}
+	return nil
+}
+
+// MayRelay reports whether any account lets a client at addr submit without
+// AUTH.
+func (r *Relay) MayRelay(addr netip.Addr) bool {
+	for _, a := range r.current.Load().accounts {
+		if a.relaysFor(addr) {
+			return true
+		}
+	}
+	return false
+}
+
+// AddrOf returns the IP of a net.Addr (the zero Addr if it has none).
+func AddrOf(a net.Addr) netip.Addr {
+	if ta, ok := a.(*net.TCPAddr); ok {
+		ip, _ := netip.AddrFromSlice(ta.IP)
+		return ip.Unmap()
+	}
+	ap, err := netip.ParseAddrPort(a.String())
+	if err != nil {
+		return netip.Addr{}
+	}
+	return ap.Addr().Unmap()
+}

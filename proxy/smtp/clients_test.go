@@ -1,0 +1,74 @@
+package smtp
+
+import (
+	"context"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+)
+
+// Clients nobody here wrote: Python's smtplib and swaks.
+
+func TestPythonSmtplib(t *testing.T) {
+	py := lookPath(t, "python3")
+	for _, mech := range []string{"PLAIN", "LOGIN"} {
+		t.Run(mech, func(t *testing.T) {
+			w := newWorld(t, worldOptions{})
+			host, port, _ := strings.Cut(w.addr, ":")
+			script := `
+import smtplib, sys
+from email.message import EmailMessage
+host, port, user, pw, mech, frm, to = sys.argv[1:]
+m = EmailMessage()
+m["From"], m["To"], m["Subject"] = frm, to, "from smtplib " + mech
+m.set_content("Hello from Python.\n")
+with smtplib.SMTP(host, int(port), timeout=30) as s:
+    s.ehlo("python.test")
+    s.user, s.password = user, pw
+    code, resp = s.auth(mech, getattr(s, "auth_" + mech.lower()))
+    print(code, resp.decode())
+    s.send_message(m)
+`
+			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+			defer cancel()
+			out, err := exec.CommandContext(ctx, py, "-c", script, host, port, username, password, mech, mailbox, recipient).CombinedOutput()
+			if err != nil {
+				t.Fatalf("smtplib: %v\n%s", err, out)
+			}
+			m := w.waitMessages(1)[0]
+			if !strings.Contains(string(m.Data), "Subject: from smtplib "+mech) {
+				t.Fatalf("upstream got %q", m.Data)
+			}
+		})
+	}
+}
+
+func TestSwaks(t *testing.T) {
+	swaks := lookPath(t, "swaks")
+	w := newWorld(t, worldOptions{listenTLS: "starttls"})
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	for _, auth := range []string{"PLAIN", "LOGIN"} {
+		out, err := exec.CommandContext(ctx, swaks, "--server", w.addr, "--tls", "--tls-verify", "--tls-ca-path", w.cert.CertFile,
+			"--auth", auth, "--auth-user", username, "--auth-password", password,
+			"--from", mailbox, "--to", recipient, "--header", "Subject: swaks "+auth, "--body", "sent by swaks",
+			"--helo", "swaks.test", "--timeout", "30").CombinedOutput()
+		if err != nil {
+			t.Fatalf("swaks %s: %v\n%s", auth, err, out)
+		}
+	}
+	msgs := w.waitMessages(2)
+	for i, auth := range []string{"PLAIN", "LOGIN"} {
+		if !strings.Contains(string(msgs[i].Data), "Subject: swaks "+auth) {
+			t.Errorf("message %d: %q", i, msgs[i].Data)
+		}
+	}
+	// A wrong password through swaks gets 535 and swaks exits non-zero.
+	out, err := exec.CommandContext(ctx, swaks, "--server", w.addr, "--tls", "--tls-ca-path", w.cert.CertFile,
+		"--auth", "PLAIN", "--auth-user", username, "--auth-password", "wrong",
+		"--from", mailbox, "--to", recipient, "--timeout", "30").CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "535 5.7.8") {
+		t.Fatalf("swaks with a wrong password: %v\n%s", err, out)
+	}
+}

@@ -1,0 +1,44 @@
+package smtp
+
+import "github.com/emersion/go-smtp"
+
+// The relay's own replies, in one place so the codes can be reviewed
+// together. Everything else a client sees is the upstream's reply, passed on
+// unchanged. RFC 4954 §6 for the AUTH codes, RFC 3463 for enhanced codes.
+var (
+	// errBadCredentials: wrong local username or password.
+	errBadCredentials = &smtp.SMTPError{Code: 535, EnhancedCode: smtp.EnhancedCode{5, 7, 8},
+		Message: "Authentication credentials invalid"}
+	// errTempAuth: the token endpoint or the upstream failed for now; the
+	// app retries (RFC 4954: 454 4.7.0 Temporary authentication failure).
+	errTempAuth = &smtp.SMTPError{Code: 454, EnhancedCode: smtp.EnhancedCode{4, 7, 0},
+		Message: "Temporary authentication failure, try again later"}
+	// errNeedsAttention: retrying will not help until an administrator
+	// signs the account in again or fixes the app registration.
+	errNeedsAttention = &smtp.SMTPError{Code: 535, EnhancedCode: smtp.EnhancedCode{5, 7, 8},
+		Message: "Authentication failed: the relay account needs attention from an administrator (see the oauthrelay log)"}
+	// errEncryptionRequired: a password in the clear from a remote client.
+	errEncryptionRequired = &smtp.SMTPError{Code: 538, EnhancedCode: smtp.EnhancedCode{5, 7, 11},
+		Message: "Encryption required for requested authentication mechanism"}
+	// errAuthRequired: MAIL without AUTH from a client no relay_from covers.
+	errAuthRequired = &smtp.SMTPError{Code: 530, EnhancedCode: smtp.EnhancedCode{5, 7, 0},
+		Message: "Authentication required"}
+	// errSenderDenied: MAIL FROM outside the account's allowed_from. The
+	// relay is never open.
+	errSenderDenied = &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 1},
+		Message: "Sender address not allowed for this account"}
+	// errUpstreamUnavailable: the upstream cannot be reached for a new
+	// transaction.
+	errUpstreamUnavailable = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 4, 2},
+		Message: "Upstream server unavailable, try again later"}
+	// errLostDuringData: the upstream went away before it accepted the
+	// message; it was not delivered (never 250).
+	errLostDuringData = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 4, 2},
+		Message: "Connection to the upstream server lost, message not delivered; try again"}
+	// errNoTransaction: RCPT or DATA without an upstream transaction.
+	errNoTransaction = &smtp.SMTPError{Code: 503, EnhancedCode: smtp.EnhancedCode{5, 5, 1},
+		Message: "Bad sequence of commands"}
+	// errShuttingDown is sent to new connections during shutdown.
+	errShuttingDown = &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 3, 2},
+		Message: "Service shutting down, try again later"}
+)

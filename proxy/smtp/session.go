@@ -1,0 +1,336 @@
+package smtp
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"io"
+	"log/slog"
+	"net/netip"
+
+	gosasl "github.com/emersion/go-sasl"
+	"github.com/emersion/go-smtp"
+
+	"github.com/oauthrelay/oauthrelay/internal/sasl"
+	"github.com/oauthrelay/oauthrelay/proxy"
+)
+
+// session is one app connection. go-smtp calls its methods one at a time.
+type session struct {
+	srv    *Server
+	conn   *smtp.Conn
+	log    *slog.Logger
+	remote netip.Addr
+
+	// acct is set by a successful AUTH; token gets its access token again
+	// when the upstream connection has to be re-established.
+	acct  *proxy.Account
+	token func(context.Context) (string, error)
+
+	up *upstream
+	// inTx: MAIL was accepted upstream and the transaction is open.
+	inTx bool
+}
+
+func (s *Server) newSession(c *smtp.Conn) (smtp.Session, error) {
+	id := make([]byte, 4)
+	rand.Read(id)
+	remote := proxy.AddrOf(c.Conn().RemoteAddr())
+	sess := &session{
+		srv:    s,
+		conn:   c,
+		remote: remote,
+		log:    s.log.With("session", hex.EncodeToString(id), "remote", remote.String()),
+	}
+	s.relay.Observer().Connection("smtp", 1)
+	sess.log.Debug("connection opened")
+	return sess, nil
+}
+
+// AuthMechanisms implements smtp.AuthSession. Nothing is offered where a
+// password would cross the network in the clear.
+func (s *session) AuthMechanisms() []string {
+	if !s.plaintextAllowed() {
+		return nil
+	}
+	return []string{gosasl.Plain, sasl.Login}
+}
+
+func (s *session) plaintextAllowed() bool {
+	_, isTLS := s.conn.TLSConnectionState()
+	return proxy.PlaintextAuthAllowed(s.srv.lc, s.conn.Conn().RemoteAddr(), isTLS)
+}
+
+// Auth implements smtp.AuthSession.
+func (s *session) Auth(mech string) (gosasl.Server, error) {
+	if !s.plaintextAllowed() {
+		return nil, errEncryptionRequired
+	}
+	switch mech {
+	case gosasl.Plain:
+		return gosasl.NewPlainServer(func(identity, username, password string) error {
+			if identity != "" && identity != username {
+				return errBadCredentials
+			}
+			return s.login(username, password)
+		}), nil
+	case sasl.Login:
+		return sasl.NewLoginServer(s.login), nil
+	}
+	return nil, smtp.ErrAuthUnknownMechanism
+}
+
+// login checks the local password, then logs in upstream; the app's AUTH is
+// answered with the outcome. It returns only *smtp.SMTPError values, so
+// go-smtp never echoes an internal error text to the app.
+func (s *session) login(username, password string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), loginTimeout)
+	defer cancel()
+	relay := s.srv.relay
+	a, err := relay.Login(ctx, s.remote, username, password)
+	if err != nil {
+		return s.authFailed(nil, err)
+	}
+	token := func(ctx context.Context) (string, error) { return relay.Token(ctx, s.remote, a, password) }
+	up, err := s.dial(ctx, a, token)
+	if err != nil {
+		return s.authFailed(a, err)
+	}
+	s.closeUpstream()
+	s.acct, s.token, s.up = a, token, up
+	s.log = s.log.With("account", a.Name)
+	relay.Observer().Login("smtp", a, "ok")
+	s.log.Info("login", "username", username, "mailbox", a.Mailbox)
+	return nil
+}
+
+// dial gets a token and connects upstream as a.
+func (s *session) dial(ctx context.Context, a *proxy.Account, token func(context.Context) (string, error)) (*upstream, error) {
+	tok, err := token(ctx)
+	if err != nil {
+		return nil, err
+	}
+	up, err := connect(ctx, s.srv.relay, a, tok)
+	if se, ok := isReply(err); ok && se.Code == 535 {
+		// The upstream refused a token the identity platform just gave
+		// out (revoked, or permissions changed): get a fresh one next time.
+		a.Source.Invalidate()
+	}
+	return up, err
+}
+
+// authFailed logs a failed login in plain words and returns the reply.
+func (s *session) authFailed(a *proxy.Account, err error) error {
+	reply, result := authReply(err)
+	log := s.log
+	if a != nil {
+		log = log.With("account", a.Name)
+	}
+	if se, ok := isReply(err); ok {
+		log.Warn("upstream refused the XOAUTH2 login", "reply", se.Error(), "explanation", proxy.ExplainSMTP(se.Code, se.EnhancedCode, se.Message))
+	} else {
+		log.Warn("login failed", "result", result, "err", err)
+	}
+	s.srv.relay.Observer().Login("smtp", a, result)
+	return reply
+}
+
+// authReply maps a login failure to the AUTH reply and a result label.
+func authReply(err error) (*smtp.SMTPError, string) {
+	if se, ok := isReply(err); ok {
+		return se, proxy.UpstreamRejected.String()
+	}
+	var le *proxy.LoginError
+	if errors.As(err, &le) {
+		switch le.Failure {
+		case proxy.BadCredentials:
+			return errBadCredentials, le.Failure.String()
+		case proxy.NeedsAttention:
+			return errNeedsAttention, le.Failure.String()
+		}
+		return errTempAuth, le.Failure.String()
+	}
+	return errTempAuth, proxy.Unavailable.String()
+}
+
+// Mail implements smtp.Session.
+func (s *session) Mail(from string, opts *smtp.MailOptions) error {
+	a := s.acct
+	if a == nil {
+		a = s.srv.relay.AccountForRelay(s.remote, from)
+		if a == nil {
+			s.log.Info("MAIL refused: not authenticated and no relay_from account matches", "from", from)
+			return errAuthRequired
+		}
+		if s.up != nil && s.up.acct != a {
+			s.closeUpstream()
+		}
+		s.token = func(ctx context.Context) (string, error) { return s.srv.relay.Token(ctx, s.remote, a, "") }
+	} else if !a.AllowsSender(from) {
+		s.log.Warn("MAIL FROM not in allowed_from", "from", from)
+		return errSenderDenied
+	}
+	err := s.mailUpstream(a, from, opts)
+	if err == nil {
+		s.inTx = true
+	}
+	return err
+}
+
+// mailUpstream sends MAIL on the upstream connection, (re)connecting when
+// there is none or the one kept since AUTH has died (Exchange closes idle
+// sessions): a dead kept connection is retried once on a new one.
+func (s *session) mailUpstream(a *proxy.Account, from string, opts *smtp.MailOptions) error {
+	for attempt := 0; attempt < 2; attempt++ {
+		reused := s.up != nil && !s.up.broken
+		if !reused {
+			s.closeUpstream()
+			ctx, cancel := context.WithTimeout(context.Background(), loginTimeout)
+			up, err := s.dial(ctx, a, s.token)
+			cancel()
+			if err != nil {
+				return s.txDialFailed(a, err)
+			}
+			s.up = up
+		}
+		err := s.up.c.Mail(from, opts)
+		if se, ok := isReply(err); ok {
+			if se.Code == 421 {
+				s.up.broken = true
+			}
+			return se
+		}
+		if err == nil {
+			return nil
+		}
+		s.up.broken = true
+		s.log.Info("upstream connection lost before MAIL", "err", err)
+		if !reused {
+			return errUpstreamUnavailable
+		}
+	}
+	return errUpstreamUnavailable
+}
+
+// txDialFailed maps a failed (re)connection at MAIL time. Token failures
+// that need an administrator are still temporary here: the app keeps the
+// message queued until the account is signed in again, rather than bouncing
+// it.
+func (s *session) txDialFailed(a *proxy.Account, err error) error {
+	if se, ok := isReply(err); ok {
+		s.log.Warn("upstream refused the XOAUTH2 login", "account", a.Name, "reply", se.Error(),
+			"explanation", proxy.ExplainSMTP(se.Code, se.EnhancedCode, se.Message))
+		return se
+	}
+	s.log.Warn("cannot reach the upstream for a transaction", "account", a.Name, "err", err)
+	return errUpstreamUnavailable
+}
+
+// Rcpt implements smtp.Session.
+func (s *session) Rcpt(to string, opts *smtp.RcptOptions) error {
+	if !s.inTx || s.up == nil {
+		return errNoTransaction
+	}
+	err := s.up.c.Rcpt(to, opts)
+	if err == nil {
+		return nil
+	}
+	if se, ok := isReply(err); ok {
+		return se
+	}
+	s.up.broken = true
+	s.inTx = false
+	s.log.Warn("upstream connection lost at RCPT", "err", err)
+	return errUpstreamUnavailable
+}
+
+// Data implements smtp.Session. The message is streamed to the upstream's
+// DATA; the app gets 250 only with the upstream's own 250 reply.
+func (s *session) Data(r io.Reader) error {
+	if !s.inTx || s.up == nil {
+		return errNoTransaction
+	}
+	s.inTx = false
+	w, err := s.up.c.Data()
+	if err != nil {
+		if se, ok := isReply(err); ok {
+			return se
+		}
+		s.up.broken = true
+		return errLostDuringData
+	}
+	src := &readErrRecorder{r: r}
+	n, err := io.Copy(w, src)
+	if err != nil {
+		// Never let a partial message be accepted: drop the upstream
+		// connection without the final dot.
+		s.up.broken = true
+		s.closeUpstream()
+		if src.err != nil {
+			s.log.Info("message from the app ended early", "err", src.err)
+			if se, ok := isReply(src.err); ok {
+				return se // e.g. 552 message too big
+			}
+			return errLostDuringData
+		}
+		s.log.Warn("upstream connection lost during DATA", "err", err)
+		return errLostDuringData
+	}
+	resp, err := w.CloseWithResponse()
+	if err != nil {
+		if se, ok := isReply(err); ok {
+			return se
+		}
+		s.up.broken = true
+		s.log.Warn("upstream connection lost at end of DATA: message not acknowledged", "err", err)
+		return errLostDuringData
+	}
+	s.srv.relay.Observer().Message(s.up.acct, n)
+	s.log.Info("message relayed", "bytes", n)
+	// Pass the upstream's own 250 text (its queue id) to the app.
+	return &smtp.SMTPError{Code: 250, EnhancedCode: smtp.NoEnhancedCode, Message: resp.StatusText}
+}
+
+// readErrRecorder tells a failed read from the app apart from a failed
+// write to the upstream in io.Copy.
+type readErrRecorder struct {
+	r   io.Reader
+	err error
+}
+
+func (r *readErrRecorder) Read(p []byte) (int, error) {
+	n, err := r.r.Read(p)
+	if err != nil && err != io.EOF {
+		r.err = err
+	}
+	return n, err
+}
+
+// Reset implements smtp.Session: RSET is relayed.
+func (s *session) Reset() {
+	if s.inTx && s.up != nil && !s.up.broken {
+		if err := s.up.c.Reset(); err != nil {
+			if _, ok := isReply(err); !ok {
+				s.up.broken = true
+			}
+		}
+	}
+	s.inTx = false
+}
+
+// Logout implements smtp.Session: QUIT is relayed.
+func (s *session) Logout() error {
+	s.closeUpstream()
+	s.srv.relay.Observer().Connection("smtp", -1)
+	s.log.Debug("connection closed")
+	return nil
+}
+
+func (s *session) closeUpstream() {
+	if s.up != nil {
+		s.up.close()
+		s.up = nil
+	}
+	s.inTx = false
+}

@@ -1,0 +1,261 @@
+package smtp
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-smtp"
+	"golang.org/x/crypto/bcrypt"
+
+	"github.com/oauthrelay/oauthrelay/config"
+	"github.com/oauthrelay/oauthrelay/internal/fakems"
+	"github.com/oauthrelay/oauthrelay/internal/sasl"
+	"github.com/oauthrelay/oauthrelay/internal/testutil"
+	"github.com/oauthrelay/oauthrelay/proxy"
+
+	gosasl "github.com/emersion/go-sasl"
+)
+
+// The world of these tests: a fake Microsoft 365 (token endpoint and
+// Exchange SMTP on STARTTLS) and the relay in front of it, all on
+// 127.0.0.1, with real TLS on both sides.
+const (
+	clientID  = "11111111-aaaa-bbbb-cccc-000000000001"
+	secret    = "app-secret-value"
+	mailbox   = "invoices@contoso.com"
+	username  = "erp"
+	password  = "erp-local-password"
+	scanBox   = "scanner@contoso.com"
+	recipient = "customer@example.net"
+)
+
+type worldOptions struct {
+	ms         fakems.Options
+	listenTLS  string // none|starttls|implicit
+	relayFrom  bool   // add a scanner account with relay_from 127.0.0.0/8
+	smtpAddr   string // override the upstream address (unreachable tests)
+	httpClient *http.Client
+	secret     string // the relay's client_secret; default the right one
+}
+
+type world struct {
+	t     *testing.T
+	ms    *fakems.Server
+	relay *proxy.Relay
+	srv   *Server
+	addr  string
+	cert  *testutil.LocalCert
+	log   *testutil.Buf
+}
+
+var testHash = func() string {
+	h, err := bcrypt.GenerateFromPassword([]byte(password), bcrypt.MinCost)
+	if err != nil {
+		panic(err)
+	}
+	return string(h)
+}()
+
+func newWorld(t *testing.T, o worldOptions) *world {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	ms, err := fakems.Start(ctx, o.ms)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ms.Close() })
+	ms.AddApp(fakems.App{ClientID: clientID, Secret: secret})
+	ms.AddMailbox(mailbox, "mailbox-password")
+	ms.AddMailbox(scanBox, "scanner-password")
+	ms.GrantApp(clientID, mailbox)
+	ms.GrantApp(clientID, scanBox)
+
+	w := &world{t: t, ms: ms, cert: testutil.NewLocalCert(t)}
+	if o.listenTLS == "" {
+		o.listenTLS = "none"
+	}
+	if o.smtpAddr == "" {
+		o.smtpAddr = ms.SMTPAddr
+	}
+	if o.secret == "" {
+		o.secret = secret
+	}
+	yaml := fmt.Sprintf(`
+state_dir: %s
+listen:
+  smtp: {addr: "127.0.0.1:0", tls: %s, cert_file: %s, key_file: %s}
+  imap: {addr: "off"}
+  admin: {addr: "off"}
+providers:
+  contoso:
+    type: microsoft
+    tenant: %s
+    client_id: %s
+    client_secret: %q
+    token_url: %s
+    smtp: {addr: %q, tls: starttls}
+    imap: {addr: %q, tls: implicit}
+    ca_file: %s
+accounts:
+  - name: invoices
+    provider: contoso
+    mailbox: %s
+    username: %s
+    password_hash: %q
+    allowed_from: ["invoices@contoso.com", "*@billing.contoso.com"]
+`, t.TempDir(), o.listenTLS, w.cert.CertFile, w.cert.KeyFile, ms.Tenant, clientID, o.secret, ms.TokenURL,
+		o.smtpAddr, ms.IMAPAddr, ms.CAFile, mailbox, username, testHash)
+	if o.relayFrom {
+		yaml += fmt.Sprintf(`
+  - name: scanner
+    provider: contoso
+    mailbox: %s
+    relay_from: ["127.0.0.0/8"]
+`, scanBox)
+	}
+	cfg, err := config.Parse("test.yaml", []byte(yaml), func(string) (string, bool) { return "", false })
+	if err != nil {
+		t.Fatal(err)
+	}
+	logger, buf := testutil.Logger(t)
+	w.log = buf
+	w.relay, err = proxy.NewRelay(cfg, proxy.Options{Logger: logger, HTTPClient: o.httpClient})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go w.relay.Run(ctx)
+	w.srv, err = New(ctx, w.relay, cfg.Listen.SMTP)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := proxy.Listen(cfg.Listen.SMTP)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.addr = ln.Addr().String()
+	go w.srv.Serve(ln)
+	t.Cleanup(func() { w.srv.Close() })
+	return w
+}
+
+// dial returns a go-smtp client connected to the relay, after EHLO.
+func (w *world) dial() *smtp.Client {
+	w.t.Helper()
+	c, err := smtp.Dial(w.addr)
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	w.t.Cleanup(func() { c.Close() })
+	if err := c.Hello("app.test"); err != nil {
+		w.t.Fatal(err)
+	}
+	return c
+}
+
+// login returns a client logged in with AUTH PLAIN.
+func (w *world) login() *smtp.Client {
+	w.t.Helper()
+	c := w.dial()
+	if err := c.Auth(gosasl.NewPlainClient("", username, password)); err != nil {
+		w.t.Fatalf("AUTH PLAIN: %v", err)
+	}
+	return c
+}
+
+// send sends one message on c and returns the DATA reply text.
+func send(c *smtp.Client, from string, to []string, body string) (string, error) {
+	if err := c.Mail(from, nil); err != nil {
+		return "", err
+	}
+	for _, r := range to {
+		if err := c.Rcpt(r, nil); err != nil {
+			return "", err
+		}
+	}
+	wc, err := c.Data()
+	if err != nil {
+		return "", err
+	}
+	if _, err := wc.Write([]byte(body)); err != nil {
+		return "", err
+	}
+	resp, err := wc.CloseWithResponse()
+	if err != nil {
+		return "", err
+	}
+	return resp.StatusText, nil
+}
+
+func message(from, to, subject, body string) string {
+	return "From: " + from + "\r\nTo: " + to + "\r\nSubject: " + subject + "\r\n\r\n" + body + "\r\n"
+}
+
+// waitMessages waits for n messages at the fake.
+func (w *world) waitMessages(n int) []fakems.Message {
+	w.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	msgs, err := w.ms.WaitMessages(ctx, n)
+	if err != nil {
+		w.t.Fatalf("waiting for %d messages: %v (have %d)", n, err, len(w.ms.Messages()))
+	}
+	return msgs
+}
+
+// wantCode checks that err is an SMTP reply with code and enhanced code.
+func wantCode(t *testing.T, err error, code int, enh string) *smtp.SMTPError {
+	t.Helper()
+	se, ok := err.(*smtp.SMTPError)
+	if !ok {
+		t.Fatalf("got %v (%T), want SMTP reply %d %s", err, err, code, enh)
+	}
+	got := fmt.Sprintf("%d.%d.%d", se.EnhancedCode[0], se.EnhancedCode[1], se.EnhancedCode[2])
+	if se.Code != code || got != enh {
+		t.Fatalf("got reply %d %s %q, want %d %s", se.Code, got, se.Message, code, enh)
+	}
+	return se
+}
+
+// closedPort returns an address where nothing listens.
+func closedPort(t *testing.T) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	return addr
+}
+
+// lookPath skips the test when an external client is missing outside CI;
+// in CI (.ci/run installs them) a missing client fails the test.
+func lookPath(t *testing.T, name string) string {
+	t.Helper()
+	p, err := execLookPath(name)
+	if err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("%s not installed (CI installs it in .ci/run): %v", name, err)
+		}
+		t.Skipf("%s not installed", name)
+	}
+	return p
+}
+
+func writeFile(t *testing.T, name, content string) string {
+	p := filepath.Join(t.TempDir(), name)
+	if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+var _ = strings.Contains
+var _ = sasl.XOAuth2
