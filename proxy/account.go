@@ -48,7 +48,7 @@ func newAccount(ca *config.Account, prev *Account, opts Options) (*Account, erro
 	a.Source, err = oauth.NewSource(ca, oauth.Options{
 		Store:      opts.Store,
 		HTTPClient: opts.HTTPClient,
-		Logger:     opts.Logger.With("account", ca.Name),
+		Logger:     opts.Logger,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("token source: %w", err)

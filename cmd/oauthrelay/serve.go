@@ -33,11 +33,18 @@ func runServe(ctx context.Context, args []string, _ io.Reader, _, stderr io.Writ
 	if len(rest) != 0 {
 		return errUsage
 	}
-	cfg, err := config.Load(path)
+	return serveUntil(ctx, path, stderr)
+}
+
+// serveUntil runs the relay of the configuration at cfgPath until ctx is
+// done, logging to logOut; SIGHUP reloads the configuration. It is the body
+// of `serve` and of the Windows service.
+func serveUntil(ctx context.Context, cfgPath string, logOut io.Writer) error {
+	cfg, err := config.Load(cfgPath)
 	if err != nil {
 		return err
 	}
-	log := newLogger(cfg.Log, stderr)
+	log := newLogger(cfg.Log, logOut)
 	d, err := startDaemon(ctx, cfg, log, nil)
 	if err != nil {
 		return err
@@ -48,7 +55,7 @@ func runServe(ctx context.Context, args []string, _ io.Reader, _, stderr io.Writ
 	for {
 		select {
 		case <-hup:
-			d.reload(ctx, path)
+			d.reload(ctx, cfgPath)
 		case <-ctx.Done():
 			log.Info("shutting down", "grace", shutdownGrace)
 			return d.shutdown(shutdownGrace)

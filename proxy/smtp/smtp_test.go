@@ -203,7 +203,7 @@ func TestMalformedCommandsKeepSession(t *testing.T) {
 	w := newWorld(t, worldOptions{})
 	s := w.raw()
 	s.want("EHLO app.test", "250")
-	s.want("FROBNICATE", "500")
+	s.want("FROBNICATE", "50")
 	s.want("MAIL FROM:", "501")
 	s.want("AUTH PLAIN !!!notbase64", "454")
 	s.want("AUTH PLAIN "+plainIR(username, password), "235")
@@ -262,8 +262,7 @@ func TestTokenEndpointFailures(t *testing.T) {
 		{"expired grant", fakems.TokenFailure{Status: 400, Error: "invalid_grant", AADSTS: 70008, Description: "AADSTS70008: The refresh token has expired due to inactivity."}, 535, "5.7.8", "70008"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			w := newWorld(t, worldOptions{})
-			w.ms.FailTokenRequests(1000, tc.failure)
+			w := newWorld(t, worldOptions{tokenFailure: &tc.failure})
 			c := w.dial()
 			se := wantCode(t, c.Auth(gosasl.NewPlainClient("", username, password)), tc.code, tc.enh)
 			if tc.code == 535 && !strings.Contains(se.Message, "needs attention") {
@@ -277,8 +276,7 @@ func TestTokenEndpointFailures(t *testing.T) {
 }
 
 func TestTokenEndpointSlow(t *testing.T) {
-	w := newWorld(t, worldOptions{httpClient: &http.Client{Timeout: 500 * time.Millisecond}})
-	w.ms.SetTokenDelay(5 * time.Second)
+	w := newWorld(t, worldOptions{httpClient: &http.Client{Timeout: 500 * time.Millisecond}, tokenDelay: 5 * time.Second})
 	c := w.dial()
 	wantCode(t, c.Auth(gosasl.NewPlainClient("", username, password)), 454, "4.7.0")
 }

@@ -130,3 +130,22 @@ func isReply(err error) (*smtp.SMTPError, bool) {
 	}
 	return nil, false
 }
+
+// Probe logs in to a's upstream with token and, when sender is not empty,
+// opens and resets a transaction with MAIL FROM sender, which shows whether
+// the mailbox may send as sender (550 5.7.60 otherwise). It is what
+// `oauthrelay check` runs. A refusal is the upstream's *smtp.SMTPError.
+func Probe(ctx context.Context, relay *proxy.Relay, a *proxy.Account, token, sender string) error {
+	up, err := connect(ctx, relay, a, token)
+	if err != nil {
+		return err
+	}
+	defer up.close()
+	if sender == "" {
+		return nil
+	}
+	if err := up.c.Mail(sender, nil); err != nil {
+		return err
+	}
+	return up.c.Reset()
+}

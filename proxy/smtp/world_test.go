@@ -43,6 +43,10 @@ type worldOptions struct {
 	smtpAddr   string // override the upstream address (unreachable tests)
 	httpClient *http.Client
 	secret     string // the relay's client_secret; default the right one
+	// tokenFailure and tokenDelay are set at the fake before the relay
+	// starts, so not even its first token request succeeds.
+	tokenFailure *fakems.TokenFailure
+	tokenDelay   time.Duration
 }
 
 type world struct {
@@ -77,6 +81,11 @@ func newWorld(t *testing.T, o worldOptions) *world {
 	ms.AddMailbox(scanBox, "scanner-password")
 	ms.GrantApp(clientID, mailbox)
 	ms.GrantApp(clientID, scanBox)
+	ms.GrantSendAs(mailbox, "ap@billing.contoso.com")
+	if o.tokenFailure != nil {
+		ms.FailTokenRequests(1000, *o.tokenFailure)
+	}
+	ms.SetTokenDelay(o.tokenDelay)
 
 	w := &world{t: t, ms: ms, cert: testutil.NewLocalCert(t)}
 	if o.listenTLS == "" {

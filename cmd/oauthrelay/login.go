@@ -1,0 +1,39 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+
+	"github.com/oauthrelay/oauthrelay/internal/oauth"
+)
+
+// runLogin signs an account in once, for the grants that keep a refresh
+// token: authorization code (browser; the redirect arrives on a loopback
+// listener or is pasted back) and device code (a code to enter on another
+// device). The refresh token goes to the encrypted store; a running relay
+// picks it up at its next login or on SIGHUP.
+func runLogin(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
+	cfg, acct, err := loadAccount("login", args, stderr)
+	if err != nil {
+		return err
+	}
+	store, err := openStoreAlways(cfg)
+	if err != nil {
+		return err
+	}
+	opts := oauth.Options{Store: store}
+	switch g := acct.ProviderRef.Grant; g {
+	case "authorization_code":
+		err = oauth.LoginAuthCode(ctx, acct, opts, oauth.LoginAuthCodeOptions{Out: stdout, Paste: stdin})
+	case "device_code":
+		err = oauth.LoginDevice(ctx, acct, opts, stdout)
+	default:
+		return fmt.Errorf("account %s uses the %s grant, which needs no sign-in: run `oauthrelay check` to test it", acct.Name, g)
+	}
+	if err != nil {
+		return explainTokenError(err)
+	}
+	fmt.Fprintf(stdout, "Signed in: the refresh token of account %s is stored in %s.\n", acct.Name, cfg.StateDir)
+	return nil
+}
