@@ -132,9 +132,9 @@ func (s *Server) probeSize(ctx context.Context) int64 {
 	defer cancel()
 	seen := make(map[string]bool)
 	var (
-		mu   sync.Mutex
-		max  int64
-		wg   sync.WaitGroup
+		mu  sync.Mutex
+		max int64
+		wg  sync.WaitGroup
 	)
 	for _, a := range s.relay.Accounts() {
 		p := a.ProviderRef
