@@ -35,6 +35,7 @@ func runBench(ctx context.Context, args []string, _ io.Reader, stdout, stderr io
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	quick := fs.Bool("quick", false, "fewer messages (a smoke run)")
+	pin := fs.Bool("pin", true, "pin the relay and the load generator to separate CPUs (Linux)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -43,7 +44,7 @@ func runBench(ctx context.Context, args []string, _ io.Reader, stdout, stderr io
 		return err
 	}
 	defer fw.ms.Close()
-	rp, err := startRelayProcess(ctx, fw, stderr)
+	rp, err := startRelayProcess(ctx, fw, *pin, stderr)
 	if err != nil {
 		return err
 	}
@@ -51,6 +52,9 @@ func runBench(ctx context.Context, args []string, _ io.Reader, stdout, stderr io
 
 	p := func(format string, a ...any) { fmt.Fprintf(stdout, format+"\n", a...) }
 	p("oauthrelay bench: relay (child process %d) vs direct, same fake Exchange upstream on loopback", rp.cmd.Process.Pid)
+	if rp.cpus != "" {
+		p("relay pinned to CPUs %s, load generator and fake upstream to the others", rp.cpus)
+	}
 
 	// Peak memory first, on a fresh process: one 100 MB message.
 	if err := smtpSendOne(ctx, rp.smtpAddr, 100<<20); err != nil {
@@ -125,9 +129,10 @@ type relayProcess struct {
 	smtpAddr string
 	imapAddr string
 	dir      string
+	cpus     string // CPUs the relay is pinned to; "" when not pinned
 }
 
-func startRelayProcess(ctx context.Context, fw *fakeWorld, stderr io.Writer) (*relayProcess, error) {
+func startRelayProcess(ctx context.Context, fw *fakeWorld, pin bool, stderr io.Writer) (*relayProcess, error) {
 	exe, err := os.Executable()
 	if err != nil {
 		return nil, err
@@ -147,6 +152,14 @@ func startRelayProcess(ctx context.Context, fw *fakeWorld, stderr io.Writer) (*r
 		return nil, err
 	}
 	rp.cmd = exec.CommandContext(ctx, exe, "serve", "-config", cfgPath)
+	if !pin {
+		// run unpinned
+	} else if cpus, err := splitCPUs(); err != nil {
+		return nil, err
+	} else if taskset, err := exec.LookPath("taskset"); cpus != "" && err == nil {
+		rp.cpus = cpus
+		rp.cmd = exec.CommandContext(ctx, taskset, "-c", cpus, exe, "serve", "-config", cfgPath)
+	}
 	rp.cmd.Stderr = stderr
 	if err := rp.cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start relay: %w", err)

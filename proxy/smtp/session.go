@@ -13,6 +13,7 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"github.com/oauthrelay/oauthrelay/internal/sasl"
+	"github.com/oauthrelay/oauthrelay/internal/smtpclient"
 	"github.com/oauthrelay/oauthrelay/proxy"
 )
 
@@ -194,7 +195,9 @@ func (s *session) mailUpstream(a *proxy.Account, from string, opts *smtp.MailOpt
 			}
 			s.up = up
 		}
-		err := s.up.c.Mail(from, opts)
+		ctx, cancel := context.WithTimeout(context.Background(), commandTimeout)
+		err := s.up.c.Mail(ctx, from, opts)
+		cancel()
 		if se, ok := isReply(err); ok {
 			if se.Code == 421 {
 				s.up.broken = true
@@ -232,7 +235,9 @@ func (s *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 	if !s.inTx || s.up == nil {
 		return errNoTransaction
 	}
-	err := s.up.c.Rcpt(to, opts)
+	ctx, cancel := context.WithTimeout(context.Background(), commandTimeout)
+	defer cancel()
+	err := s.up.c.Rcpt(ctx, to, opts)
 	if err == nil {
 		return nil
 	}
@@ -252,65 +257,40 @@ func (s *session) Data(r io.Reader) error {
 		return errNoTransaction
 	}
 	s.inTx = false
-	w, err := s.up.c.Data()
-	if err != nil {
-		if se, ok := isReply(err); ok {
-			return se
+	ctx, cancel := context.WithTimeout(context.Background(), dataTimeout)
+	defer cancel()
+	text, n, err := s.up.c.Data(ctx, r)
+	if err == nil {
+		s.srv.relay.Observer().Message(s.up.acct, n)
+		s.log.Info("message relayed", "bytes", n)
+		// Pass the upstream's own 250 text (its queue id) to the app.
+		return &smtp.SMTPError{Code: 250, EnhancedCode: smtp.NoEnhancedCode, Message: text}
+	}
+	if se, ok := isReply(err); ok {
+		return se
+	}
+	// Never let a partial message be accepted: drop the upstream
+	// connection without the final dot.
+	s.up.broken = true
+	s.closeUpstream()
+	var re *smtpclient.ReadError
+	if errors.As(err, &re) {
+		s.log.Info("message from the app ended early", "err", re.Err)
+		if se, ok := isReply(re.Err); ok {
+			return se // e.g. 552 message too big
 		}
-		s.up.broken = true
 		return errLostDuringData
 	}
-	src := &readErrRecorder{r: r}
-	n, err := io.Copy(w, src)
-	if err != nil {
-		// Never let a partial message be accepted: drop the upstream
-		// connection without the final dot.
-		s.up.broken = true
-		s.closeUpstream()
-		if src.err != nil {
-			s.log.Info("message from the app ended early", "err", src.err)
-			if se, ok := isReply(src.err); ok {
-				return se // e.g. 552 message too big
-			}
-			return errLostDuringData
-		}
-		s.log.Warn("upstream connection lost during DATA", "err", err)
-		return errLostDuringData
-	}
-	resp, err := w.CloseWithResponse()
-	if err != nil {
-		if se, ok := isReply(err); ok {
-			return se
-		}
-		s.up.broken = true
-		s.log.Warn("upstream connection lost at end of DATA: message not acknowledged", "err", err)
-		return errLostDuringData
-	}
-	s.srv.relay.Observer().Message(s.up.acct, n)
-	s.log.Info("message relayed", "bytes", n)
-	// Pass the upstream's own 250 text (its queue id) to the app.
-	return &smtp.SMTPError{Code: 250, EnhancedCode: smtp.NoEnhancedCode, Message: resp.StatusText}
-}
-
-// readErrRecorder tells a failed read from the app apart from a failed
-// write to the upstream in io.Copy.
-type readErrRecorder struct {
-	r   io.Reader
-	err error
-}
-
-func (r *readErrRecorder) Read(p []byte) (int, error) {
-	n, err := r.r.Read(p)
-	if err != nil && err != io.EOF {
-		r.err = err
-	}
-	return n, err
+	s.log.Warn("upstream connection lost during DATA: message not acknowledged", "err", err)
+	return errLostDuringData
 }
 
 // Reset implements smtp.Session: RSET is relayed.
 func (s *session) Reset() {
 	if s.inTx && s.up != nil && !s.up.broken {
-		if err := s.up.c.Reset(); err != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), commandTimeout)
+		defer cancel()
+		if err := s.up.c.Reset(ctx); err != nil {
 			if _, ok := isReply(err); !ok {
 				s.up.broken = true
 			}

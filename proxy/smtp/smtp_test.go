@@ -119,7 +119,7 @@ func TestParametersPassThrough(t *testing.T) {
 // rawSession speaks SMTP by hand, for what go-smtp's client cannot send
 // (BDAT, malformed commands).
 type rawSession struct {
-	t *testing.T
+	t testing.TB
 	c net.Conn
 	r *bufio.Reader
 }

@@ -10,13 +10,14 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"github.com/oauthrelay/oauthrelay/internal/sasl"
+	"github.com/oauthrelay/oauthrelay/internal/smtpclient"
 	"github.com/oauthrelay/oauthrelay/proxy"
 )
 
 // upstream is one connection to the provider's SMTP server, logged in with
 // XOAUTH2 as one account's mailbox.
 type upstream struct {
-	c    *smtp.Client
+	c    *smtpclient.Client
 	acct *proxy.Account
 	// broken is set after a network error: the connection is not reused.
 	broken bool
@@ -24,30 +25,24 @@ type upstream struct {
 
 // dialUpstream connects to a's provider SMTP server and says EHLO (after
 // STARTTLS when configured). Setup is bounded by ctx.
-func dialUpstream(ctx context.Context, relay *proxy.Relay, a *proxy.Account) (*smtp.Client, error) {
+func dialUpstream(ctx context.Context, relay *proxy.Relay, a *proxy.Account) (*smtpclient.Client, error) {
 	up := a.ProviderRef.SMTP
 	conn, err := relay.Dial(ctx, a, up)
 	if err != nil {
 		return nil, err
 	}
-	if dl, ok := ctx.Deadline(); ok {
-		conn.SetDeadline(dl)
+	c, err := smtpclient.New(ctx, conn, localName)
+	if err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("upstream %s: %w", up.Addr, err)
 	}
-	var c *smtp.Client
 	if up.TLS == "starttls" {
 		host, _, _ := net.SplitHostPort(up.Addr)
-		c, err = smtp.NewClientStartTLS(conn, a.UpstreamTLS(host))
-		if err != nil {
-			return nil, fmt.Errorf("STARTTLS with upstream %s: %w", up.Addr, err)
-		}
-	} else {
-		c = smtp.NewClient(conn)
-		if err := c.Hello("localhost"); err != nil {
+		if err := c.StartTLS(ctx, a.UpstreamTLS(host), localName); err != nil {
 			c.Close()
-			return nil, fmt.Errorf("EHLO to upstream %s: %w", up.Addr, err)
+			return nil, fmt.Errorf("upstream %s: %w", up.Addr, err)
 		}
 	}
-	conn.SetDeadline(time.Time{})
 	return c, nil
 }
 
@@ -57,13 +52,12 @@ func probeUpstreamSize(ctx context.Context, relay *proxy.Relay, a *proxy.Account
 	if err != nil {
 		return 0, err
 	}
-	defer c.Close()
-	defer c.Quit()
+	defer c.Quit(ctx)
 	size, ok := c.MaxMessageSize()
-	if !ok || size <= 0 {
+	if !ok {
 		return 0, errors.New("upstream advertises no SIZE")
 	}
-	return int64(size), nil
+	return size, nil
 }
 
 // connect dials a's upstream and logs in with token. A refusal is the
@@ -78,8 +72,7 @@ func connect(ctx context.Context, relay *proxy.Relay, a *proxy.Account, token st
 	if err := authenticate(ctx, c, a.Mailbox, token); err != nil {
 		c.Close()
 		result := "unavailable"
-		var se *smtp.SMTPError
-		if errors.As(err, &se) {
+		if _, ok := isReply(err); ok {
 			result = "rejected"
 		}
 		relay.Observer().Upstream("smtp", a, result, time.Since(start))
@@ -93,18 +86,13 @@ func connect(ctx context.Context, relay *proxy.Relay, a *proxy.Account, token st
 // expects. A server that refuses the 2–3 KB line as a syntax error (Dovecot
 // submission: 500 5.5.2 Line too long) gets the token after a 334
 // continuation instead.
-func authenticate(ctx context.Context, c *smtp.Client, user, token string) error {
-	if dl, ok := ctx.Deadline(); ok {
-		c.CommandTimeout = time.Until(dl)
-		defer func() { c.CommandTimeout = 5 * time.Minute }()
-	}
-	err := c.Auth(sasl.NewXOAuth2Client(user, token))
-	var se *smtp.SMTPError
-	if errors.As(err, &se) && (se.Code == 500 || se.Code == 501) {
-		err = c.Auth(&sasl.XOAuth2Client{User: user, Token: token, NoInitialResponse: true})
+func authenticate(ctx context.Context, c *smtpclient.Client, user, token string) error {
+	err := c.Auth(ctx, sasl.NewXOAuth2Client(user, token))
+	if se, ok := isReply(err); ok && (se.Code == 500 || se.Code == 501) {
+		err = c.Auth(ctx, &sasl.XOAuth2Client{User: user, Token: token, NoInitialResponse: true})
 	}
 	if err != nil {
-		if errors.As(err, &se) {
+		if se, ok := isReply(err); ok {
 			return se
 		}
 		return fmt.Errorf("XOAUTH2 login upstream: %w", err)
@@ -114,11 +102,13 @@ func authenticate(ctx context.Context, c *smtp.Client, user, token string) error
 
 // close ends the upstream session politely when it is healthy.
 func (u *upstream) close() {
-	if !u.broken {
-		u.c.CommandTimeout = 10 * time.Second
-		u.c.Quit()
+	if u.broken {
+		u.c.Close()
+		return
 	}
-	u.c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), quitTimeout)
+	defer cancel()
+	u.c.Quit(ctx)
 }
 
 // isReply reports whether err is an SMTP reply (the upstream spoke) rather
@@ -144,8 +134,8 @@ func Probe(ctx context.Context, relay *proxy.Relay, a *proxy.Account, token, sen
 	if sender == "" {
 		return nil
 	}
-	if err := up.c.Mail(sender, nil); err != nil {
+	if err := up.c.Mail(ctx, sender, nil); err != nil {
 		return err
 	}
-	return up.c.Reset()
+	return up.c.Reset(ctx)
 }

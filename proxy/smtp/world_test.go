@@ -50,7 +50,7 @@ type worldOptions struct {
 }
 
 type world struct {
-	t     *testing.T
+	t     testing.TB
 	ms    *fakems.Server
 	relay *proxy.Relay
 	srv   *Server
@@ -67,7 +67,7 @@ var testHash = func() string {
 	return string(h)
 }()
 
-func newWorld(t *testing.T, o worldOptions) *world {
+func newWorld(t testing.TB, o worldOptions) *world {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
