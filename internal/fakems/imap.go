@@ -1,0 +1,242 @@
+package fakems
+
+import (
+	"log/slog"
+
+	"github.com/emersion/go-imap/v2"
+	"github.com/emersion/go-imap/v2/imapserver"
+	"github.com/emersion/go-imap/v2/imapserver/imapmemserver"
+	gosasl "github.com/emersion/go-sasl"
+
+	"github.com/oauthrelay/oauthrelay/internal/sasl"
+)
+
+// newIMAPServer configures go-imap like outlook.office365.com:993. Every
+// connection is TLS (the listener is a tls.Listener), but behind the
+// rewriting wrapper go-imap cannot see that, hence InsecureAuth.
+func (s *Server) newIMAPServer() *imapserver.Server {
+	return imapserver.New(&imapserver.Options{
+		NewSession: func(c *imapserver.Conn) (imapserver.Session, *imapserver.GreetingData, error) {
+			return &imapSession{
+				s:   s,
+				log: s.log.With("server", "imap", "cid", randString(8), "remote", c.NetConn().RemoteAddr().String()),
+			}, nil, nil
+		},
+		Caps: imap.CapSet{
+			imap.CapIMAP4rev1:   {},
+			imap.CapUIDPlus:     {},
+			imap.CapMove:        {},
+			imap.CapNamespace:   {},
+			imap.CapChildren:    {},
+			imap.CapLiteralPlus: {},
+		},
+		Logger:       slogPrintf{s.log.With("server", "imap")},
+		InsecureAuth: true,
+	})
+}
+
+// imapSession delegates to imapmemserver once logged in. Each method checks
+// for the "authenticated but not connected" state first.
+type imapSession struct {
+	s            *Server
+	log          *slog.Logger
+	mem          *imapmemserver.UserSession // nil until AUTHENTICATE succeeds
+	notConnected bool
+}
+
+var (
+	_ imapserver.SessionSASL      = (*imapSession)(nil)
+	_ imapserver.SessionNamespace = (*imapSession)(nil)
+	_ imapserver.SessionMove      = (*imapSession)(nil)
+)
+
+// AuthenticateMechanisms lists what Exchange advertises. PLAIN is there
+// only to be refused: basic authentication is off.
+func (is *imapSession) AuthenticateMechanisms() []string { return []string{"PLAIN", sasl.XOAuth2} }
+
+func (is *imapSession) Authenticate(mech string) (gosasl.Server, error) {
+	switch mech {
+	case sasl.XOAuth2:
+		return &xoauth2Server{check: is.loginXOAuth2}, nil
+	case "PLAIN":
+		return gosasl.NewPlainServer(func(_, user, _ string) error {
+			is.log.Info("imap: basic auth refused", "user", user)
+			return imapAuthFailed
+		}), nil
+	}
+	return nil, imapAuthFailed
+}
+
+// loginXOAuth2 is Exchange's decision on an IMAP XOAUTH2 login.
+func (is *imapSession) loginXOAuth2(user, token string) error {
+	m, at, reason := is.s.checkBearer(user, token, scopeIMAP, roleIMAP)
+	if m == nil {
+		if reason == reasonNotGranted {
+			// Exchange lets the login through and fails every command.
+			is.log.Info("imap: XOAUTH2 accepted but not connected", "user", user, "reason", reason)
+			is.notConnected = true
+			return nil
+		}
+		is.log.Info("imap: XOAUTH2 refused", "user", user, "reason", reason)
+		return imapAuthFailed
+	}
+	is.mem = imapmemserver.NewUserSession(m.imap)
+	is.log = is.log.With("user", lower(user))
+	is.log.Info("imap: XOAUTH2 accepted", "client_id", at.clientID, "app_only", at.appOnly())
+	return nil
+}
+
+func (is *imapSession) Login(username, _ string) error {
+	is.log.Info("imap: LOGIN refused", "user", username)
+	return imapLoginFailed
+}
+
+func (is *imapSession) Close() error {
+	if is.mem != nil {
+		return is.mem.Close()
+	}
+	return nil
+}
+
+// ready reports whether commands may reach the mailbox.
+func (is *imapSession) ready() error {
+	if is.notConnected || is.mem == nil {
+		return imapNotConnected
+	}
+	return nil
+}
+
+func (is *imapSession) Select(mailbox string, options *imap.SelectOptions) (*imap.SelectData, error) {
+	if err := is.ready(); err != nil {
+		return nil, err
+	}
+	return is.mem.Select(mailbox, options)
+}
+
+func (is *imapSession) Create(mailbox string, options *imap.CreateOptions) error {
+	if err := is.ready(); err != nil {
+		return err
+	}
+	return is.mem.Create(mailbox, options)
+}
+
+func (is *imapSession) Delete(mailbox string) error {
+	if err := is.ready(); err != nil {
+		return err
+	}
+	return is.mem.Delete(mailbox)
+}
+
+func (is *imapSession) Rename(mailbox, newName string, options *imap.RenameOptions) error {
+	if err := is.ready(); err != nil {
+		return err
+	}
+	return is.mem.Rename(mailbox, newName, options)
+}
+
+func (is *imapSession) Subscribe(mailbox string) error {
+	if err := is.ready(); err != nil {
+		return err
+	}
+	return is.mem.Subscribe(mailbox)
+}
+
+func (is *imapSession) Unsubscribe(mailbox string) error {
+	if err := is.ready(); err != nil {
+		return err
+	}
+	return is.mem.Unsubscribe(mailbox)
+}
+
+func (is *imapSession) List(w *imapserver.ListWriter, ref string, patterns []string, options *imap.ListOptions) error {
+	if err := is.ready(); err != nil {
+		return err
+	}
+	return is.mem.List(w, ref, patterns, options)
+}
+
+func (is *imapSession) Status(mailbox string, options *imap.StatusOptions) (*imap.StatusData, error) {
+	if err := is.ready(); err != nil {
+		return nil, err
+	}
+	return is.mem.Status(mailbox, options)
+}
+
+func (is *imapSession) Append(mailbox string, r imap.LiteralReader, options *imap.AppendOptions) (*imap.AppendData, error) {
+	if err := is.ready(); err != nil {
+		return nil, err
+	}
+	return is.mem.Append(mailbox, r, options)
+}
+
+// Poll runs after NOOP and most commands; an error here would end the
+// connection, so the not-connected state answers nothing instead.
+func (is *imapSession) Poll(w *imapserver.UpdateWriter, allowExpunge bool) error {
+	if is.ready() != nil {
+		return nil
+	}
+	return is.mem.Poll(w, allowExpunge)
+}
+
+func (is *imapSession) Idle(w *imapserver.UpdateWriter, stop <-chan struct{}) error {
+	if err := is.ready(); err != nil {
+		return err
+	}
+	return is.mem.Idle(w, stop)
+}
+
+func (is *imapSession) Unselect() error {
+	if err := is.ready(); err != nil {
+		return err
+	}
+	return is.mem.Unselect()
+}
+
+func (is *imapSession) Expunge(w *imapserver.ExpungeWriter, uids *imap.UIDSet) error {
+	if err := is.ready(); err != nil {
+		return err
+	}
+	return is.mem.Expunge(w, uids)
+}
+
+func (is *imapSession) Search(kind imapserver.NumKind, criteria *imap.SearchCriteria, options *imap.SearchOptions) (*imap.SearchData, error) {
+	if err := is.ready(); err != nil {
+		return nil, err
+	}
+	return is.mem.Search(kind, criteria, options)
+}
+
+func (is *imapSession) Fetch(w *imapserver.FetchWriter, numSet imap.NumSet, options *imap.FetchOptions) error {
+	if err := is.ready(); err != nil {
+		return err
+	}
+	return is.mem.Fetch(w, numSet, options)
+}
+
+func (is *imapSession) Store(w *imapserver.FetchWriter, numSet imap.NumSet, flags *imap.StoreFlags, options *imap.StoreOptions) error {
+	if err := is.ready(); err != nil {
+		return err
+	}
+	return is.mem.Store(w, numSet, flags, options)
+}
+
+func (is *imapSession) Copy(numSet imap.NumSet, dest string) (*imap.CopyData, error) {
+	if err := is.ready(); err != nil {
+		return nil, err
+	}
+	return is.mem.Copy(numSet, dest)
+}
+
+func (is *imapSession) Move(w *imapserver.MoveWriter, numSet imap.NumSet, dest string) error {
+	if err := is.ready(); err != nil {
+		return err
+	}
+	return is.mem.Move(w, numSet, dest)
+}
+
+func (is *imapSession) Namespace() (*imap.NamespaceData, error) {
+	if err := is.ready(); err != nil {
+		return nil, err
+	}
+	return is.mem.Namespace()
+}
