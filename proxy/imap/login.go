@@ -1,0 +1,125 @@
+package imap
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"time"
+
+	"github.com/oauthrelay/oauthrelay/proxy"
+)
+
+// The replies to a failed login (RFC 5530 response codes). The reason is
+// logged, never sent: the app gets one of these fixed texts.
+const (
+	textAuthFailed  = "Authentication failed."
+	textUnavailable = "Service temporarily unavailable, try again later."
+	textNeedsAdmin  = "Authentication failed; the relay's administrator has been told why."
+)
+
+// handleLogin is LOGIN userid password (RFC 9051 §6.2.3), each an atom, a
+// quoted string or a literal.
+func (s *session) handleLogin(cmd *command) (done bool) {
+	if !s.plaintextOK() {
+		s.reply(cmd.tag, errPrivacy.status, errPrivacy.code, errPrivacy.text)
+		return false
+	}
+	if len(cmd.args) != 2 {
+		s.reply(cmd.tag, "BAD", "", "LOGIN expects a user name and a password")
+		return false
+	}
+	user, ok1 := cmd.args[0].astring()
+	pass, ok2 := cmd.args[1].astring()
+	if !ok1 || !ok2 {
+		s.reply(cmd.tag, "BAD", "", "LOGIN expects a user name and a password")
+		return false
+	}
+	return s.login(cmd.tag, "LOGIN", user, pass)
+}
+
+// login checks the local credentials, gets the account's token, logs in
+// upstream and, on success, answers the app's command with the upstream's
+// capabilities and copies bytes until the session ends (done is then
+// true). On failure the app gets NO and the session continues.
+func (s *session) login(tag, method, username, password string) (done bool) {
+	ctx, cancel := context.WithTimeout(s.srv.ctx, loginTimeout)
+	defer cancel()
+	relay := s.srv.relay
+	obs := relay.Observer()
+	addr := proxy.AddrOf(s.remote)
+	log := s.log.With("user", username, "method", method)
+	if s.client != "" {
+		log = log.With("client", s.client)
+	}
+
+	acct, err := relay.Login(ctx, addr, username, password)
+	if err != nil {
+		s.loginFailed(tag, err, log)
+		return false
+	}
+	log = log.With("account", acct.Name)
+	tok, err := relay.Token(ctx, addr, acct, password)
+	if err != nil {
+		s.loginFailed(tag, err, log)
+		return false
+	}
+
+	start := time.Now()
+	up, err := s.connectUpstream(ctx, acct, tok, log)
+	took := time.Since(start)
+	if err != nil {
+		result := "unavailable"
+		var le *proxy.LoginError
+		if errors.As(err, &le) && le.Failure == proxy.UpstreamRejected {
+			result = "rejected"
+		}
+		obs.Upstream("imap", acct, result, took)
+		s.loginFailed(tag, err, log)
+		return false
+	}
+	obs.Upstream("imap", acct, "ok", took)
+	obs.Login("imap", acct, "ok")
+	log.Info("login", "result", "ok", "upstream", acct.ProviderRef.IMAP.Addr, "upstream_ms", took.Milliseconds())
+
+	code := ""
+	if up.caps != "" {
+		code = "CAPABILITY " + up.caps
+	}
+	text := up.text
+	if text == "" {
+		text = "Logged in"
+	}
+	s.reply(tag, "OK", code, text)
+	if s.werr != nil {
+		up.conn.Close()
+		log.Debug("client went away at login", "err", s.werr)
+		return true
+	}
+	s.pipe(acct, up, log)
+	return true
+}
+
+// loginFailed answers a failed login and logs why.
+func (s *session) loginFailed(tag string, err error, log *slog.Logger) {
+	le := &proxy.LoginError{Failure: proxy.Unavailable, Reason: "internal error", Err: err}
+	errors.As(err, &le)
+	s.srv.relay.Observer().Login("imap", le.Account, le.Failure.String())
+	attrs := []any{"result", le.Failure.String(), "reason", le.Reason}
+	if le.Err != nil {
+		attrs = append(attrs, "err", le.Err)
+	}
+	switch le.Failure {
+	case proxy.BadCredentials:
+		log.Info("login failed", attrs...)
+		s.reply(tag, "NO", "AUTHENTICATIONFAILED", textAuthFailed)
+	case proxy.NeedsAttention:
+		log.Error("login failed: the account needs attention", attrs...)
+		s.reply(tag, "NO", "AUTHENTICATIONFAILED", textNeedsAdmin)
+	case proxy.UpstreamRejected:
+		log.Error("login failed: the upstream refused the token", attrs...)
+		s.reply(tag, "NO", "AUTHENTICATIONFAILED", textAuthFailed)
+	default:
+		log.Warn("login failed: temporarily unavailable", attrs...)
+		s.reply(tag, "NO", "UNAVAILABLE", textUnavailable)
+	}
+}

@@ -1,0 +1,187 @@
+// Package imap is oauthrelay's IMAP front end. Before authentication the
+// proxy speaks IMAP itself: the greeting, CAPABILITY, NOOP, LOGOUT, ID,
+// STARTTLS, LOGIN (atoms, quoted strings, synchronising and
+// non-synchronising literals) and AUTHENTICATE PLAIN (with or without
+// SASL-IR, RFC 4959). After the app's local login it connects to the
+// provider's IMAP server, logs in there with AUTHENTICATE XOAUTH2, answers
+// the app's LOGIN or AUTHENTICATE with the upstream's result and
+// capabilities, and from then on copies bytes both ways without parsing
+// them, so every extension the upstream offers (IDLE, ID, QUOTA, CONDSTORE,
+// SORT, THREAD, ...) reaches the app unchanged.
+//
+// Out of scope: any command other than those above before login, COMPRESS
+// or other transformations of the stream after login (the byte copy passes
+// them through untouched), and connection pooling upstream.
+package imap
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/oauthrelay/oauthrelay/config"
+	"github.com/oauthrelay/oauthrelay/proxy"
+)
+
+// ErrServerClosed is returned by Serve after Shutdown or Close.
+var ErrServerClosed = errors.New("imap: server closed")
+
+// Server is the IMAP front end of one listener.
+type Server struct {
+	relay *proxy.Relay
+	lc    config.Listener
+	tls   *tls.Config // nil when lc.TLS is none
+	log   *slog.Logger
+
+	preAuthTimeout time.Duration // preAuthTimeout; tests shorten it
+
+	// ctx is cancelled by Close: it bounds logins in progress.
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	shutdown atomic.Bool // Shutdown or Close was called
+
+	mu        sync.Mutex
+	closed    bool
+	listeners map[net.Listener]struct{}
+	sessions  map[*session]struct{}
+	wg        sync.WaitGroup // one per session goroutine
+}
+
+// New builds the server for listener lc. With lc.TLS "starttls" or
+// "implicit" it loads the certificate.
+func New(relay *proxy.Relay, lc config.Listener) (*Server, error) {
+	tc, err := proxy.ServerTLS(lc)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Server{
+		relay: relay,
+		lc:    lc,
+		tls:   tc,
+		log:   relay.Logger().With("proto", "imap"),
+
+		preAuthTimeout: preAuthTimeout,
+		ctx:            ctx,
+		cancel:         cancel,
+		listeners:      make(map[net.Listener]struct{}),
+		sessions:       make(map[*session]struct{}),
+	}, nil
+}
+
+// Serve accepts connections on ln until Shutdown or Close and serves each in
+// its own goroutine. With lc.TLS "implicit", connections that are not
+// already TLS (proxy.Listen wraps the listener) get a TLS handshake first.
+// It always returns a non-nil error: ErrServerClosed after Shutdown or
+// Close.
+func (s *Server) Serve(ln net.Listener) error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		ln.Close()
+		return ErrServerClosed
+	}
+	s.listeners[ln] = struct{}{}
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.listeners, ln)
+		s.mu.Unlock()
+		ln.Close()
+	}()
+
+	var backoff time.Duration
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if s.shutdown.Load() {
+				return ErrServerClosed
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+				s.log.Warn("accept failed; retrying", "err", err, "delay", backoff)
+				time.Sleep(backoff)
+				continue
+			}
+			return err
+		}
+		backoff = 0
+		sess := newSession(s, c)
+		s.mu.Lock()
+		if s.closed {
+			s.mu.Unlock()
+			c.Close()
+			return ErrServerClosed
+		}
+		s.sessions[sess] = struct{}{}
+		s.wg.Add(1)
+		s.mu.Unlock()
+		go func() {
+			defer s.wg.Done()
+			defer func() {
+				s.mu.Lock()
+				delete(s.sessions, sess)
+				s.mu.Unlock()
+			}()
+			sess.serve()
+		}()
+	}
+}
+
+// Shutdown stops accepting connections, says "* BYE Server shutting down"
+// to every client that has not logged in, and waits for the logged-in
+// (proxied) sessions to end by themselves. When ctx is done first, the
+// remaining connections are closed and ctx's error is returned.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.stopAccepting()
+	s.mu.Lock()
+	for sess := range s.sessions {
+		sess.interrupt()
+	}
+	s.mu.Unlock()
+
+	done := make(chan struct{})
+	go func() {
+		s.wg.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		s.cancel()
+		return nil
+	case <-ctx.Done():
+		s.Close()
+		return ctx.Err()
+	}
+}
+
+// Close stops accepting connections, closes every connection (client and
+// upstream) at once and waits for the sessions' goroutines to return.
+func (s *Server) Close() error {
+	s.stopAccepting()
+	s.cancel()
+	s.mu.Lock()
+	for sess := range s.sessions {
+		sess.close()
+	}
+	s.mu.Unlock()
+	s.wg.Wait()
+	return nil
+}
+
+func (s *Server) stopAccepting() {
+	s.shutdown.Store(true)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.closed = true
+	for ln := range s.listeners {
+		ln.Close()
+	}
+}
