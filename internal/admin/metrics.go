@@ -1,0 +1,326 @@
+package admin
+
+import (
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/oauthrelay/oauthrelay/internal/oauth"
+	"github.com/oauthrelay/oauthrelay/proxy"
+)
+
+// Metrics records what the sessions do, for /metrics and the status page.
+// It implements proxy.Observer: pass it as proxy.Options.Observer. Every
+// metric lives in the Metrics' own registry (no global registry), so tests
+// and several relays in one process do not share counters.
+//
+// Token metrics (state, expiry, last success per account) are read from the
+// accounts' token sources at scrape time, once a Server is built with New.
+type Metrics struct {
+	reg *prometheus.Registry
+
+	connTotal    *prometheus.CounterVec // proto
+	connActive   *prometheus.GaugeVec   // proto
+	sessions     *prometheus.CounterVec // proto
+	logins       *prometheus.CounterVec // proto, result
+	upstream     *prometheus.CounterVec // proto, result
+	upstreamTime *prometheus.HistogramVec
+	messages     *prometheus.CounterVec // account
+	messageBytes *prometheus.CounterVec // account
+	imapBytes    *prometheus.CounterVec // account, direction
+	tokenReqs    *prometheus.CounterVec // result
+	tokenTime    *prometheus.HistogramVec
+	tokens       *tokenCollector
+
+	mu       sync.Mutex
+	accounts map[string]*accountStats // by account name: survives reloads
+}
+
+// accountStats is what the status page shows beyond the token state.
+type accountStats struct {
+	messages  int64
+	bytes     int64
+	lastOK    time.Time // last upstream login that succeeded
+	lastErr   string    // plain words
+	lastErrAt time.Time
+}
+
+// Upstream latency buckets: a token from the cache plus a TLS handshake to
+// Exchange takes 100–500 ms; a token request adds about as much; 15 s is
+// the dial timeout.
+var latencyBuckets = []float64{0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 15, 30}
+
+// NewMetrics returns Metrics with every family registered, plus the Go
+// runtime and process collectors.
+func NewMetrics() *Metrics {
+	m := &Metrics{
+		reg:      prometheus.NewRegistry(),
+		accounts: make(map[string]*accountStats),
+		connTotal: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "oauthrelay_connections_total", Help: "Client connections accepted, by protocol.",
+		}, []string{"proto"}),
+		connActive: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "oauthrelay_connections_active", Help: "Client connections open now, by protocol.",
+		}, []string{"proto"}),
+		sessions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "oauthrelay_sessions_total", Help: "Client sessions that logged in and got an upstream session, by protocol.",
+		}, []string{"proto"}),
+		logins: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "oauthrelay_local_logins_total",
+			Help: "Client logins by protocol and result: ok, bad_credentials, unavailable, needs_attention, upstream_rejected.",
+		}, []string{"proto", "result"}),
+		upstream: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "oauthrelay_upstream_logins_total",
+			Help: "Upstream connects with XOAUTH2 login, by protocol and result: ok, rejected, unavailable.",
+		}, []string{"proto", "result"}),
+		upstreamTime: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "oauthrelay_upstream_login_duration_seconds",
+			Help:    "Time to connect to the upstream server and log in with XOAUTH2 (token included), by protocol and result.",
+			Buckets: latencyBuckets,
+		}, []string{"proto", "result"}),
+		messages: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "oauthrelay_messages_total", Help: "Messages the upstream accepted (SMTP), by account.",
+		}, []string{"account"}),
+		messageBytes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "oauthrelay_message_bytes_total", Help: "Bytes of the messages the upstream accepted (SMTP), by account.",
+		}, []string{"account"}),
+		imapBytes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "oauthrelay_imap_bytes_total", Help: "Bytes copied by IMAP sessions after login, by account and direction (in: from the app).",
+		}, []string{"account", "direction"}),
+		tokenReqs: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "oauthrelay_token_requests_total",
+			Help: "HTTP requests to the identity provider by result: ok, transient (network, 429, 5xx), needs_sign_in (other refusals). Counted by the client from InstrumentHTTPClient.",
+		}, []string{"result"}),
+		tokenTime: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "oauthrelay_token_request_duration_seconds",
+			Help:    "Duration of HTTP requests to the identity provider, by result.",
+			Buckets: latencyBuckets,
+		}, []string{"result"}),
+		tokens: newTokenCollector(),
+	}
+	m.reg.MustRegister(
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		m.connTotal, m.connActive, m.sessions, m.logins, m.upstream, m.upstreamTime,
+		m.messages, m.messageBytes, m.imapBytes, m.tokenReqs, m.tokenTime, m.tokens,
+	)
+	// Families with a fixed label set start at zero, so that rate() and
+	// alerts work before the first event.
+	for _, p := range []string{"smtp", "imap"} {
+		m.connTotal.WithLabelValues(p)
+		m.connActive.WithLabelValues(p)
+		m.sessions.WithLabelValues(p)
+	}
+	for _, r := range []string{"ok", resultTransient, resultNeedsSignIn} {
+		m.tokenReqs.WithLabelValues(r)
+	}
+	return m
+}
+
+// Handler serves the metrics in the Prometheus text (or OpenMetrics) format.
+func (m *Metrics) Handler() http.Handler {
+	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{})
+}
+
+// Registry is the Metrics' own registry, for adding collectors.
+func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
+
+// watch makes the token collector read relay's accounts at scrape time.
+func (m *Metrics) watch(relay *proxy.Relay) { m.tokens.setRelay(relay) }
+
+// stats returns the account's record, creating it; m.mu must be held.
+func (m *Metrics) statsLocked(name string) *accountStats {
+	st := m.accounts[name]
+	if st == nil {
+		st = &accountStats{}
+		m.accounts[name] = st
+	}
+	return st
+}
+
+// accountStats returns a copy of the account's record (zero if none).
+func (m *Metrics) accountStats(name string) accountStats {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if st := m.accounts[name]; st != nil {
+		return *st
+	}
+	return accountStats{}
+}
+
+// recordError notes a failure for the status page.
+func (m *Metrics) recordError(name, words string) {
+	m.mu.Lock()
+	st := m.statsLocked(name)
+	st.lastErr, st.lastErrAt = words, time.Now()
+	m.mu.Unlock()
+}
+
+// Connection implements proxy.Observer.
+func (m *Metrics) Connection(proto string, delta int) {
+	if delta > 0 {
+		m.connTotal.WithLabelValues(proto).Add(float64(delta))
+	}
+	m.connActive.WithLabelValues(proto).Add(float64(delta))
+}
+
+// Login implements proxy.Observer. Failures of a known account are kept as
+// its last error.
+func (m *Metrics) Login(proto string, a *proxy.Account, result string) {
+	m.logins.WithLabelValues(proto, result).Inc()
+	if a != nil && result != "ok" {
+		m.recordError(a.Name, loginWords(proto, result))
+	}
+}
+
+// Upstream implements proxy.Observer.
+func (m *Metrics) Upstream(proto string, a *proxy.Account, result string, took time.Duration) {
+	m.upstream.WithLabelValues(proto, result).Inc()
+	m.upstreamTime.WithLabelValues(proto, result).Observe(took.Seconds())
+	if result == "ok" {
+		m.sessions.WithLabelValues(proto).Inc()
+	}
+	if a == nil {
+		return
+	}
+	if result == "ok" {
+		m.mu.Lock()
+		m.statsLocked(a.Name).lastOK = time.Now()
+		m.mu.Unlock()
+		return
+	}
+	m.recordError(a.Name, upstreamWords(proto, result))
+}
+
+// Message implements proxy.Observer.
+func (m *Metrics) Message(a *proxy.Account, bytes int64) {
+	if a == nil {
+		return
+	}
+	m.messages.WithLabelValues(a.Name).Inc()
+	m.messageBytes.WithLabelValues(a.Name).Add(float64(bytes))
+	m.mu.Lock()
+	st := m.statsLocked(a.Name)
+	st.messages++
+	st.bytes += bytes
+	m.mu.Unlock()
+}
+
+// Transferred implements proxy.Observer.
+func (m *Metrics) Transferred(a *proxy.Account, in, out int64) {
+	if a == nil {
+		return
+	}
+	m.imapBytes.WithLabelValues(a.Name, "in").Add(float64(in))
+	m.imapBytes.WithLabelValues(a.Name, "out").Add(float64(out))
+}
+
+var _ proxy.Observer = (*Metrics)(nil)
+
+// loginWords says what a failed client login means, for the status page.
+func loginWords(proto, result string) string {
+	switch result {
+	case "bad_credentials":
+		return "the app logged in to " + protoName(proto) + " with a wrong password"
+	case "unavailable":
+		return "an app login to " + protoName(proto) + " failed for a temporary reason (identity provider or Exchange unreachable); the app was told to retry"
+	case "needs_attention":
+		return "an app login to " + protoName(proto) + " was refused because the account cannot get a token (see the token state)"
+	case "upstream_rejected":
+		return "Exchange refused the " + protoName(proto) + " login with the account's token (the log has its reply)"
+	}
+	return "an app login to " + protoName(proto) + " failed (" + result + ")"
+}
+
+// upstreamWords says what a failed upstream login means.
+func upstreamWords(proto, result string) string {
+	switch result {
+	case "rejected":
+		return "Exchange refused the " + protoName(proto) + " login with the account's token (the log has its reply)"
+	case "unavailable":
+		return "the " + protoName(proto) + " server could not be reached or did not answer in time"
+	}
+	return "the upstream " + protoName(proto) + " login failed (" + result + ")"
+}
+
+func protoName(proto string) string {
+	switch proto {
+	case "smtp":
+		return "SMTP"
+	case "imap":
+		return "IMAP"
+	}
+	return proto
+}
+
+// tokenCollector reads each account's token source when scraped.
+type tokenCollector struct {
+	mu    sync.Mutex
+	relay *proxy.Relay
+
+	info, state, expiry, success, retry *prometheus.Desc
+}
+
+// tokenStates are the values of the state label, in oauth.Status order.
+var tokenStates = []oauth.Status{oauth.StatusUnknown, oauth.StatusOK, oauth.StatusRefreshing, oauth.StatusTransient, oauth.StatusNeedsSignIn}
+
+func newTokenCollector() *tokenCollector {
+	return &tokenCollector{
+		info: prometheus.NewDesc("oauthrelay_account_info",
+			"Configured accounts (value 1) with their provider and grant.", []string{"account", "provider", "grant"}, nil),
+		state: prometheus.NewDesc("oauthrelay_token_state",
+			"1 for the token state the account is in: unknown, ok, refreshing, transient, needs_sign_in.", []string{"account", "state"}, nil),
+		expiry: prometheus.NewDesc("oauthrelay_token_expiry_timestamp_seconds",
+			"When the cached access token expires (absent while there is none).", []string{"account"}, nil),
+		success: prometheus.NewDesc("oauthrelay_token_last_success_timestamp_seconds",
+			"When a token was last obtained (absent if never).", []string{"account"}, nil),
+		retry: prometheus.NewDesc("oauthrelay_token_retry_timestamp_seconds",
+			"When the next token request is planned after a failure (absent when none is).", []string{"account"}, nil),
+	}
+}
+
+func (c *tokenCollector) setRelay(r *proxy.Relay) {
+	c.mu.Lock()
+	c.relay = r
+	c.mu.Unlock()
+}
+
+// Describe implements prometheus.Collector.
+func (c *tokenCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{c.info, c.state, c.expiry, c.success, c.retry} {
+		ch <- d
+	}
+}
+
+// Collect implements prometheus.Collector.
+func (c *tokenCollector) Collect(ch chan<- prometheus.Metric) {
+	c.mu.Lock()
+	relay := c.relay
+	c.mu.Unlock()
+	if relay == nil {
+		return
+	}
+	ts := func(d *prometheus.Desc, t time.Time, name string) {
+		if !t.IsZero() {
+			ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, float64(t.UnixMilli())/1e3, name)
+		}
+	}
+	for _, a := range relay.Accounts() {
+		st := a.Source.State()
+		ch <- prometheus.MustNewConstMetric(c.info, prometheus.GaugeValue, 1, a.Name, a.Provider, st.Grant)
+		for _, s := range tokenStates {
+			v := 0.0
+			if s == st.Status {
+				v = 1
+			}
+			ch <- prometheus.MustNewConstMetric(c.state, prometheus.GaugeValue, v, a.Name, s.String())
+		}
+		ts(c.expiry, st.Expiry, a.Name)
+		ts(c.success, st.LastSuccess, a.Name)
+		ts(c.retry, st.RetryAt, a.Name)
+	}
+}
