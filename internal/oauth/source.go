@@ -1,0 +1,386 @@
+// Package oauth gets OAuth 2.0 access tokens for the relay's accounts: one
+// Source per account caches the access token, refreshes it before it expires,
+// shares one request between concurrent callers, persists rotated refresh
+// tokens before using them, and classifies every failure as Transient or
+// NeedsSignIn with plain-words advice for the administrator.
+//
+// Grants: client credentials (secret or certificate assertion), refresh token
+// (after an authorization code or device code sign-in, see login.go), and
+// password (ROPC, also as per-login passthrough). golang.org/x/oauth2 does the
+// HTTP of every grant.
+//
+// Out of scope: the CLI and the admin pages (they call LoginAuthCode,
+// LoginDevice and AuthCodeFlow), token introspection, id tokens, and sharing
+// one refresh token between relay instances.
+package oauth
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"golang.org/x/sync/singleflight"
+
+	"github.com/oauthrelay/oauthrelay/config"
+	"github.com/oauthrelay/oauthrelay/internal/tokenstore"
+)
+
+// Store persists refresh tokens; *tokenstore.Store implements it.
+type Store interface {
+	Load(account string) (tokenstore.Record, error)
+	Save(account string, r tokenstore.Record) error
+}
+
+// Options are a Source's dependencies.
+type Options struct {
+	// Store holds refresh tokens. Required for the authorization_code and
+	// device_code grants; unused otherwise.
+	Store Store
+	// HTTPClient makes the token requests. Nil: a client with timeouts,
+	// TLS 1.2 minimum and the proxy from the environment (HTTPS_PROXY).
+	HTTPClient *http.Client
+	// Logger receives structured events (never tokens or secrets). Nil:
+	// discard.
+	Logger *slog.Logger
+	// Now is the clock for expiry decisions. Nil: time.Now. Client
+	// assertions are always stamped with the real time: Entra checks them.
+	Now func() time.Time
+	// RefreshMargin is how long before expiry Run refreshes the access
+	// token. Zero: 5 minutes. For short-lived tokens at most half the
+	// lifetime is used.
+	RefreshMargin time.Duration
+}
+
+const (
+	defaultRefreshMargin = 5 * time.Minute
+	// minValidity: Token returns the cached access token only while it has
+	// at least this much left (or a quarter of its lifetime, if shorter),
+	// so that a session started with it does not fail halfway through
+	// authentication upstream.
+	minValidity = time.Minute
+	// usableSlack: when a refresh fails, a cached token with this much left
+	// is still handed out rather than failing the login.
+	usableSlack = 15 * time.Second
+	// flightTimeout bounds the shared token request, which is detached from
+	// the callers' contexts: one caller giving up must not fail the others.
+	flightTimeout = 45 * time.Second
+	// defaultLifetime is assumed when the provider gives no expires_in.
+	defaultLifetime = time.Hour
+	// httpTimeout bounds one token request in the default HTTP client.
+	httpTimeout = 30 * time.Second
+)
+
+// Source gets access tokens for one account. It is safe for concurrent use.
+type Source struct {
+	acct   *config.Account
+	prov   *config.Provider
+	grant  string
+	store  Store
+	client *http.Client
+	log    *slog.Logger
+	now    func() time.Time
+	margin time.Duration
+	signer *assertionSigner // nil unless a client certificate is configured
+	pwKey  []byte           // HMAC key for the passthrough password cache
+	sf     singleflight.Group
+	wake   chan struct{} // tells Run that the token or the store changed
+
+	mu          sync.Mutex
+	access      string
+	expiry      time.Time
+	lifetime    time.Duration
+	jitter      time.Duration // how much earlier than the margin Run refreshes this token
+	gen         uint64        // bumped whenever access changes
+	refresh     string        // last refresh token read or saved (fallback when the store cannot be read)
+	dead        *deadRefresh  // the refresh token the provider rejected
+	inFlight    int
+	lastErr     *Error
+	lastSuccess time.Time
+	retryAt     time.Time
+	holdUntil   time.Time // from Retry-After: Token fails fast until then
+	pw          []pwEntry
+}
+
+// NewSource checks acct's provider settings and returns its token source.
+// acct.ProviderRef must be set (config.Load does it). A client certificate is
+// loaded here so that a wrong path or a key that does not match fails at
+// start-up rather than at the first login.
+func NewSource(acct *config.Account, opts Options) (*Source, error) {
+	if acct == nil || acct.ProviderRef == nil {
+		return nil, errors.New("oauth: account has no provider")
+	}
+	p := acct.ProviderRef
+	s := &Source{
+		acct:   acct,
+		prov:   p,
+		grant:  p.Grant,
+		store:  opts.Store,
+		client: opts.HTTPClient,
+		log:    opts.Logger,
+		now:    opts.Now,
+		margin: opts.RefreshMargin,
+		wake:   make(chan struct{}, 1),
+		pwKey:  make([]byte, 32),
+	}
+	if s.client == nil {
+		s.client = DefaultHTTPClient()
+	}
+	if s.log == nil {
+		s.log = slog.New(slog.DiscardHandler)
+	}
+	s.log = s.log.With(slog.String("account", acct.Name), slog.String("grant", p.Grant))
+	if s.now == nil {
+		s.now = time.Now
+	}
+	if s.margin <= 0 {
+		s.margin = defaultRefreshMargin
+	}
+	if _, err := rand.Read(s.pwKey); err != nil {
+		return nil, fmt.Errorf("oauth: %w", err)
+	}
+	if p.ClientID == "" {
+		return nil, fmt.Errorf("oauth: account %s: provider %s has no client_id", acct.Name, p.Name)
+	}
+	if p.TokenURL == "" {
+		return nil, fmt.Errorf("oauth: account %s: provider %s has no token_url", acct.Name, p.Name)
+	}
+	if p.ClientCertificateFile != "" {
+		signer, err := loadAssertionSigner(p.ClientCertificateFile, p.ClientKeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("oauth: provider %s: %w", p.Name, err)
+		}
+		s.signer = signer
+	}
+	switch p.Grant {
+	case grantClientCredentials:
+		if p.ClientSecret == "" && s.signer == nil {
+			return nil, fmt.Errorf("oauth: provider %s: client_credentials needs client_secret or client_certificate_file", p.Name)
+		}
+	case grantAuthCode, grantDeviceCode:
+		if s.store == nil {
+			return nil, fmt.Errorf("oauth: account %s: grant %s needs a token store", acct.Name, p.Grant)
+		}
+	case grantPassword:
+		if acct.Password == "" && !acct.PasswordPassthrough {
+			return nil, fmt.Errorf("oauth: account %s: grant password needs the mailbox password or password_passthrough", acct.Name)
+		}
+	default:
+		return nil, fmt.Errorf("oauth: provider %s: unknown grant %q", p.Name, p.Grant)
+	}
+	return s, nil
+}
+
+// DefaultHTTPClient is the client used when Options.HTTPClient is nil:
+// bounded timeouts (a hung identity provider must not hang logins), TLS 1.2
+// minimum, and HTTPS_PROXY/NO_PROXY from the environment, which corporate
+// networks need to reach login.microsoftonline.com.
+func DefaultHTTPClient() *http.Client {
+	return &http.Client{
+		Timeout: httpTimeout,
+		Transport: &http.Transport{
+			Proxy:                 http.ProxyFromEnvironment,
+			DialContext:           (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+			TLSClientConfig:       &tls.Config{MinVersion: tls.VersionTLS12},
+			TLSHandshakeTimeout:   10 * time.Second,
+			ResponseHeaderTimeout: httpTimeout,
+			IdleConnTimeout:       90 * time.Second,
+			MaxIdleConnsPerHost:   2,
+			ForceAttemptHTTP2:     true,
+		},
+	}
+}
+
+// Token returns an access token: the cached one while it has more than a
+// minute left, otherwise a new one from a request shared by all concurrent
+// callers. If that request fails but the cached token has not expired yet,
+// the cached token is returned: a refresh failure must not fail a login the
+// old token can still serve.
+func (s *Source) Token(ctx context.Context) (string, error) {
+	if s.grant == grantPassword && s.acct.Password == "" {
+		return "", &Error{Class: NeedsSignIn, Reason: "this account uses password passthrough: tokens are only obtained with the app's password", Fix: "use TokenForPassword, or set the mailbox password for the account"}
+	}
+	s.mu.Lock()
+	now := s.now()
+	if s.freshLocked(now) {
+		tok := s.access
+		s.mu.Unlock()
+		return tok, nil
+	}
+	if now.Before(s.holdUntil) && s.lastErr != nil {
+		err := s.lastErr
+		tok, ok := s.usableLocked(now)
+		s.mu.Unlock()
+		if ok {
+			return tok, nil
+		}
+		return "", err
+	}
+	gen := s.gen
+	s.mu.Unlock()
+
+	tok, err := s.shared(ctx, "token", func(ctx context.Context) (string, *Error) { return s.refreshToken(ctx, gen) })
+	if err != nil {
+		s.mu.Lock()
+		old, ok := s.usableLocked(s.now())
+		s.mu.Unlock()
+		if ok {
+			return old, nil
+		}
+		return "", err
+	}
+	return tok, nil
+}
+
+// Invalidate drops the cached access token; the next Token call gets a new
+// one. The proxy calls it when the upstream server rejects a token.
+func (s *Source) Invalidate() {
+	s.mu.Lock()
+	s.access, s.expiry, s.lifetime = "", time.Time{}, 0
+	s.gen++
+	s.mu.Unlock()
+	s.log.Info("access token invalidated")
+}
+
+// Reload drops the cached access token and forgets the last failure, so the
+// next Token (and Run, at once) redeems the refresh token now in the store:
+// call it after a sign-in in this process (the admin page). Every refresh
+// reads the store anyway, so a sign-in by another process (`oauthrelay
+// login`) is picked up at the next refresh without Reload.
+func (s *Source) Reload() {
+	s.mu.Lock()
+	s.refresh = ""
+	s.dead = nil
+	s.access, s.expiry, s.lifetime = "", time.Time{}, 0
+	s.gen++
+	s.lastErr = nil
+	s.holdUntil, s.retryAt = time.Time{}, time.Time{}
+	s.mu.Unlock()
+	s.signal()
+}
+
+// shared runs fn once for all concurrent callers with the same key. fn gets a
+// context detached from the callers' (values kept, cancellation dropped) with
+// flightTimeout: a caller whose context ends gets its ctx error at once while
+// the request continues for the others.
+func (s *Source) shared(ctx context.Context, key string, fn func(context.Context) (string, *Error)) (string, error) {
+	ch := s.sf.DoChan(key, func() (any, error) {
+		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), flightTimeout)
+		defer cancel()
+		tok, err := fn(fctx)
+		if err != nil {
+			return "", err
+		}
+		return tok, nil
+	})
+	select {
+	case r := <-ch:
+		if r.Err != nil {
+			return "", r.Err
+		}
+		return r.Val.(string), nil
+	case <-ctx.Done():
+		return "", classify(ctx.Err(), s.grant, s.now())
+	}
+}
+
+// refreshToken is the shared request behind Token and Run. gen is the
+// generation the first caller saw: if the token changed since, that caller
+// raced with a request that just finished and the new token is used.
+func (s *Source) refreshToken(ctx context.Context, gen uint64) (string, *Error) {
+	s.mu.Lock()
+	if s.gen != gen && s.freshLocked(s.now()) {
+		tok := s.access
+		s.mu.Unlock()
+		return tok, nil
+	}
+	s.inFlight++
+	s.mu.Unlock()
+
+	start := s.now()
+	res, err := s.fetch(ctx)
+
+	s.mu.Lock()
+	s.inFlight--
+	if err != nil {
+		s.lastErr = err
+		if !err.RetryAt.IsZero() {
+			s.holdUntil, s.retryAt = err.RetryAt, err.RetryAt
+		}
+		s.mu.Unlock()
+		s.logFailure(err)
+		return "", err
+	}
+	s.setTokenLocked(res, start)
+	exp := s.expiry
+	s.mu.Unlock()
+	s.signal()
+	s.log.Debug("access token obtained", slog.Time("expiry", exp))
+	return res.access, nil
+}
+
+func (s *Source) setTokenLocked(res tokenResult, start time.Time) {
+	s.access = res.access
+	s.lifetime = res.lifetime
+	s.expiry = start.Add(res.lifetime)
+	s.jitter = jitter(s.effectiveMarginLocked() / 10)
+	s.gen++
+	s.lastErr = nil
+	s.lastSuccess = s.now()
+	s.holdUntil, s.retryAt = time.Time{}, time.Time{}
+}
+
+// freshLocked: the cached token may be handed out without a request.
+func (s *Source) freshLocked(now time.Time) bool {
+	return s.access != "" && s.expiry.Sub(now) > min(minValidity, s.lifetime/4)
+}
+
+// usableLocked: the cached token has not expired yet (fallback after a
+// failed refresh).
+func (s *Source) usableLocked(now time.Time) (string, bool) {
+	if s.access != "" && s.expiry.Sub(now) > min(usableSlack, s.lifetime/4) {
+		return s.access, true
+	}
+	return "", false
+}
+
+func (s *Source) effectiveMarginLocked() time.Duration {
+	return min(s.margin, s.lifetime/2)
+}
+
+func (s *Source) signal() {
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (s *Source) logFailure(e *Error) {
+	attrs := []any{
+		slog.String("class", e.Class.String()),
+		slog.String("reason", e.Reason),
+	}
+	if e.Code != "" {
+		attrs = append(attrs, slog.String("code", e.Code))
+	}
+	if e.AADSTS != 0 {
+		attrs = append(attrs, slog.Int("aadsts", e.AADSTS))
+	}
+	if e.Fix != "" {
+		attrs = append(attrs, slog.String("fix", e.Fix))
+	}
+	if e.Err != nil && e.Code == "" {
+		attrs = append(attrs, slog.String("err", e.Err.Error()))
+	}
+	if e.Class == NeedsSignIn {
+		s.log.Error("token request failed", attrs...)
+		return
+	}
+	s.log.Warn("token request failed", attrs...)
+}
