@@ -146,7 +146,7 @@ func startRelayProcess(ctx context.Context, fw *fakeWorld, pin bool, stderr io.W
 		return nil, err
 	}
 	rp := &relayProcess{dir: dir, smtpAddr: freeAddr("127.0.0.1:0"), imapAddr: freeAddr("127.0.0.1:0")}
-	yaml := strings.Replace(fw.yaml(dir, rp.smtpAddr, rp.imapAddr, string(hash)), "level: info", "level: warn", 1)
+	yaml := strings.Replace(fw.yaml(dir, rp.smtpAddr, rp.imapAddr, "off", string(hash)), "level: info", "level: warn", 1)
 	cfgPath := filepath.Join(dir, "config.yaml")
 	if err := os.WriteFile(cfgPath, []byte(yaml), 0o600); err != nil {
 		return nil, err

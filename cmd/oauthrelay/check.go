@@ -43,7 +43,7 @@ func runCheck(ctx context.Context, args []string, _ io.Reader, stdout, stderr io
 		return err
 	}
 	fmt.Fprintf(stdout, "%s: configuration OK (%d providers, %d accounts)\n\n", path, len(cfg.Providers), len(cfg.Accounts))
-	relay, err := newRelay(cfg, newLogger(config.Log{Level: "error"}, stderr), nil)
+	relay, _, err := newRelay(cfg, newLogger(config.Log{Level: "error"}, stderr), nil, nil)
 	if err != nil {
 		return err
 	}

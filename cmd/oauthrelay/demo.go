@@ -54,22 +54,22 @@ func startFakeWorld(ctx context.Context, opts fakems.Options) (*fakeWorld, error
 
 // config returns a relay configuration for the fake: one provider with
 // client credentials, one account, listeners at smtpAddr and imapAddr.
-func (w *fakeWorld) config(stateDir, smtpAddr, imapAddr string) (*config.Config, error) {
+func (w *fakeWorld) config(stateDir, smtpAddr, imapAddr, adminAddr string) (*config.Config, error) {
 	hash, err := bcrypt.GenerateFromPassword([]byte(demoPassword), bcrypt.DefaultCost)
 	if err != nil {
 		return nil, err
 	}
-	return config.Parse("demo.yaml", []byte(w.yaml(stateDir, smtpAddr, imapAddr, string(hash))), func(string) (string, bool) { return "", false })
+	return config.Parse("demo.yaml", []byte(w.yaml(stateDir, smtpAddr, imapAddr, adminAddr, string(hash))), func(string) (string, bool) { return "", false })
 }
 
-func (w *fakeWorld) yaml(stateDir, smtpAddr, imapAddr, hash string) string {
+func (w *fakeWorld) yaml(stateDir, smtpAddr, imapAddr, adminAddr, hash string) string {
 	return fmt.Sprintf(`# oauthrelay against the fake Microsoft 365 on loopback
 state_dir: %q
 log: {level: info}
 listen:
   smtp: {addr: %q}
   imap: {addr: %q}
-  admin: {addr: "off"}
+  admin: {addr: %q}
 providers:
   fake365:
     type: microsoft
@@ -88,7 +88,7 @@ accounts:
     username: %q
     password_hash: %q
     allowed_from: [%q]
-`, stateDir, smtpAddr, imapAddr, w.ms.Tenant, demoClientID, w.secret, w.ms.TokenURL, w.ms.SMTPAddr, w.ms.IMAPAddr,
+`, stateDir, smtpAddr, imapAddr, adminAddr, w.ms.Tenant, demoClientID, w.secret, w.ms.TokenURL, w.ms.SMTPAddr, w.ms.IMAPAddr,
 		w.ms.CAFile, demoMailbox, demoUser, hash, demoMailbox)
 }
 
@@ -120,11 +120,11 @@ func runDemo(ctx context.Context, args []string, _ io.Reader, stdout, stderr io.
 		return err
 	}
 	defer os.RemoveAll(stateDir)
-	cfg, err := fw.config(stateDir, freeAddr("127.0.0.1:2525"), freeAddr("127.0.0.1:1143"))
+	cfg, err := fw.config(stateDir, freeAddr("127.0.0.1:2525"), freeAddr("127.0.0.1:1143"), freeAddr("127.0.0.1:8025"))
 	if err != nil {
 		return err
 	}
-	d, err := startDaemon(ctx, cfg, newLogger(cfg.Log, stderr), nil)
+	d, err := startDaemon(ctx, cfg, newLogger(cfg.Log, stderr))
 	if err != nil {
 		return err
 	}
@@ -178,6 +178,7 @@ func runDemo(ctx context.Context, args []string, _ io.Reader, stdout, stderr io.
 	p("  IMAP server %s, no TLS, user %q, password %q", imapAddr, demoUser, demoPassword)
 	p("  swaks --server %s --auth-user %s --auth-password %s --from %s --to you@example.net", smtpAddr, demoUser, demoPassword, demoMailbox)
 	p("  curl --url 'imap://%s/INBOX;UID=1' --user %s:%s", imapAddr, demoUser, demoPassword)
+	p("Status page and metrics: http://%s/ and http://%s/metrics", d.adminAddr, d.adminAddr)
 	p("Press Ctrl-C to stop.")
 	<-ctx.Done()
 	return nil

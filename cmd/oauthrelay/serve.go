@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -15,6 +16,7 @@ import (
 	"time"
 
 	"github.com/oauthrelay/oauthrelay/config"
+	"github.com/oauthrelay/oauthrelay/internal/admin"
 	"github.com/oauthrelay/oauthrelay/internal/oauth"
 	"github.com/oauthrelay/oauthrelay/internal/tokenstore"
 	"github.com/oauthrelay/oauthrelay/proxy"
@@ -45,7 +47,7 @@ func serveUntil(ctx context.Context, cfgPath string, logOut io.Writer) error {
 		return err
 	}
 	log := newLogger(cfg.Log, logOut)
-	d, err := startDaemon(ctx, cfg, log, nil)
+	d, err := startDaemon(ctx, cfg, log)
 	if err != nil {
 		return err
 	}
@@ -103,12 +105,13 @@ func openStoreAlways(cfg *config.Config) (*tokenstore.Store, error) {
 }
 
 // newRelay builds the relay for cfg with the token store it needs.
-func newRelay(cfg *config.Config, log *slog.Logger, obs proxy.Observer) (*proxy.Relay, error) {
+func newRelay(cfg *config.Config, log *slog.Logger, obs proxy.Observer, hc *http.Client) (*proxy.Relay, oauth.Store, error) {
 	store, err := openStore(cfg)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	return proxy.NewRelay(cfg, proxy.Options{Logger: log, Store: store, Observer: obs})
+	relay, err := proxy.NewRelay(cfg, proxy.Options{Logger: log, Store: store, Observer: obs, HTTPClient: hc})
+	return relay, store, err
 }
 
 // daemon is a running relay: its listeners and servers.
@@ -117,19 +120,26 @@ type daemon struct {
 	relay *proxy.Relay
 	cfg   *config.Config
 
-	smtp *smtpproxy.Server
-	imap *imapproxy.Server
+	smtp  *smtpproxy.Server
+	imap  *imapproxy.Server
+	admin *admin.Server
 
 	// Addrs of the listeners actually bound (port 0 resolved).
-	smtpAddr, imapAddr net.Addr
+	smtpAddr, imapAddr, adminAddr net.Addr
+
+	// stopped records a listener that stopped serving, for /readyz.
+	stoppedMu sync.Mutex
+	stopped   error
 
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 }
 
 // startDaemon binds the listeners of cfg and serves them in the background.
-func startDaemon(ctx context.Context, cfg *config.Config, log *slog.Logger, obs proxy.Observer) (*daemon, error) {
-	relay, err := newRelay(cfg, log, obs)
+func startDaemon(ctx context.Context, cfg *config.Config, log *slog.Logger) (*daemon, error) {
+	metrics := admin.NewMetrics()
+	hc := metrics.InstrumentHTTPClient(nil)
+	relay, store, err := newRelay(cfg, log, metrics, hc)
 	if err != nil {
 		return nil, err
 	}
@@ -164,8 +174,17 @@ func startDaemon(ctx context.Context, cfg *config.Config, log *slog.Logger, obs 
 		d.imapAddr = ln.Addr()
 		d.serve("imap", func() error { return d.imap.Serve(ln) })
 	}
+	if lc := cfg.Listen.Admin; lc.Addr != "off" {
+		d.admin = admin.New(relay, metrics, admin.Options{Logger: log, Store: store, HTTPClient: hc, Ready: d.ready})
+		ln, err := net.Listen("tcp", lc.Addr)
+		if err != nil {
+			return fail(fmt.Errorf("listen %s: %w", lc.Addr, err))
+		}
+		d.adminAddr = ln.Addr()
+		d.serve("admin", func() error { return d.admin.Serve(ln) })
+	}
 	log.Info("oauthrelay started", "version", version, "smtp", addrString(d.smtpAddr), "imap", addrString(d.imapAddr),
-		"accounts", len(cfg.Accounts))
+		"admin", addrString(d.adminAddr), "accounts", len(cfg.Accounts))
 	return d, nil
 }
 
@@ -188,14 +207,32 @@ func listen(lc config.Listener, log *slog.Logger) (net.Listener, error) {
 	return ln, nil
 }
 
+// serve runs a listener's Serve; one that returns while the daemon is not
+// shutting down makes /readyz fail.
 func (d *daemon) serve(name string, f func() error) {
 	d.wg.Add(1)
 	go func() {
 		defer d.wg.Done()
-		if err := f(); err != nil {
+		err := f()
+		if errors.Is(err, imapproxy.ErrServerClosed) {
+			err = nil
+		}
+		if err != nil {
 			d.log.Error("listener stopped", "proto", name, "err", err)
 		}
+		d.stoppedMu.Lock()
+		if d.stopped == nil {
+			d.stopped = fmt.Errorf("%s listener stopped", name)
+		}
+		d.stoppedMu.Unlock()
 	}()
+}
+
+// ready reports whether every listener is still serving.
+func (d *daemon) ready() error {
+	d.stoppedMu.Lock()
+	defer d.stoppedMu.Unlock()
+	return d.stopped
 }
 
 // reload re-reads the configuration; on error the old one stays in force.
@@ -226,10 +263,7 @@ func (d *daemon) shutdown(grace time.Duration) error {
 		errs []error
 		wg   sync.WaitGroup
 	)
-	for _, s := range []interface{ Shutdown(context.Context) error }{d.smtpOrNil(), d.imapOrNil()} {
-		if s == nil {
-			continue
-		}
+	for _, s := range d.servers() {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -248,26 +282,31 @@ func (d *daemon) shutdown(grace time.Duration) error {
 	return nil
 }
 
-func (d *daemon) smtpOrNil() interface{ Shutdown(context.Context) error } {
-	if d.smtp == nil {
-		return nil
-	}
-	return d.smtp
+// server is what the SMTP, IMAP and admin servers have in common.
+type server interface {
+	Shutdown(context.Context) error
+	Close() error
 }
 
-func (d *daemon) imapOrNil() interface{ Shutdown(context.Context) error } {
-	if d.imap == nil {
-		return nil
+// servers returns the servers that run (nil pointers left out, so no
+// typed-nil interface is called).
+func (d *daemon) servers() []server {
+	var s []server
+	if d.smtp != nil {
+		s = append(s, d.smtp)
 	}
-	return d.imap
+	if d.imap != nil {
+		s = append(s, d.imap)
+	}
+	if d.admin != nil {
+		s = append(s, d.admin)
+	}
+	return s
 }
 
 func (d *daemon) close() {
-	if d.smtp != nil {
-		d.smtp.Close()
-	}
-	if d.imap != nil {
-		d.imap.Close()
+	for _, s := range d.servers() {
+		s.Close()
 	}
 	d.cancel()
 	d.wg.Wait()
