@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"slices"
 
 	"github.com/oauthrelay/oauthrelay/internal/oauth"
 )
@@ -13,7 +14,16 @@ import (
 // listener or is pasted back) and device code (a code to enter on another
 // device). The refresh token goes to the encrypted store; a running relay
 // picks it up at its next login or on SIGHUP.
+//
+// -replace deletes a stored token first: the way out when the store was
+// written with another key (a lost OAUTHRELAY_KEY), which the store
+// otherwise refuses to overwrite.
 func runLogin(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
+	replace := false
+	if i := slices.Index(args, "-replace"); i >= 0 {
+		replace = true
+		args = slices.Delete(slices.Clone(args), i, i+1)
+	}
 	cfg, acct, err := loadAccount("login", args, stderr)
 	if err != nil {
 		return err
@@ -21,6 +31,11 @@ func runLogin(ctx context.Context, args []string, stdin io.Reader, stdout, stder
 	store, err := openStoreAlways(cfg)
 	if err != nil {
 		return err
+	}
+	if replace {
+		if err := store.Delete(acct.Name); err != nil {
+			return err
+		}
 	}
 	opts := oauth.Options{Store: store}
 	switch g := acct.ProviderRef.Grant; g {

@@ -39,7 +39,7 @@ func commands() []command {
 	return []command{
 		{"serve", "serve -config FILE            run the relay", runServe},
 		{"check", "check -config FILE [ACCOUNT]  get a token and log in over SMTP and IMAP for each account", runCheck},
-		{"login", "login -config FILE ACCOUNT    sign an account in (authorization code or device code)", runLogin},
+		{"login", "login -config FILE [-replace] ACCOUNT  sign an account in (authorization code or device code)", runLogin},
 		{"token", "token -config FILE ACCOUNT    print a fresh access token", runToken},
 		{"hash-password", "hash-password                 read a password on stdin, print its bcrypt hash", runHashPassword},
 		{"demo", "demo                          run the relay against a fake Microsoft 365 on loopback", runDemo},
