@@ -2,6 +2,7 @@ package imap
 
 import (
 	"bufio"
+	"context"
 	"crypto/rand"
 	"crypto/tls"
 	"encoding/base32"
@@ -217,6 +218,7 @@ func (s *session) serve() {
 // handle runs one pre-authentication command; true ends the session's read
 // loop (logged out, or logged in and proxied to the end).
 func (s *session) handle(cmd *command) (done bool) {
+	s.debugCommand(cmd)
 	switch cmd.name {
 	case "CAPABILITY":
 		if len(cmd.args) != 0 {
@@ -354,7 +356,23 @@ func (s *session) reply(tag, status, code, text string) {
 	if code != "" {
 		line += "[" + code + "] "
 	}
+	s.log.Debug("reply", "line", line+text)
 	s.writeLine(line + text)
+}
+
+// debugCommand logs a pre-authentication command at debug level. The
+// arguments of LOGIN and AUTHENTICATE (user names and passwords, SASL
+// payloads) never reach the log: only the command and its argument count.
+func (s *session) debugCommand(cmd *command) {
+	if !s.log.Enabled(context.Background(), slog.LevelDebug) {
+		return
+	}
+	switch cmd.name {
+	case "LOGIN", "AUTHENTICATE":
+		s.log.Debug("command", "tag", cmd.tag, "name", cmd.name, "args", "[redacted]", "nargs", len(cmd.args))
+	default:
+		s.log.Debug("command", "tag", cmd.tag, "name", cmd.name, "nargs", len(cmd.args))
+	}
 }
 
 func (s *session) replyError(e *cmdError) { s.reply(e.tag, e.status, e.code, e.text) }

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/netip"
@@ -63,8 +64,24 @@ func (s *session) plaintextAllowed() bool {
 	return proxy.PlaintextAuthAllowed(s.srv.lc, s.conn.Conn().RemoteAddr(), isTLS)
 }
 
+// traced logs a command and the reply it got at debug level: the protocol
+// debug log. Callers pass no secret: AUTH is logged by mechanism only.
+func (s *session) traced(cmd string, err error, args ...any) error {
+	if s.log.Enabled(context.Background(), slog.LevelDebug) {
+		reply := "250 (relay's own text)"
+		if se, ok := isReply(err); ok {
+			reply = fmt.Sprintf("%d %d.%d.%d %s", se.Code, se.EnhancedCode[0], se.EnhancedCode[1], se.EnhancedCode[2], se.Message)
+		} else if err != nil {
+			reply = err.Error()
+		}
+		s.log.Debug("command", append([]any{"cmd", cmd, "reply", reply}, args...)...)
+	}
+	return err
+}
+
 // Auth implements smtp.AuthSession.
 func (s *session) Auth(mech string) (gosasl.Server, error) {
+	s.log.Debug("command", "cmd", "AUTH", "mechanism", mech, "payload", "[redacted]")
 	if !s.plaintextAllowed() {
 		return nil, errEncryptionRequired
 	}
@@ -157,6 +174,11 @@ func authReply(err error) (*smtp.SMTPError, string) {
 
 // Mail implements smtp.Session.
 func (s *session) Mail(from string, opts *smtp.MailOptions) error {
+	err := s.mail(from, opts)
+	return s.traced("MAIL", err, "from", from, "body", opts.Body, "size", opts.Size, "smtputf8", opts.UTF8)
+}
+
+func (s *session) mail(from string, opts *smtp.MailOptions) error {
 	a := s.acct
 	if a == nil {
 		a = s.srv.relay.AccountForRelay(s.remote, from)
@@ -232,6 +254,10 @@ func (s *session) txDialFailed(a *proxy.Account, err error) error {
 
 // Rcpt implements smtp.Session.
 func (s *session) Rcpt(to string, opts *smtp.RcptOptions) error {
+	return s.traced("RCPT", s.rcpt(to, opts), "to", to)
+}
+
+func (s *session) rcpt(to string, opts *smtp.RcptOptions) error {
 	if !s.inTx || s.up == nil {
 		return errNoTransaction
 	}
@@ -253,6 +279,10 @@ func (s *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 // Data implements smtp.Session. The message is streamed to the upstream's
 // DATA; the app gets 250 only with the upstream's own 250 reply.
 func (s *session) Data(r io.Reader) error {
+	return s.traced("DATA", s.data(r))
+}
+
+func (s *session) data(r io.Reader) error {
 	if !s.inTx || s.up == nil {
 		return errNoTransaction
 	}
