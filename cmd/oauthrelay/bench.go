@@ -113,7 +113,8 @@ func runBench(ctx context.Context, args []string, _ io.Reader, stdout, stderr io
 	}
 	tw.Flush()
 	p("(ratio: relay / direct; target >= 0.90 at 32 clients)")
-	return nil
+	ib := &imapBench{fw: fw, rp: rp, token: tok, p: p}
+	return ib.run(ctx, *quick)
 }
 
 func sizeName(n int) string {

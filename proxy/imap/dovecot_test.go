@@ -102,7 +102,6 @@ func newDovecotWorld(t *testing.T) *dovecotWorld {
 	w.dc = testutil.StartDovecot(t, testutil.DovecotOptions{
 		IntrospectURL: fake.IntrospectURL,
 		Users:         []string{dcMailbox},
-		Extra: "login_trusted_networks = 127.0.0.0/8",
 	})
 	// The seed goes in before the relay exists: the relay is not needed to
 	// set the scene.
@@ -645,7 +644,6 @@ func (w *dovecotWorld) testRefused(t *testing.T) {
 		if !strings.Contains(w.log.String(), "upstream refused the token") {
 			t.Errorf("the relay did not log why the login failed")
 		}
-		t0 := time.Now(); defer func() { t.Log(time.Since(t0)); t.Log(w.log.String()); t.Log(w.dc.Log()) }()
 		// Still not authenticated: another LOGIN on the same connection.
 		lines = dcCommand(rc, "a2", "LOGIN "+dcUser+" "+quote(dcPassword))
 		dcCaps(t, lines[len(lines)-1])
@@ -664,6 +662,9 @@ func (w *dovecotWorld) testRefused(t *testing.T) {
 		if last := lines[len(lines)-1]; !strings.HasPrefix(last, "a1 NO [AUTHENTICATIONFAILED]") {
 			t.Fatalf("LOGIN with a token Dovecot finds inactive: %q", lines)
 		}
+		t0 := time.Now()
+		lines = dcCommand(rc, "a2", "LOGIN "+dcUser+" "+quote(dcPassword))
+		t.Logf("second login after %v: %q (token requests %d)", time.Since(t0), lines, w.fake.TokenRequests())
 	})
 }
 

@@ -26,9 +26,9 @@ const (
 	// maxUpstreamLiteral bounds a literal the upstream sends during login
 	// (none is expected; it is skipped).
 	maxUpstreamLiteral = 1 << 20
-	// upstreamBufferSize is the read buffer of the upstream connection,
-	// also used by the copy afterwards.
-	upstreamBufferSize = 32 << 10
+	// upstreamBufferSize is the read buffer of the upstream connection
+	// during login (lines longer than it are still read whole).
+	upstreamBufferSize = 4 << 10
 )
 
 // upstream is a logged-in upstream connection.

@@ -1,0 +1,239 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"slices"
+	"time"
+
+	"github.com/emersion/go-imap/v2"
+	"github.com/emersion/go-imap/v2/imapclient"
+
+	"github.com/oauthrelay/oauthrelay/internal/sasl"
+)
+
+// imapBench measures the IMAP proxy against a direct connection to the
+// same fake Exchange: FETCH throughput of a large mailbox, login latency
+// with a cached token, and the relay's resident memory per idle
+// authenticated connection.
+type imapBench struct {
+	fw    *fakeWorld
+	rp    *relayProcess
+	token string
+	p     func(format string, a ...any)
+}
+
+func (b *imapBench) run(ctx context.Context, quick bool) error {
+	msgs, size, conns, logins := 1000, 200<<10, 2000, 300
+	if quick {
+		msgs, conns, logins = 100, 200, 50
+	}
+	if err := b.fill(msgs, size); err != nil {
+		return err
+	}
+	direct, err := b.fetchAll(ctx, b.dialDirect)
+	if err != nil {
+		return fmt.Errorf("direct FETCH: %w", err)
+	}
+	relay, err := b.fetchAll(ctx, b.dialRelay)
+	if err != nil {
+		return fmt.Errorf("relay FETCH: %w", err)
+	}
+	mb := float64(msgs*size) / (1 << 20)
+	b.p("IMAP FETCH of %d messages (%.0f MB): direct %.0f MB/s, relay %.0f MB/s, ratio %.2f (target >= 0.90)",
+		msgs, mb, mb/direct.Seconds(), mb/relay.Seconds(), direct.Seconds()/relay.Seconds())
+
+	dp, err := b.loginLatency(ctx, b.dialDirect, logins)
+	if err != nil {
+		return fmt.Errorf("direct logins: %w", err)
+	}
+	rp, err := b.loginLatency(ctx, b.dialRelay, logins)
+	if err != nil {
+		return fmt.Errorf("relay logins: %w", err)
+	}
+	b.p("IMAP login latency, cached token, %d logins: direct p50 %s p99 %s; relay p50 %s p99 %s; added p50 %s p99 %s (target <= 1ms)",
+		logins, ms(dp[0]), ms(dp[1]), ms(rp[0]), ms(rp[1]), ms(rp[0]-dp[0]), ms(rp[1]-dp[1]))
+
+	per, err := b.idleMemory(ctx, conns)
+	if err != nil {
+		return fmt.Errorf("idle connections: %w", err)
+	}
+	b.p("IMAP idle authenticated connections: %d open, relay RSS %.1f KiB each (target <= 64 KiB)", conns, per/1024)
+	return nil
+}
+
+func ms(d time.Duration) string { return fmt.Sprintf("%.2fms", float64(d)/float64(time.Millisecond)) }
+
+// fill puts n messages of size bytes into the demo mailbox's INBOX.
+func (b *imapBench) fill(n, size int) error {
+	msg := body(size)
+	for i := 0; i < n; i++ {
+		if err := b.fw.ms.AppendIMAP(demoMailbox, "INBOX", msg); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// dialDirect logs in to the fake Exchange with XOAUTH2 over TLS, as an app
+// that speaks OAuth itself would.
+func (b *imapBench) dialDirect() (*imapclient.Client, error) {
+	tc := b.fw.ms.ClientTLSConfig()
+	c, err := imapclient.DialTLS(b.fw.ms.IMAPAddr, &imapclient.Options{TLSConfig: tc.Clone()})
+	if err != nil {
+		return nil, err
+	}
+	if err := c.Authenticate(sasl.NewXOAuth2Client(demoMailbox, b.token)); err != nil {
+		c.Close()
+		return nil, err
+	}
+	return c, nil
+}
+
+// dialRelay logs in to the relay with a plain LOGIN, as the legacy app does.
+func (b *imapBench) dialRelay() (*imapclient.Client, error) {
+	c, err := imapclient.DialInsecure(b.rp.imapAddr, nil)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.Login(demoUser, demoPassword).Wait(); err != nil {
+		c.Close()
+		return nil, err
+	}
+	return c, nil
+}
+
+// fetchAll FETCHes every message body in INBOX and returns the time taken.
+func (b *imapBench) fetchAll(ctx context.Context, dial func() (*imapclient.Client, error)) (time.Duration, error) {
+	c, err := dial()
+	if err != nil {
+		return 0, err
+	}
+	defer c.Close()
+	if _, err := c.Select("INBOX", &imap.SelectOptions{ReadOnly: true}).Wait(); err != nil {
+		return 0, err
+	}
+	start := time.Now()
+	section := &imap.FetchItemBodySection{Peek: true}
+	seq := imap.SeqSet{}
+	seq.AddRange(1, 0)
+	cmd := c.Fetch(seq, &imap.FetchOptions{BodySection: []*imap.FetchItemBodySection{section}})
+	for m := cmd.Next(); m != nil; m = cmd.Next() {
+		if ctx.Err() != nil {
+			return 0, ctx.Err()
+		}
+		for item := m.Next(); item != nil; item = m.Next() {
+			if bs, ok := item.(imapclient.FetchItemDataBodySection); ok && bs.Literal != nil {
+				io.Copy(io.Discard, bs.Literal)
+			}
+		}
+	}
+	if err := cmd.Close(); err != nil {
+		return 0, err
+	}
+	return time.Since(start), nil
+}
+
+// loginLatency returns the p50 and p99 of n sequential connect+login.
+func (b *imapBench) loginLatency(ctx context.Context, dial func() (*imapclient.Client, error), n int) ([2]time.Duration, error) {
+	var d []time.Duration
+	for i := 0; i < n && ctx.Err() == nil; i++ {
+		start := time.Now()
+		c, err := dial()
+		if err != nil {
+			return [2]time.Duration{}, err
+		}
+		d = append(d, time.Since(start))
+		c.Close()
+	}
+	slices.Sort(d)
+	return [2]time.Duration{d[len(d)/2], d[len(d)*99/100]}, nil
+}
+
+// idleMemory opens n authenticated connections through the relay and
+// returns the growth of the relay's resident memory per connection.
+func (b *imapBench) idleMemory(ctx context.Context, n int) (float64, error) {
+	pid := b.rp.cmd.Process.Pid
+	time.Sleep(500 * time.Millisecond)
+	before, err := rssNow(pid)
+	if err != nil {
+		return 0, err
+	}
+	var conns []net.Conn
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	for i := 0; i < n && ctx.Err() == nil; i++ {
+		c, err := rawIMAPLogin(b.rp.imapAddr)
+		if err != nil {
+			return 0, fmt.Errorf("connection %d: %w", i, err)
+		}
+		conns = append(conns, c)
+	}
+	time.Sleep(time.Second) // let the copies settle into their reads
+	after, err := rssNow(pid)
+	if err != nil {
+		return 0, err
+	}
+	return float64(after-before) / float64(len(conns)), nil
+}
+
+// rawIMAPLogin logs in with a bare socket (no client library state on our
+// side) and leaves the connection idle.
+func rawIMAPLogin(addr string) (net.Conn, error) {
+	c, err := net.DialTimeout("tcp", addr, 10*time.Second)
+	if err != nil {
+		return nil, err
+	}
+	c.SetDeadline(time.Now().Add(30 * time.Second))
+	buf := make([]byte, 4096)
+	if _, err := c.Read(buf); err != nil {
+		c.Close()
+		return nil, err
+	}
+	fmt.Fprintf(c, "a LOGIN %s %s\r\n", demoUser, demoPassword)
+	var got []byte
+	for !containsLine(got, "a OK") {
+		n, err := c.Read(buf)
+		if err != nil {
+			c.Close()
+			return nil, fmt.Errorf("login: %w (got %q)", err, got)
+		}
+		got = append(got, buf[:n]...)
+		if containsLine(got, "a NO") || containsLine(got, "a BAD") {
+			c.Close()
+			return nil, fmt.Errorf("login refused: %q", got)
+		}
+	}
+	c.SetDeadline(time.Time{})
+	return c, nil
+}
+
+func containsLine(b []byte, prefix string) bool {
+	for _, l := range splitLines(b) {
+		if len(l) >= len(prefix) && string(l[:len(prefix)]) == prefix {
+			return true
+		}
+	}
+	return false
+}
+
+func splitLines(b []byte) [][]byte {
+	var out [][]byte
+	for len(b) > 0 {
+		i := 0
+		for i < len(b) && b[i] != '\n' {
+			i++
+		}
+		out = append(out, b[:i])
+		if i == len(b) {
+			break
+		}
+		b = b[i+1:]
+	}
+	return out
+}
