@@ -32,12 +32,12 @@ lint:
 	$(GO) vet ./...
 
 dist:
-	@mkdir -p dist
+	@mkdir -p bin/release
 	for t in linux/amd64 linux/arm64 windows/amd64 darwin/arm64; do \
 	  os=$${t%/*}; arch=$${t#*/}; ext=; [ $$os = windows ] && ext=.exe; \
 	  CGO_ENABLED=0 GOOS=$$os GOARCH=$$arch $(GO) build -trimpath -ldflags '$(LDFLAGS)' \
-	    -o dist/oauthrelay-$(VERSION)-$$os-$$arch$$ext ./cmd/oauthrelay || exit 1; \
+	    -o bin/release/oauthrelay-$(VERSION)-$$os-$$arch$$ext ./cmd/oauthrelay || exit 1; \
 	done
 
 clean:
-	rm -rf bin dist
+	rm -rf bin

@@ -11,6 +11,7 @@
 //	oauthrelay hash-password < password
 //	oauthrelay demo
 //	oauthrelay bench
+//	oauthrelay service install|uninstall|start|stop|run [-name NAME] [-config FILE] [-log FILE]
 //	oauthrelay version
 package main
 
@@ -44,6 +45,7 @@ func commands() []command {
 		{"hash-password", "hash-password                 read a password on stdin, print its bcrypt hash", runHashPassword},
 		{"demo", "demo                          run the relay against a fake Microsoft 365 on loopback", runDemo},
 		{"bench", "bench                         measure relay vs direct throughput against the fake", runBench},
+		{"service", "service install|uninstall|start|stop|run [-name NAME] [-config FILE] [-log FILE]  Windows service", runService},
 		{"version", "version                       print the version", runVersion},
 	}
 }
