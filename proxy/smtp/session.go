@@ -70,7 +70,10 @@ func (s *session) traced(cmd string, err error, args ...any) error {
 	if s.log.Enabled(context.Background(), slog.LevelDebug) {
 		reply := "250 (relay's own text)"
 		if se, ok := isReply(err); ok {
-			reply = fmt.Sprintf("%d %d.%d.%d %s", se.Code, se.EnhancedCode[0], se.EnhancedCode[1], se.EnhancedCode[2], se.Message)
+			reply = fmt.Sprintf("%d %s", se.Code, se.Message)
+			if se.EnhancedCode != smtp.NoEnhancedCode {
+				reply = fmt.Sprintf("%d %d.%d.%d %s", se.Code, se.EnhancedCode[0], se.EnhancedCode[1], se.EnhancedCode[2], se.Message)
+			}
 		} else if err != nil {
 			reply = err.Error()
 		}

@@ -486,3 +486,48 @@ func TestXOAuth2ClientFailureIsNotSuccess(t *testing.T) {
 		t.Fatalf("Auth with a bad token = %v", err)
 	}
 }
+
+func TestPasswordPassthrough(t *testing.T) {
+	w := newWorld(t, worldOptions{passthrough: true})
+	// The app's password is the mailbox's own: exchanged for a token
+	// (ROPC), never compared locally.
+	c := w.dial()
+	if err := c.Auth(gosasl.NewPlainClient("", "shared", "scanner-password")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := send(c, scanBox, []string{recipient}, message(scanBox, recipient, "ropc", "x")); err != nil {
+		t.Fatal(err)
+	}
+	if m := w.waitMessages(1)[0]; m.AuthUser != scanBox || m.AppOnly {
+		t.Errorf("upstream user %q appOnly %v", m.AuthUser, m.AppOnly)
+	}
+	// A second login with the same password needs no new token request.
+	n := w.ms.TokenRequests()
+	c2 := w.dial()
+	if err := c2.Auth(gosasl.NewPlainClient("", "shared", "scanner-password")); err != nil {
+		t.Fatal(err)
+	}
+	if w.ms.TokenRequests() != n {
+		t.Errorf("repeat login made %d token requests", w.ms.TokenRequests()-n)
+	}
+	// A wrong password is refused by Entra (AADSTS50126): a failed local
+	// login for the app, not an account that needs attention.
+	se := wantCode(t, w.dial().Auth(gosasl.NewPlainClient("", "shared", "wrong-password")), 535, "5.7.8")
+	if strings.Contains(se.Message, "attention") {
+		t.Errorf("wrong passthrough password reported as %q", se.Message)
+	}
+}
+
+func TestPasswordPassthroughMFA(t *testing.T) {
+	// MFA cannot work with the password grant: the account needs
+	// attention, and the log says why.
+	w := newWorld(t, worldOptions{passthrough: true})
+	w.ms.RequireMFA(scanBox)
+	se := wantCode(t, w.dial().Auth(gosasl.NewPlainClient("", "shared", "scanner-password")), 535, "5.7.8")
+	if !strings.Contains(se.Message, "attention") {
+		t.Errorf("reply %q does not say the account needs attention", se.Message)
+	}
+	if !strings.Contains(w.log.String(), "50076") {
+		t.Errorf("log lacks AADSTS50076")
+	}
+}

@@ -16,7 +16,6 @@ import (
 
 	"github.com/oauthrelay/oauthrelay/config"
 	"github.com/oauthrelay/oauthrelay/internal/fakems"
-	"github.com/oauthrelay/oauthrelay/internal/sasl"
 	"github.com/oauthrelay/oauthrelay/internal/testutil"
 	"github.com/oauthrelay/oauthrelay/proxy"
 
@@ -34,6 +33,7 @@ const (
 	password  = "erp-local-password"
 	scanBox   = "scanner@contoso.com"
 	recipient = "customer@example.net"
+	publicID  = "22222222-aaaa-bbbb-cccc-000000000002"
 )
 
 type worldOptions struct {
@@ -47,6 +47,9 @@ type worldOptions struct {
 	// starts, so not even its first token request succeeds.
 	tokenFailure *fakems.TokenFailure
 	tokenDelay   time.Duration
+	// passthrough adds a provider with the password grant (a public
+	// client) and an account whose app password is the mailbox password.
+	passthrough bool
 }
 
 type world struct {
@@ -122,6 +125,25 @@ accounts:
     allowed_from: ["invoices@contoso.com", "*@billing.contoso.com"]
 `, t.TempDir(), o.listenTLS, w.cert.CertFile, w.cert.KeyFile, ms.Tenant, clientID, o.secret, ms.TokenURL,
 		o.smtpAddr, ms.IMAPAddr, ms.CAFile, mailbox, username, testHash)
+	if o.passthrough {
+		ms.AddApp(fakems.App{ClientID: publicID, PublicClient: true})
+		yaml = strings.Replace(yaml, "accounts:\n", fmt.Sprintf(`  ropc:
+    type: microsoft
+    tenant: %s
+    client_id: %s
+    grant: password
+    token_url: %s
+    smtp: {addr: %q, tls: starttls}
+    imap: {addr: %q, tls: implicit}
+    ca_file: %s
+accounts:
+  - name: shared
+    provider: ropc
+    mailbox: %s
+    username: shared
+    password_passthrough: true
+`, ms.Tenant, publicID, ms.TokenURL, o.smtpAddr, ms.IMAPAddr, ms.CAFile, scanBox), 1)
+	}
 	if o.relayFrom {
 		yaml += fmt.Sprintf(`
   - name: scanner
@@ -266,5 +288,3 @@ func writeFile(t *testing.T, name, content string) string {
 	return p
 }
 
-var _ = strings.Contains
-var _ = sasl.XOAuth2
