@@ -287,4 +287,3 @@ func writeFile(t *testing.T, name, content string) string {
 	}
 	return p
 }
-
