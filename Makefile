@@ -14,7 +14,9 @@ build:
 # Every test. The packages with concurrency run under the race detector.
 test: lint
 	$(GO) test -count=1 -timeout 15m ./...
-	$(GO) test -count=1 -race -timeout 15m ./proxy/... ./internal/oauth/... ./internal/tokenstore/... ./internal/fakems/...
+	$(GO) test -count=1 -race -timeout 15m ./proxy/... ./internal/... ./cmd/...
+	# The Windows service must keep compiling.
+	GOOS=windows GOARCH=amd64 $(GO) build -o /dev/null ./cmd/oauthrelay
 
 # The relay against the built-in fake Microsoft 365 on loopback: sends a
 # message through it and keeps serving until Ctrl-C.

@@ -113,6 +113,7 @@ func newDovecotWorld(t *testing.T) *dovecotWorld {
 		t.Fatalf("seeding Dovecot: %v", err)
 	}
 	d.Logout().Wait()
+	d.Close()
 
 	hash, err := bcrypt.GenerateFromPassword([]byte(dcPassword), bcrypt.MinCost)
 	if err != nil {
@@ -202,17 +203,25 @@ func (w *dovecotWorld) checkSecrets() {
 	}
 }
 
-// dcWatch closes c after dcClientLife, so that nothing waits for ever on a
-// relay or upstream that stopped answering.
-func dcWatch(t testing.TB, name string, c interface{ Close() error }) {
+// dcWatch closes c if it is still open after dcClientLife, so that
+// nothing waits for ever on a relay or upstream that stopped answering.
+func dcWatch(t testing.TB, name string, c *imapclient.Client) {
 	var fired atomic.Bool
-	timer := time.AfterFunc(dcClientLife, func() {
-		fired.Store(true)
-		c.Close()
-	})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		timer := time.NewTimer(dcClientLife)
+		defer timer.Stop()
+		select {
+		case <-c.Closed():
+		case <-timer.C:
+			fired.Store(true)
+			c.Close()
+		}
+	}()
 	t.Cleanup(func() {
-		timer.Stop()
 		c.Close()
+		<-done
 		if fired.Load() {
 			t.Errorf("%s: closed by the watchdog after %v", name, dcClientLife)
 		}
@@ -299,18 +308,17 @@ func dcAppend(c *imapclient.Client, mailbox string, msg []byte) (*imap.AppendDat
 	return cmd.Wait()
 }
 
-// dcCaps returns the capability list of a tagged "OK [CAPABILITY ...]".
+// dcCaps returns the capability list of a tagged "OK [CAPABILITY ...]"
+// (parsed here, not with the code under test).
 func dcCaps(t testing.TB, tagged string) []string {
 	t.Helper()
-	r := parseResponse(tagged)
-	if r.status != "OK" {
-		t.Fatalf("login: %q", tagged)
+	_, rest, _ := strings.Cut(tagged, " ")
+	rest, ok := strings.CutPrefix(rest, "OK [CAPABILITY ")
+	list, _, closed := strings.Cut(rest, "]")
+	if !ok || !closed {
+		t.Fatalf("login: %q, want OK [CAPABILITY ...]", tagged)
 	}
-	caps := capabilityCode(r.code)
-	if caps == "" {
-		t.Fatalf("login OK without capabilities: %q", tagged)
-	}
-	return strings.Fields(strings.ToUpper(caps))
+	return strings.Fields(strings.ToUpper(list))
 }
 
 func TestDovecot(t *testing.T) {
@@ -487,6 +495,7 @@ func (w *dovecotWorld) testCapabilities(t *testing.T) {
 	}
 	slices.Sort(want)
 	d.Logout().Wait()
+	d.Close()
 
 	rc := w.raw(t)
 	pre := dcCommand(rc, "a1", "CAPABILITY")
