@@ -72,6 +72,10 @@ func (s *session) login(tag, method, username, password string) (done bool) {
 		var le *proxy.LoginError
 		if errors.As(err, &le) && le.Failure == proxy.UpstreamRejected {
 			result = "rejected"
+			// The upstream refused a token the identity platform gave
+			// out (revoked, expired early, permissions changed): the
+			// next login gets a fresh one instead of this one again.
+			acct.Source.Invalidate()
 		}
 		obs.Upstream("imap", acct, result, took)
 		s.loginFailed(tag, err, log)
