@@ -8,16 +8,11 @@ package testutil
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"errors"
 	"fmt"
 	"io"
-	"math/big"
 	"net"
 	"os"
 	"os/exec"
@@ -156,7 +151,7 @@ func StartDovecot(t testing.TB, o DovecotOptions) *Dovecot {
 
 	certFile, keyFile := filepath.Join(d.Dir, "dovecot.crt"), filepath.Join(d.Dir, "dovecot.key")
 	d.CAFile = filepath.Join(d.Dir, "ca.crt")
-	d.CAPool = writeServerCert(t, d.CAFile, certFile, keyFile)
+	d.CAPool = WriteCert(t, d.CAFile, certFile, keyFile)
 	d.logFile = filepath.Join(d.Dir, "dovecot.log")
 
 	oauth2Conf := filepath.Join(d.Dir, "oauth2.conf.ext")
@@ -467,66 +462,6 @@ func dovecotOAuth2Conf(introspectURL string, debug bool) string {
 		"debug = " + yesNo(debug),
 		"",
 	}, "\n")
-}
-
-// writeServerCert makes a test CA and a certificate for 127.0.0.1 and
-// localhost signed by it, writes them (and the key) as PEM and returns a
-// pool trusting the CA.
-func writeServerCert(t testing.TB, caFile, certFile, keyFile string) *x509.CertPool {
-	t.Helper()
-	now := time.Now()
-	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	caTmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(now.UnixNano()),
-		Subject:               pkix.Name{CommonName: "oauthrelay dovecot test CA"},
-		NotBefore:             now.Add(-time.Hour),
-		NotAfter:              now.Add(24 * time.Hour),
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-		MaxPathLenZero:        true,
-	}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ca, err := x509.ParseCertificate(caDER)
-	if err != nil {
-		t.Fatal(err)
-	}
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(now.UnixNano() + 1),
-		Subject:      pkix.Name{CommonName: "127.0.0.1"},
-		NotBefore:    now.Add(-time.Hour),
-		NotAfter:     now.Add(24 * time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1)},
-		DNSNames:     []string{"localhost"},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	writePEM(t, caFile, "CERTIFICATE", caDER)
-	writePEM(t, certFile, "CERTIFICATE", der)
-	// Dovecot's master reads the key before it drops privileges; 0600 is
-	// enough whether it runs as root or as the test's user.
-	writePEM(t, keyFile, "PRIVATE KEY", keyDER)
-	pool := x509.NewCertPool()
-	pool.AddCert(ca)
-	return pool
 }
 
 func yesNo(b bool) string {

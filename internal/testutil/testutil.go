@@ -23,11 +23,12 @@ import (
 	"time"
 )
 
-// LocalCert is a self-signed certificate for 127.0.0.1 and localhost,
-// written to files as the relay's cert_file and key_file.
+// LocalCert is a test CA and a certificate for 127.0.0.1 and localhost
+// signed by it, written to files: the relay's cert_file and key_file, or an
+// upstream's certificate with CAFile as the relay's ca_file.
 type LocalCert struct {
-	CertFile, KeyFile string
-	// Pool trusts the certificate, for test clients.
+	CertFile, KeyFile, CAFile string
+	// Pool trusts the CA, for test clients.
 	Pool *x509.CertPool
 }
 
@@ -36,30 +37,62 @@ func (c *LocalCert) ClientTLS() *tls.Config {
 	return &tls.Config{RootCAs: c.Pool, ServerName: "127.0.0.1", MinVersion: tls.VersionTLS12}
 }
 
-// NewLocalCert generates a certificate in t.TempDir().
+// NewLocalCert generates a CA and a certificate in t.TempDir().
 func NewLocalCert(t testing.TB) *LocalCert {
 	t.Helper()
+	dir := t.TempDir()
+	c := &LocalCert{
+		CertFile: filepath.Join(dir, "relay.crt"),
+		KeyFile:  filepath.Join(dir, "relay.key"),
+		CAFile:   filepath.Join(dir, "ca.crt"),
+	}
+	c.Pool = WriteCert(t, c.CAFile, c.CertFile, c.KeyFile)
+	return c
+}
+
+// WriteCert makes a test CA and a certificate for 127.0.0.1 and localhost
+// signed by it, writes the CA, the certificate and its key (mode 0600) as
+// PEM files and returns a pool trusting the CA.
+func WriteCert(t testing.TB, caFile, certFile, keyFile string) *x509.CertPool {
+	t.Helper()
+	now := time.Now()
+	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caTmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(now.UnixNano()),
+		Subject:               pkix.Name{CommonName: "oauthrelay test CA"},
+		NotBefore:             now.Add(-time.Hour),
+		NotAfter:              now.Add(24 * time.Hour),
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+		MaxPathLenZero:        true,
+	}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, err := x509.ParseCertificate(caDER)
+	if err != nil {
+		t.Fatal(err)
+	}
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		t.Fatal(err)
 	}
 	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(time.Now().UnixNano()),
-		Subject:               pkix.Name{CommonName: "oauthrelay test"},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(24 * time.Hour),
-		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
-		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-		IPAddresses:           []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback},
-		DNSNames:              []string{"localhost"},
+		SerialNumber: big.NewInt(now.UnixNano() + 1),
+		Subject:      pkix.Name{CommonName: "127.0.0.1"},
+		NotBefore:    now.Add(-time.Hour),
+		NotAfter:     now.Add(24 * time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback},
+		DNSNames:     []string{"localhost"},
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -67,16 +100,12 @@ func NewLocalCert(t testing.TB) *LocalCert {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dir := t.TempDir()
-	c := &LocalCert{
-		CertFile: filepath.Join(dir, "relay.crt"),
-		KeyFile:  filepath.Join(dir, "relay.key"),
-		Pool:     x509.NewCertPool(),
-	}
-	c.Pool.AddCert(cert)
-	writePEM(t, c.CertFile, "CERTIFICATE", der)
-	writePEM(t, c.KeyFile, "PRIVATE KEY", keyDER)
-	return c
+	writePEM(t, caFile, "CERTIFICATE", caDER)
+	writePEM(t, certFile, "CERTIFICATE", der)
+	writePEM(t, keyFile, "PRIVATE KEY", keyDER)
+	pool := x509.NewCertPool()
+	pool.AddCert(ca)
+	return pool
 }
 
 func writePEM(t testing.TB, path, typ string, der []byte) {

@@ -16,6 +16,7 @@ import (
 
 	"github.com/oauthrelay/oauthrelay/config"
 	"github.com/oauthrelay/oauthrelay/internal/sasl"
+	"github.com/oauthrelay/oauthrelay/internal/testutil"
 )
 
 // testMessage is a small RFC 5322 message whose body is body.
@@ -170,7 +171,8 @@ func xoauth2Line(t testing.TB, b64 string) {
 // no capabilities in the greeting, no SASL-IR, capabilities in an untagged
 // response during AUTHENTICATE, and bytes sent right after the tagged OK.
 func TestScriptedUpstream(t *testing.T) {
-	certFile, keyFile, caFile, _ := writeCert(t, t.TempDir())
+	lc := testutil.NewLocalCert(t)
+	certFile, keyFile, caFile := lc.CertFile, lc.KeyFile, lc.CAFile
 	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
 	if err != nil {
 		t.Fatal(err)

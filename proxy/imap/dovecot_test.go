@@ -643,7 +643,7 @@ func (w *dovecotWorld) testImaplib(t *testing.T) {
 	_, port, _ := net.SplitHostPort(w.addr)
 	ctx, cancel := context.WithTimeout(context.Background(), dcCommandTimeout)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, python, "-c", dcImaplibScript, port, dcUser, dcPassword, w.cert.CertFile)
+	cmd := exec.CommandContext(ctx, python, "-c", dcImaplibScript, port, dcUser, dcPassword, w.cert.CAFile)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
@@ -680,7 +680,7 @@ func (w *dovecotWorld) testCurl(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), dcCommandTimeout)
 		defer cancel()
 		cmd := exec.CommandContext(ctx, curl, "--silent", "--show-error", "--max-time", "15",
-			"--ssl-reqd", "--cacert", w.cert.CertFile, "--url", url, "-u", dcUser+":"+dcPassword)
+			"--ssl-reqd", "--cacert", w.cert.CAFile, "--url", url, "-u", dcUser+":"+dcPassword)
 		var stderr bytes.Buffer
 		cmd.Stderr = &stderr
 		out, err := cmd.Output()

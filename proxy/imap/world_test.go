@@ -10,20 +10,12 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/base64"
-	"encoding/pem"
 	"errors"
 	"log/slog"
-	"math/big"
 	"net"
-	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -35,6 +27,7 @@ import (
 	"github.com/oauthrelay/oauthrelay/config"
 	"github.com/oauthrelay/oauthrelay/internal/fakems"
 	"github.com/oauthrelay/oauthrelay/internal/sasl"
+	"github.com/oauthrelay/oauthrelay/internal/testutil"
 	"github.com/oauthrelay/oauthrelay/proxy"
 )
 
@@ -104,7 +97,8 @@ func newWorld(t testing.TB, o worldOptions) *world {
 	if o.TLS == "" {
 		w.lc.TLS = config.TLSNone
 	}
-	w.lc.CertFile, w.lc.KeyFile, _, w.roots = writeCert(t, dir)
+	cert := testutil.NewLocalCert(t)
+	w.lc.CertFile, w.lc.KeyFile, w.roots = cert.CertFile, cert.KeyFile, cert.Pool
 	if w.lc.TLS == config.TLSNone {
 		w.lc.CertFile, w.lc.KeyFile = "", ""
 	}
@@ -426,60 +420,6 @@ func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
-}
-
-// writeCert makes a CA and a certificate for 127.0.0.1 and localhost,
-// writes the certificate, its key and the CA to dir and returns their paths
-// and a pool trusting the CA.
-func writeCert(t testing.TB, dir string) (certFile, keyFile, caFile string, roots *x509.CertPool) {
-	t.Helper()
-	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	now := time.Now()
-	caTmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "oauthrelay test CA"},
-		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(24 * time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
-	}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ca, _ := x509.ParseCertificate(caDER)
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "127.0.0.1"},
-		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(24 * time.Hour),
-		KeyUsage:    x509.KeyUsageDigitalSignature,
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}, DNSNames: []string{"localhost"},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	keyDER, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	certFile, keyFile = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
-	write := func(path, typ string, der []byte) {
-		if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
-	write(certFile, "CERTIFICATE", der)
-	write(keyFile, "EC PRIVATE KEY", keyDER)
-	caFile = filepath.Join(dir, "ca.pem")
-	write(caFile, "CERTIFICATE", caDER)
-	roots = x509.NewCertPool()
-	roots.AddCert(ca)
-	return certFile, keyFile, caFile, roots
 }
 
 // closedPort returns a loopback address nothing listens on.

@@ -50,7 +50,7 @@ func TestSwaks(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	for _, auth := range []string{"PLAIN", "LOGIN"} {
-		out, err := exec.CommandContext(ctx, swaks, "--server", w.addr, "--tls", "--tls-verify", "--tls-ca-path", w.cert.CertFile,
+		out, err := exec.CommandContext(ctx, swaks, "--server", w.addr, "--tls", "--tls-verify", "--tls-ca-path", w.cert.CAFile,
 			"--auth", auth, "--auth-user", username, "--auth-password", password,
 			"--from", mailbox, "--to", recipient, "--header", "Subject: swaks "+auth, "--body", "sent by swaks",
 			"--helo", "swaks.test", "--timeout", "30").CombinedOutput()
@@ -65,7 +65,7 @@ func TestSwaks(t *testing.T) {
 		}
 	}
 	// A wrong password through swaks gets 535 and swaks exits non-zero.
-	out, err := exec.CommandContext(ctx, swaks, "--server", w.addr, "--tls", "--tls-ca-path", w.cert.CertFile,
+	out, err := exec.CommandContext(ctx, swaks, "--server", w.addr, "--tls", "--tls-ca-path", w.cert.CAFile,
 		"--auth", "PLAIN", "--auth-user", username, "--auth-password", "wrong",
 		"--from", mailbox, "--to", recipient, "--timeout", "30").CombinedOutput()
 	if err == nil || !strings.Contains(string(out), "535 5.7.8") {
