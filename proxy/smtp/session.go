@@ -111,12 +111,18 @@ func (s *session) login(username, password string) error {
 	relay := s.srv.relay
 	a, err := relay.Login(ctx, s.remote, username, password)
 	if err != nil {
-		return s.authFailed(nil, err)
+		return s.authFailed(nil, username, err)
 	}
-	token := func(ctx context.Context) (string, error) { return relay.Token(ctx, s.remote, a, password) }
+	// Only a passthrough account needs the password again (to redial
+	// upstream later in the session); others do not keep it.
+	pw := ""
+	if a.PasswordPassthrough {
+		pw = password
+	}
+	token := func(ctx context.Context) (string, error) { return relay.Token(ctx, s.remote, a, pw) }
 	up, err := s.dial(ctx, a, token)
 	if err != nil {
-		return s.authFailed(a, err)
+		return s.authFailed(a, username, err)
 	}
 	s.closeUpstream()
 	s.acct, s.token, s.up = a, token, up
@@ -142,9 +148,9 @@ func (s *session) dial(ctx context.Context, a *proxy.Account, token func(context
 }
 
 // authFailed logs a failed login in plain words and returns the reply.
-func (s *session) authFailed(a *proxy.Account, err error) error {
+func (s *session) authFailed(a *proxy.Account, username string, err error) error {
 	reply, result := authReply(err)
-	log := s.log
+	log := s.log.With("username", username)
 	if a != nil {
 		log = log.With("account", a.Name)
 	}
