@@ -36,9 +36,10 @@ const (
 	// commandTimeout bounds a command without a deadline in its context
 	// (RFC 5321 §4.5.3.2: 5 minutes).
 	commandTimeout = 5 * time.Minute
-	// dataTimeout bounds the wait for the reply to the final dot
-	// (RFC 5321: 10 minutes).
-	dataTimeout = 10 * time.Minute
+	// dataTimeout bounds sending a message and the wait for the reply to
+	// its final dot (RFC 5321 allows 10 minutes for the reply alone; a
+	// 150 MB message from a slow app needs more).
+	dataTimeout = 30 * time.Minute
 	bufSize     = 32 << 10
 )
 
@@ -49,6 +50,7 @@ type Client struct {
 	text *textproto.Reader
 	bw   *bufio.Writer
 	ext  map[string]string
+	buf  []byte // Data's read buffer, kept for the next message
 }
 
 // New starts a client on conn: it reads the greeting and says EHLO as
@@ -72,19 +74,21 @@ func (c *Client) setConn(conn net.Conn) {
 	c.bw = bufio.NewWriterSize(conn, bufSize)
 }
 
-// deadline sets the connection deadline from ctx, or d from now, and
-// returns the function that clears it.
-func (c *Client) deadline(ctx context.Context, d time.Duration) func() {
+// deadline sets the connection deadline for the next exchange: ctx's
+// deadline, else d from now. When ctx can be cancelled, cancelling it
+// interrupts the exchange; the returned function unhooks that. Each
+// exchange sets its own deadline, so none is cleared afterwards.
+func (c *Client) deadline(ctx context.Context, d time.Duration) (stop func()) {
 	dl, ok := ctx.Deadline()
 	if !ok {
 		dl = time.Now().Add(d)
 	}
 	c.conn.SetDeadline(dl)
-	stop := context.AfterFunc(ctx, func() { c.conn.SetDeadline(time.Unix(1, 0)) })
-	return func() {
-		stop()
-		c.conn.SetDeadline(time.Time{})
+	if ctx.Done() == nil {
+		return func() {}
 	}
+	unhook := context.AfterFunc(ctx, func() { c.conn.SetDeadline(time.Unix(1, 0)) })
+	return func() { unhook() }
 }
 
 func (c *Client) ehlo(localName string) error {
@@ -307,8 +311,11 @@ func (c *Client) Data(ctx context.Context, r io.Reader) (string, int64, error) {
 	// deadline through the context only.
 	done = c.deadline(ctx, dataTimeout)
 	defer func() { done() }()
+	if c.buf == nil {
+		c.buf = make([]byte, bufSize)
+	}
 	st := &stuffer{w: c.bw, bol: true}
-	n, err := copyMessage(st, r)
+	n, err := copyMessage(st, r, c.buf)
 	if err != nil {
 		return "", n, err
 	}
@@ -328,9 +335,9 @@ func (c *Client) Data(ctx context.Context, r io.Reader) (string, int64, error) {
 	return msg, n, nil
 }
 
-// copyMessage copies r to st, wrapping read failures in *ReadError.
-func copyMessage(st *stuffer, r io.Reader) (int64, error) {
-	buf := make([]byte, bufSize)
+// copyMessage copies r to st through buf, wrapping read failures in
+// *ReadError.
+func copyMessage(st *stuffer, r io.Reader, buf []byte) (int64, error) {
 	var n int64
 	for {
 		m, rerr := r.Read(buf)

@@ -41,11 +41,6 @@ const (
 	loginTimeout = 90 * time.Second
 	// probeTimeout bounds the start-up EHLO that learns the upstream SIZE.
 	probeTimeout = 10 * time.Second
-	// commandTimeout bounds one relayed command upstream (RFC 5321
-	// §4.5.3.2: 5 minutes).
-	commandTimeout = 5 * time.Minute
-	// dataTimeout bounds a relayed message, body and final reply.
-	dataTimeout = 30 * time.Minute
 	// quitTimeout bounds the polite QUIT when a session ends.
 	quitTimeout = 10 * time.Second
 	// localName is what the relay calls itself in EHLO upstream.

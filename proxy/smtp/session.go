@@ -18,6 +18,13 @@ import (
 	"github.com/oauthrelay/oauthrelay/proxy"
 )
 
+// cmdCtx is the context of the commands relayed upstream. go-smtp gives
+// session methods no context; each upstream exchange is bounded by
+// smtpclient's timeouts (5 minutes a command, 30 a message), and a session
+// that ends closes its upstream connection, which interrupts any exchange.
+// A cancellable context here would cost a registration per command.
+var cmdCtx = context.Background()
+
 // session is one app connection. go-smtp calls its methods one at a time.
 type session struct {
 	srv    *Server
@@ -226,9 +233,7 @@ func (s *session) mailUpstream(a *proxy.Account, from string, opts *smtp.MailOpt
 			}
 			s.up = up
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), commandTimeout)
-		err := s.up.c.Mail(ctx, from, opts)
-		cancel()
+		err := s.up.c.Mail(cmdCtx, from, opts)
 		if se, ok := isReply(err); ok {
 			if se.Code == 421 {
 				s.up.broken = true
@@ -270,9 +275,7 @@ func (s *session) rcpt(to string, opts *smtp.RcptOptions) error {
 	if !s.inTx || s.up == nil {
 		return errNoTransaction
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), commandTimeout)
-	defer cancel()
-	err := s.up.c.Rcpt(ctx, to, opts)
+	err := s.up.c.Rcpt(cmdCtx, to, opts)
 	if err == nil {
 		return nil
 	}
@@ -296,9 +299,7 @@ func (s *session) data(r io.Reader) error {
 		return errNoTransaction
 	}
 	s.inTx = false
-	ctx, cancel := context.WithTimeout(context.Background(), dataTimeout)
-	defer cancel()
-	text, n, err := s.up.c.Data(ctx, r)
+	text, n, err := s.up.c.Data(cmdCtx, r)
 	if err == nil {
 		s.srv.relay.Observer().Message(s.up.acct, n)
 		s.log.Info("message relayed", "bytes", n)
@@ -327,9 +328,7 @@ func (s *session) data(r io.Reader) error {
 // Reset implements smtp.Session: RSET is relayed.
 func (s *session) Reset() {
 	if s.inTx && s.up != nil && !s.up.broken {
-		ctx, cancel := context.WithTimeout(context.Background(), commandTimeout)
-		defer cancel()
-		if err := s.up.c.Reset(ctx); err != nil {
+		if err := s.up.c.Reset(cmdCtx); err != nil {
 			if _, ok := isReply(err); !ok {
 				s.up.broken = true
 			}

@@ -3,6 +3,7 @@ package smtp
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -47,6 +48,9 @@ type worldOptions struct {
 	// starts, so not even its first token request succeeds.
 	tokenFailure *fakems.TokenFailure
 	tokenDelay   time.Duration
+	// quiet logs at warn level only (benchmarks: the debug protocol log
+	// would be measured too).
+	quiet bool
 	// passthrough adds a provider with the password grant (a public
 	// client) and an account whose app password is the mailbox password.
 	passthrough bool
@@ -158,6 +162,9 @@ accounts:
 	}
 	logger, buf := testutil.Logger(t)
 	w.log = buf
+	if o.quiet {
+		logger = slog.New(slog.NewTextHandler(buf, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	}
 	w.relay, err = proxy.NewRelay(cfg, proxy.Options{Logger: logger, HTTPClient: o.httpClient})
 	if err != nil {
 		t.Fatal(err)
