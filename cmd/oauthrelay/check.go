@@ -163,6 +163,12 @@ func checkSMTP(ctx context.Context, relay *proxy.Relay, a *proxy.Account, tok st
 	s := step{ran: true, err: err}
 	var se *smtp.SMTPError
 	if errors.As(err, &se) {
+		// The enhanced code is what Microsoft's documentation is
+		// organised by (go-smtp's Error() leaves it out).
+		s.err = fmt.Errorf("%d %d.%d.%d %s", se.Code, se.EnhancedCode[0], se.EnhancedCode[1], se.EnhancedCode[2], se.Message)
+		if se.EnhancedCode == smtp.NoEnhancedCode {
+			s.err = fmt.Errorf("%d %s", se.Code, se.Message)
+		}
 		s.explain = proxy.ExplainSMTP(se.Code, se.EnhancedCode, se.Message)
 	} else if err != nil {
 		s.explain = "the upstream SMTP server " + a.ProviderRef.SMTP.Addr + " could not be reached or the TLS handshake failed"

@@ -53,6 +53,12 @@ func commands() []command {
 // errUsage makes main print the usage and exit 2.
 var errUsage = errors.New("usage")
 
+// usageError is a usage error with a message of its own (a bad flag).
+type usageError struct{ error }
+
+func (usageError) Is(target error) bool { return target == errUsage }
+func (e usageError) Unwrap() error      { return e.error }
+
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -73,6 +79,9 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		case err == nil:
 			return 0
 		case errors.Is(err, errUsage), errors.Is(err, flag.ErrHelp):
+			if err != errUsage && !errors.Is(err, flag.ErrHelp) {
+				fmt.Fprintln(stderr, "oauthrelay:", err)
+			}
 			fmt.Fprintln(stderr, "usage: oauthrelay", c.usage)
 			return 2
 		case errors.Is(err, errCheckFailed):
@@ -100,10 +109,10 @@ func runVersion(_ context.Context, _ []string, _ io.Reader, stdout, _ io.Writer)
 // configFlag parses "-config FILE" plus positional arguments.
 func configFlag(name string, args []string, stderr io.Writer) (string, []string, error) {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs.SetOutput(io.Discard) // run prints the error and the usage line once
 	path := fs.String("config", "/etc/oauthrelay/config.yaml", "configuration file")
 	if err := fs.Parse(args); err != nil {
-		return "", nil, err
+		return "", nil, usageError{err}
 	}
 	return *path, fs.Args(), nil
 }

@@ -68,7 +68,10 @@ func explainTokenError(err error) error {
 		if oe.AADSTS != 0 {
 			msg = fmt.Sprintf("AADSTS%d: %s", oe.AADSTS, msg)
 		}
-		if oe.Fix != "" {
+		switch {
+		case oe.Class == oauth.Transient:
+			msg += "\n  this is temporary: try again later"
+		case oe.Fix != "":
 			msg += "\n  fix: " + oe.Fix
 		}
 		return fmt.Errorf("token: %s (%s)", msg, oe.Class)

@@ -8,7 +8,7 @@ type advice struct {
 }
 
 const (
-	fixLogin      = "sign in again: run `oauthrelay login ACCOUNT` (or use the status page)"
+	fixLogin      = "sign in again: run `oauthrelay login -config FILE ACCOUNT` (or use the status page)"
 	fixConsent    = "grant admin consent for the app's permissions in Entra ID (Enterprise applications > Permissions), then sign in again"
 	fixSecret     = "create a new client secret in the app registration (Certificates & secrets) and update the configuration"
 	fixMFAForROPC = "MFA cannot work with the password grant; use grant: authorization_code or device_code"
@@ -26,7 +26,7 @@ var aadstsTable = map[int]advice{
 	65004:   {NeedsSignIn, "the user declined consent", fixLogin},
 	50076:   {NeedsSignIn, "multi-factor authentication is required", fixLogin},
 	50078:   {NeedsSignIn, "the multi-factor authentication has expired", fixLogin},
-	50079:   {NeedsSignIn, "the user must register for multi-factor authentication", "the user must register MFA, then sign in again: run `oauthrelay login ACCOUNT`"},
+	50079:   {NeedsSignIn, "the user must register for multi-factor authentication", "the user must register MFA, then sign in again: run `oauthrelay login -config FILE ACCOUNT`"},
 	53003:   {NeedsSignIn, "access is blocked by a Conditional Access policy", fixCA},
 	53000:   {NeedsSignIn, "Conditional Access requires a compliant device", fixCA},
 	70043:   {NeedsSignIn, "a sign-in frequency policy requires signing in again", fixLogin},

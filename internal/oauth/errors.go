@@ -283,7 +283,7 @@ func signInFix(grant string) string {
 	case grantClientCredentials:
 		return "check the app registration, its application permissions and admin consent"
 	}
-	return "sign in again: run `oauthrelay login ACCOUNT` (or use the status page)"
+	return "sign in again: run `oauthrelay login -config FILE ACCOUNT` (or use the status page)"
 }
 
 // parseRetryAfter reads Retry-After as seconds or an HTTP date (RFC 9110

@@ -149,7 +149,7 @@ func (s *Source) loadRefresh() (string, *Error) {
 	rec, err := s.store.Load(s.acct.Name)
 	switch {
 	case errors.Is(err, tokenstore.ErrNotFound) || err == nil && rec.RefreshToken == "":
-		return "", &Error{Class: NeedsSignIn, Reason: "not signed in: run oauthrelay login", Fix: "run `oauthrelay login " + s.acct.Name + "` (or sign in on the status page)"}
+		return "", &Error{Class: NeedsSignIn, Reason: "not signed in yet (no refresh token in the store)", Fix: "run `oauthrelay login -config FILE " + s.acct.Name + "` (or sign in on the status page)"}
 	case errors.Is(err, tokenstore.ErrDecrypt):
 		return "", classify(err, s.grant, s.now())
 	case err != nil:
