@@ -2,6 +2,7 @@ package fakems
 
 import (
 	"log/slog"
+	"time"
 
 	"github.com/emersion/go-imap/v2"
 	"github.com/emersion/go-imap/v2/imapserver"
@@ -178,11 +179,30 @@ func (is *imapSession) Poll(w *imapserver.UpdateWriter, allowExpunge bool) error
 	return is.mem.Poll(w, allowExpunge)
 }
 
+// idlePoll is how often an IDLE session looks for changes.
+const idlePoll = 50 * time.Millisecond
+
+// Idle polls for changes instead of using imapmemserver's notification:
+// imapserver sends "+ idling" before the session registers for updates, and
+// a change made in between (another connection's APPEND right after the
+// client saw the continuation) would not be pushed until the next change.
+// Polling pushes it within idlePoll, as Exchange does within a moment.
 func (is *imapSession) Idle(w *imapserver.UpdateWriter, stop <-chan struct{}) error {
 	if err := is.ready(); err != nil {
 		return err
 	}
-	return is.mem.Idle(w, stop)
+	t := time.NewTicker(idlePoll)
+	defer t.Stop()
+	for {
+		if err := is.mem.Poll(w, true); err != nil {
+			return err
+		}
+		select {
+		case <-stop:
+			return nil
+		case <-t.C:
+		}
+	}
 }
 
 func (is *imapSession) Unselect() error {

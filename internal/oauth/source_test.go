@@ -224,7 +224,7 @@ func TestNotSignedIn(t *testing.T) {
 	s := mustSource(t, testAccount(f, "authorization_code"), Options{Store: newMemStore()})
 	_, err := s.Token(context.Background())
 	e := asError(t, err)
-	if e.Class != NeedsSignIn || !strings.Contains(e.Reason, "not signed in: run oauthrelay login") {
+	if e.Class != NeedsSignIn || !strings.Contains(e.Reason, "not signed in") {
 		t.Fatalf("err = %v", err)
 	}
 	if f.requests.Load() != 0 {
