@@ -25,7 +25,7 @@ demo: build
 
 # Figures, not assertions: relay vs direct to the same fake upstream.
 bench: build
-	$(GO) test -run '^$$' -bench . -benchmem -benchtime 3x ./proxy/... 
+	$(GO) test -run '^$$' -bench . -benchmem -benchtime 2s ./proxy/... ./internal/smtpclient/
 	$(BIN) bench
 
 lint:
