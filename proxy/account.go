@@ -22,6 +22,10 @@ type Account struct {
 	// roots verify the provider's upstream servers (system roots plus
 	// ca_file).
 	roots *x509.CertPool
+	// sessions lets upstream TLS connections resume earlier sessions
+	// (TLS 1.3 tickets): a legacy app logs in for every message or poll,
+	// and resumption skips the certificate exchange and verification.
+	sessions tls.ClientSessionCache
 
 	runMu  sync.Mutex
 	cancel context.CancelFunc // stops Source.Run; nil when not running
@@ -37,7 +41,7 @@ func newAccount(ca *config.Account, prev *Account, opts Options) (*Account, erro
 	if err != nil {
 		return nil, err
 	}
-	a := &Account{Account: ca, roots: roots}
+	a := &Account{Account: ca, roots: roots, sessions: tls.NewLRUClientSessionCache(64)}
 	if prev != nil && sameTokenSettings(prev.Account, ca) {
 		a.Source = prev.Source
 		prev.runMu.Lock()
@@ -85,7 +89,7 @@ func loadRoots(caFile string) (*x509.CertPool, error) {
 // UpstreamTLS is the client TLS configuration for host: always verified, TLS
 // 1.2 or newer.
 func (a *Account) UpstreamTLS(host string) *tls.Config {
-	return &tls.Config{ServerName: host, RootCAs: a.roots, MinVersion: tls.VersionTLS12}
+	return &tls.Config{ServerName: host, RootCAs: a.roots, MinVersion: tls.VersionTLS12, ClientSessionCache: a.sessions}
 }
 
 func (a *Account) relaysFor(addr netip.Addr) bool {
