@@ -15,7 +15,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -53,24 +52,8 @@ func hashOf(t testing.TB, pw string) string {
 	return string(h)
 }
 
-// syncBuffer is a bytes.Buffer safe for concurrent use: commands running in
-// a goroutine write to it while the test reads it.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+// syncBuffer collects a command's output while the test reads it.
+type syncBuffer = testutil.Buf
 
 // waitFor polls cond until it holds; the test fails after timeout.
 func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {

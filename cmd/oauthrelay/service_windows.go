@@ -220,7 +220,8 @@ func prepareStateDir(dir string, stdout io.Writer) error {
 	return nil
 }
 
-func uninstallService(name string, stdout io.Writer) error {
+// withService opens the service manager and the named service for f.
+func withService(name string, f func(*mgr.Service) error) error {
 	m, err := connectSCM()
 	if err != nil {
 		return err
@@ -231,6 +232,14 @@ func uninstallService(name string, stdout io.Writer) error {
 		return fmt.Errorf("service %s: %w", name, err)
 	}
 	defer s.Close()
+	return f(s)
+}
+
+func uninstallService(name string, stdout io.Writer) error {
+	return withService(name, func(s *mgr.Service) error { return uninstallOpened(s, name, stdout) })
+}
+
+func uninstallOpened(s *mgr.Service, name string, stdout io.Writer) error {
 	if st, err := s.Query(); err == nil && st.State != svc.Stopped {
 		if err := controlAndWait(s, svc.Stop, svc.Stopped, serviceStopWait); err != nil {
 			return err
@@ -247,16 +256,10 @@ func uninstallService(name string, stdout io.Writer) error {
 }
 
 func startService(name string, stdout io.Writer) error {
-	m, err := connectSCM()
-	if err != nil {
-		return err
-	}
-	defer m.Disconnect()
-	s, err := m.OpenService(name)
-	if err != nil {
-		return fmt.Errorf("service %s: %w", name, err)
-	}
-	defer s.Close()
+	return withService(name, func(s *mgr.Service) error { return startOpened(s, name, stdout) })
+}
+
+func startOpened(s *mgr.Service, name string, stdout io.Writer) error {
 	if err := s.Start(); err != nil {
 		return fmt.Errorf("start service %s: %w", name, err)
 	}
@@ -268,16 +271,10 @@ func startService(name string, stdout io.Writer) error {
 }
 
 func stopService(name string, stdout io.Writer) error {
-	m, err := connectSCM()
-	if err != nil {
-		return err
-	}
-	defer m.Disconnect()
-	s, err := m.OpenService(name)
-	if err != nil {
-		return fmt.Errorf("service %s: %w", name, err)
-	}
-	defer s.Close()
+	return withService(name, func(s *mgr.Service) error { return stopOpened(s, name, stdout) })
+}
+
+func stopOpened(s *mgr.Service, name string, stdout io.Writer) error {
 	if err := controlAndWait(s, svc.Stop, svc.Stopped, serviceStopWait); err != nil {
 		return err
 	}

@@ -147,3 +147,16 @@ func (b *Buf) String() string {
 	defer b.mu.Unlock()
 	return b.sb.String()
 }
+
+// ClosedAddr returns a loopback address where nothing listens (a port that
+// was free a moment ago): an unreachable upstream.
+func ClosedAddr(t testing.TB) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	return addr
+}

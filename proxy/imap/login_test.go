@@ -15,6 +15,7 @@ import (
 
 	"github.com/oauthrelay/oauthrelay/config"
 	"github.com/oauthrelay/oauthrelay/internal/fakems"
+	"github.com/oauthrelay/oauthrelay/internal/testutil"
 )
 
 // loggedIn checks a tagged OK to a login and that the session then reaches
@@ -182,7 +183,7 @@ func TestLoginFailures(t *testing.T) {
 		{
 			name: "upstream unreachable", user: testUser, pass: testPassword,
 			opts: func(t *testing.T) worldOptions {
-				return worldOptions{Upstream: &config.Upstream{Addr: closedPort(t)}}
+				return worldOptions{Upstream: &config.Upstream{Addr: testutil.ClosedAddr(t)}}
 			},
 			want: "NO [UNAVAILABLE] ", login: "invoices:unavailable", upstream: "invoices:unavailable",
 		},

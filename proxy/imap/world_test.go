@@ -72,12 +72,12 @@ type world struct {
 	addr  string         // the proxy's address
 	roots *x509.CertPool // trusts the local listener's certificate
 	obs   *recorder
-	logs  *syncBuffer
+	logs  *testutil.Buf
 }
 
 func newWorld(t testing.TB, o worldOptions) *world {
 	t.Helper()
-	w := &world{t: t, obs: &recorder{}, logs: &syncBuffer{}}
+	w := &world{t: t, obs: &recorder{}, logs: &testutil.Buf{}}
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	fake, err := fakems.Start(ctx, fakems.Options{})
@@ -403,35 +403,6 @@ func waitFor(t testing.TB, what string, cond func() bool) {
 		}
 	}
 	t.Fatalf("timed out waiting for %s", what)
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
-// closedPort returns a loopback address nothing listens on.
-func closedPort(t testing.TB) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	return addr
 }
 
 // scriptedUpstream serves each connection with script on a loopback port

@@ -22,6 +22,7 @@ import (
 
 	"github.com/oauthrelay/oauthrelay/internal/fakems"
 	"github.com/oauthrelay/oauthrelay/internal/sasl"
+	"github.com/oauthrelay/oauthrelay/internal/testutil"
 )
 
 var execLookPath = exec.LookPath
@@ -314,7 +315,7 @@ func TestUpstreamRefusesXOAUTH2(t *testing.T) {
 }
 
 func TestUpstreamUnreachable(t *testing.T) {
-	w := newWorld(t, worldOptions{smtpAddr: closedPort(t)})
+	w := newWorld(t, worldOptions{smtpAddr: testutil.ClosedAddr(t)})
 	c := w.dial()
 	wantCode(t, c.Auth(gosasl.NewPlainClient("", username, password)), 454, "4.7.0")
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -260,17 +259,6 @@ func wantCode(t *testing.T, err error, code int, enh string) *smtp.SMTPError {
 		t.Fatalf("got reply %d %s %q, want %d %s", se.Code, got, se.Message, code, enh)
 	}
 	return se
-}
-
-// closedPort returns an address where nothing listens.
-func closedPort(t *testing.T) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	return addr
 }
 
 // lookPath skips the test when an external client is missing outside CI;
