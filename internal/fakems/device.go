@@ -106,16 +106,7 @@ func (s *Server) grantDeviceCode(w http.ResponseWriter, r *http.Request) {
 		d.lastPoll = now
 	}
 	s.mu.Unlock()
-	if e != nil {
-		s.writeAADError(w, e)
-		return
-	}
-	ss, e := parseDelegatedScopes(scope)
-	if e != nil {
-		s.writeAADError(w, e)
-		return
-	}
-	s.issueDelegated(w, app.ClientID, mbox, ss, strings.Fields(scope))
+	s.finishDelegated(w, e, app.ClientID, mbox, scope)
 }
 
 func (s *Server) pendingDeviceLocked(userCode string) (*deviceAuth, error) {

@@ -272,6 +272,12 @@ func (s *Server) grantAuthCode(w http.ResponseWriter, r *http.Request) {
 		scope, mbox = c.scope, c.mailbox
 	}
 	s.mu.Unlock()
+	s.finishDelegated(w, e, app.ClientID, mbox, scope)
+}
+
+// finishDelegated answers a delegated grant whose checks gave e (nil: they
+// passed) with the tokens for mailbox and scope.
+func (s *Server) finishDelegated(w http.ResponseWriter, e *aadError, clientID, mbox, scope string) {
 	if e != nil {
 		s.writeAADError(w, e)
 		return
@@ -281,7 +287,7 @@ func (s *Server) grantAuthCode(w http.ResponseWriter, r *http.Request) {
 		s.writeAADError(w, e)
 		return
 	}
-	s.issueDelegated(w, app.ClientID, mbox, ss, strings.Fields(scope))
+	s.issueDelegated(w, clientID, mbox, ss, strings.Fields(scope))
 }
 
 // pkceOK checks a code_verifier against the challenge (RFC 7636 §4.6).

@@ -10,13 +10,13 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"regexp"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/oauthrelay/oauthrelay/config"
+	"github.com/oauthrelay/oauthrelay/internal/testutil"
 	"github.com/oauthrelay/oauthrelay/internal/tokenstore"
 )
 
@@ -276,7 +276,7 @@ func (c *clock) Advance(d time.Duration) {
 // testLogger captures logs; at the end of the test it checks that no token,
 // secret or password reached them, and shows them if the test failed.
 func testLogger(t *testing.T) *slog.Logger {
-	b := &logBuf{}
+	b := &testutil.Buf{}
 	t.Cleanup(func() {
 		out := b.String()
 		if m := secretRE.FindString(out); m != "" {
@@ -290,20 +290,3 @@ func testLogger(t *testing.T) *slog.Logger {
 }
 
 var secretRE = regexp.MustCompile(`s3cret|mailbox-pw|wrong-pw|\b(at|rt|code)-\d|client_assertion=|eyJ`)
-
-type logBuf struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *logBuf) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logBuf) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}

@@ -6,7 +6,6 @@ package testutil
 // or refused by a server that is not ours.
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -20,7 +19,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -67,7 +65,7 @@ type Dovecot struct {
 	Dir string
 
 	logFile string
-	stderr  *lockedBuffer
+	stderr  *Buf
 }
 
 // ClientTLS is a client configuration that trusts Dovecot's certificate.
@@ -125,7 +123,7 @@ func StartDovecot(t testing.TB, o DovecotOptions) *Dovecot {
 
 	// Mail processes run as ids.uid and must reach the homes: t.TempDir()
 	// and its parent are 0700.
-	d := &Dovecot{Dir: t.TempDir(), stderr: &lockedBuffer{}}
+	d := &Dovecot{Dir: t.TempDir(), stderr: &Buf{}}
 	for _, dir := range []string{filepath.Dir(d.Dir), d.Dir} {
 		if err := os.Chmod(dir, 0o755); err != nil {
 			t.Fatal(err)
@@ -480,22 +478,4 @@ func freePort(t testing.TB) int {
 	}
 	defer ln.Close()
 	return ln.Addr().(*net.TCPAddr).Port
-}
-
-// lockedBuffer collects a process's output; safe for concurrent use.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
