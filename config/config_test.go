@@ -554,3 +554,24 @@ func TestLoad(t *testing.T) {
 		t.Errorf("Problem: %#v", p)
 	}
 }
+
+func TestDefaultStateDir(t *testing.T) {
+	env := func(m map[string]string) func(string) (string, bool) {
+		return func(k string) (string, bool) { v, ok := m[k]; return v, ok }
+	}
+	for _, tc := range []struct {
+		goos string
+		env  map[string]string
+		want string
+	}{
+		{"linux", nil, "/var/lib/oauthrelay"},
+		{"linux", map[string]string{"STATE_DIRECTORY": "/var/lib/oauthrelay:/var/lib/other"}, "/var/lib/oauthrelay"},
+		{"linux", map[string]string{"STATE_DIRECTORY": "/var/lib/private/oauthrelay"}, "/var/lib/private/oauthrelay"},
+		{"windows", map[string]string{"ProgramData": `D:\ProgramData`}, `D:\ProgramData\oauthrelay`},
+		{"windows", nil, `C:\ProgramData\oauthrelay`},
+	} {
+		if got := defaultStateDir(tc.goos, env(tc.env)); got != tc.want {
+			t.Errorf("defaultStateDir(%s, %v) = %q, want %q", tc.goos, tc.env, got, tc.want)
+		}
+	}
+}

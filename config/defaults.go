@@ -2,6 +2,7 @@ package config
 
 import (
 	"net/url"
+	"runtime"
 	"strings"
 )
 
@@ -11,11 +12,7 @@ import (
 // endpoint defaults (validation reports the type or cloud).
 func applyDefaults(c *Config, getenv func(string) (string, bool)) {
 	if c.StateDir == "" {
-		c.StateDir = "/var/lib/oauthrelay"
-		// systemd's StateDirectory= sets this (a colon-separated list).
-		if dir, ok := getenv("STATE_DIRECTORY"); ok && dir != "" {
-			c.StateDir, _, _ = strings.Cut(dir, ":")
-		}
+		c.StateDir = defaultStateDir(runtime.GOOS, getenv)
 	}
 	setDefault(&c.Log.Level, "info")
 	setDefault(&c.Log.Format, "text")
@@ -35,6 +32,23 @@ func applyDefaults(c *Config, getenv func(string) (string, bool)) {
 			a.AllowedFrom = []string{a.Mailbox}
 		}
 	}
+}
+
+// defaultStateDir is systemd's StateDirectory= when it is set (a
+// colon-separated list), %ProgramData%\oauthrelay on Windows (where the
+// service runs as LocalSystem), and /var/lib/oauthrelay elsewhere.
+func defaultStateDir(goos string, getenv func(string) (string, bool)) string {
+	if dir, ok := getenv("STATE_DIRECTORY"); ok && dir != "" {
+		dir, _, _ = strings.Cut(dir, ":")
+		return dir
+	}
+	if goos == "windows" {
+		if pd, ok := getenv("ProgramData"); ok && pd != "" {
+			return pd + `\oauthrelay`
+		}
+		return `C:\ProgramData\oauthrelay`
+	}
+	return "/var/lib/oauthrelay"
 }
 
 // providerDefaults fills grant, tenant, endpoints, scopes and upstream

@@ -192,8 +192,8 @@ func displayName(name string) string {
 // Administrators only. An existing directory is left as it is.
 func prepareStateDir(dir string, stdout io.Writer) error {
 	if !filepath.IsAbs(dir) {
-		// The built-in default /var/lib/oauthrelay means \var\lib\oauthrelay
-		// on the current drive: almost certainly not what was meant.
+		// A path like /var/lib/oauthrelay means \var\lib\oauthrelay on
+		// the current drive: almost certainly not what was meant.
 		return fmt.Errorf("%q is not an absolute Windows path: set state_dir in the config, e.g. state_dir: state "+
 			"(relative to the config file's directory)", dir)
 	}
