@@ -28,29 +28,29 @@ var dummyHash, _ = bcrypt.GenerateFromPassword([]byte("oauthrelay-no-such-user")
 //
 // A failure is a *LoginError with Failure BadCredentials.
 func (r *Relay) Login(ctx context.Context, addr netip.Addr, username, password string) (*Account, error) {
-	if err := r.throttle.Wait(ctx, addr); err != nil {
+	a := r.current.Load().byUsername[strings.ToLower(username)]
+	key := throttleKey{addr: addr}
+	if a != nil {
+		key.user = strings.ToLower(a.Username)
+	}
+	if err := r.throttle.Wait(ctx, key); err != nil {
 		return nil, &LoginError{Failure: Unavailable, Reason: "client went away while throttled", Err: err}
 	}
-	a := r.current.Load().byUsername[strings.ToLower(username)]
 	if a == nil {
 		bcrypt.CompareHashAndPassword(dummyHash, []byte(password))
-		r.throttle.Fail(addr)
+		r.throttle.Fail(key)
 		return nil, &LoginError{Failure: BadCredentials, Reason: "unknown username"}
 	}
 	if a.PasswordPassthrough {
 		return a, nil
 	}
 	if !a.checkPassword(password) {
-		r.throttle.Fail(addr)
+		r.throttle.Fail(key)
 		return nil, &LoginError{Failure: BadCredentials, Reason: "wrong password", Account: a}
 	}
-	r.throttle.Succeed(addr)
+	r.throttle.Succeed(key)
 	return a, nil
 }
-
-// LoginFailed records a failed login from addr that was discovered after
-// Login (a passthrough password the identity provider refused).
-func (r *Relay) LoginFailed(addr netip.Addr) { r.throttle.Fail(addr) }
 
 // checkPassword compares against the bcrypt hash. A bcrypt comparison costs
 // tens of milliseconds by design; legacy apps log in for every message, so
@@ -92,9 +92,10 @@ func (r *Relay) Token(ctx context.Context, addr netip.Addr, a *Account, password
 	} else {
 		tok, err = a.Source.Token(ctx)
 	}
+	key := throttleKey{addr: addr, user: strings.ToLower(a.Username)}
 	if err == nil {
 		if a.PasswordPassthrough {
-			r.throttle.Succeed(addr)
+			r.throttle.Succeed(key)
 		}
 		return tok, nil
 	}
@@ -106,7 +107,7 @@ func (r *Relay) Token(ctx context.Context, addr netip.Addr, a *Account, password
 			le.Failure = NeedsAttention
 			if a.PasswordPassthrough && oe.AADSTS == 50126 {
 				le.Failure = BadCredentials
-				r.throttle.Fail(addr)
+				r.throttle.Fail(key)
 			}
 		}
 	}

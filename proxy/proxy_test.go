@@ -19,8 +19,9 @@ func TestThrottle(t *testing.T) {
 	th := NewThrottle()
 	now := time.Unix(1000, 0)
 	th.now = func() time.Time { return now }
-	a := netip.MustParseAddr("192.0.2.1")
-	b := netip.MustParseAddr("192.0.2.2")
+	a := throttleKey{addr: netip.MustParseAddr("192.0.2.1"), user: "erp"}
+	b := throttleKey{addr: netip.MustParseAddr("192.0.2.2"), user: "erp"}
+	other := throttleKey{addr: a.addr, user: "crm"}
 	want := []time.Duration{0, 0, 0, time.Second, 2 * time.Second, 4 * time.Second, 8 * time.Second, 16 * time.Second, 30 * time.Second, 30 * time.Second}
 	for i, w := range want {
 		if d := th.Delay(a); d != w {
@@ -30,6 +31,9 @@ func TestThrottle(t *testing.T) {
 	}
 	if d := th.Delay(b); d != 0 {
 		t.Fatalf("another address is delayed %v", d)
+	}
+	if d := th.Delay(other); d != 0 {
+		t.Fatalf("another user at the same address is delayed %v", d)
 	}
 	th.Succeed(a)
 	if d := th.Delay(a); d != 0 {
@@ -136,9 +140,19 @@ func TestLogin(t *testing.T) {
 			t.Fatalf("error %q contains the password", le.Error())
 		}
 	}
-	// Three free failures; the next attempt from this address waits.
-	if d := r.throttle.Delay(addr); d != time.Second {
+	// Two failures for alice and one for an unknown name: the buckets are
+	// apart, so none waits yet.
+	alice := throttleKey{addr: addr, user: "alice"}
+	unknown := throttleKey{addr: addr}
+	if d := r.throttle.Delay(alice); d != 0 {
+		t.Fatalf("after two failures: delay %v", d)
+	}
+	r.Login(ctx, addr, "Alice", "pw-nope")
+	if d := r.throttle.Delay(alice); d != time.Second {
 		t.Fatalf("after three failures: delay %v, want 1s", d)
+	}
+	if d := r.throttle.Delay(unknown); d != 0 {
+		t.Fatalf("unknown names delayed by alice's failures: %v", d)
 	}
 }
 

@@ -7,15 +7,25 @@ import (
 	"time"
 )
 
-// Throttle slows down repeated failed logins from one client address, so a
-// password cannot be guessed at line rate. After freeFailures failures within
-// window, each further attempt from that address waits 2^(n-freeFailures)
-// seconds (capped at maxDelay) before it is checked. A success clears the
-// address. Entries expire after window without failures.
+// Throttle slows down repeated failed logins, so a password cannot be
+// guessed at line rate. Failures are counted per client address and user
+// name (names that are no account's share one bucket per address): the apps
+// on one host all come from 127.0.0.1, and one of them retrying with a
+// wrong password must not slow the others down. After freeFailures failures
+// within window, each further attempt with that key waits
+// 2^(n-freeFailures) seconds (capped at maxDelay) before it is checked. A
+// success clears the key. Entries expire after window without failures.
 type Throttle struct {
 	mu      sync.Mutex
-	entries map[netip.Addr]*throttleEntry
+	entries map[throttleKey]*throttleEntry
 	now     func() time.Time
+}
+
+// throttleKey is a client address and a lower-case user name ("" for names
+// that are no account's).
+type throttleKey struct {
+	addr netip.Addr
+	user string
 }
 
 type throttleEntry struct {
@@ -31,14 +41,14 @@ const (
 
 // NewThrottle returns an empty Throttle.
 func NewThrottle() *Throttle {
-	return &Throttle{entries: make(map[netip.Addr]*throttleEntry), now: time.Now}
+	return &Throttle{entries: make(map[throttleKey]*throttleEntry), now: time.Now}
 }
 
-// Delay returns how long an attempt from addr must wait.
-func (t *Throttle) Delay(addr netip.Addr) time.Duration {
+// Delay returns how long an attempt with key k must wait.
+func (t *Throttle) Delay(k throttleKey) time.Duration {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	e := t.entries[addr]
+	e := t.entries[k]
 	if e == nil || t.now().Sub(e.last) > window {
 		return 0
 	}
@@ -52,9 +62,9 @@ func (t *Throttle) Delay(addr netip.Addr) time.Duration {
 	return min(time.Second<<n, maxDelay)
 }
 
-// Wait blocks for Delay(addr) or until ctx is done.
-func (t *Throttle) Wait(ctx context.Context, addr netip.Addr) error {
-	d := t.Delay(addr)
+// Wait blocks for Delay(k) or until ctx is done.
+func (t *Throttle) Wait(ctx context.Context, k throttleKey) error {
+	d := t.Delay(k)
 	if d == 0 {
 		return nil
 	}
@@ -68,8 +78,8 @@ func (t *Throttle) Wait(ctx context.Context, addr netip.Addr) error {
 	}
 }
 
-// Fail records a failed login from addr.
-func (t *Throttle) Fail(addr netip.Addr) {
+// Fail records a failed login with key k.
+func (t *Throttle) Fail(k throttleKey) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	now := t.now()
@@ -82,18 +92,18 @@ func (t *Throttle) Fail(addr netip.Addr) {
 			}
 		}
 	}
-	e := t.entries[addr]
+	e := t.entries[k]
 	if e == nil || now.Sub(e.last) > window {
 		e = &throttleEntry{}
-		t.entries[addr] = e
+		t.entries[k] = e
 	}
 	e.failures++
 	e.last = now
 }
 
-// Succeed clears addr.
-func (t *Throttle) Succeed(addr netip.Addr) {
+// Succeed clears k.
+func (t *Throttle) Succeed(k throttleKey) {
 	t.mu.Lock()
-	delete(t.entries, addr)
+	delete(t.entries, k)
 	t.mu.Unlock()
 }

@@ -236,8 +236,9 @@ func TestWrongPasswordIsThrottled(t *testing.T) {
 		wantCode(t, c.Auth(gosasl.NewPlainClient("", username, "wrong")), 535, "5.7.8")
 	}
 	wantCode(t, w.dial().Auth(gosasl.NewPlainClient("", "nobody", password)), 535, "5.7.8")
-	// Four failures: the next attempt from this address waits before it is
-	// even checked, whatever its password.
+	// Three failures for this user from this address: the next attempt
+	// waits before it is even checked, whatever its password. (The unknown
+	// name has a bucket of its own.)
 	c := w.dial()
 	start := time.Now()
 	wantCode(t, c.Auth(gosasl.NewPlainClient("", username, "wrong")), 535, "5.7.8")
