@@ -16,6 +16,7 @@ import (
 	"math/big"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -159,4 +160,19 @@ func ClosedAddr(t testing.TB) string {
 	addr := ln.Addr().String()
 	ln.Close()
 	return addr
+}
+
+// Tool returns the path of an external program a test drives (swaks, curl,
+// python3...). A missing one skips the test, except in CI (CI is set), where
+// .ci/run installs it and its absence is a failure.
+func Tool(t testing.TB, name string) string {
+	t.Helper()
+	p, err := exec.LookPath(name)
+	if err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("%s not installed (CI installs it in .ci/run): %v", name, err)
+		}
+		t.Skipf("%s not installed", name)
+	}
+	return p
 }

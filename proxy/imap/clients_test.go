@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/oauthrelay/oauthrelay/internal/testutil"
 )
 
 // Other real clients against the proxy: Python's imaplib and curl.
@@ -43,10 +45,7 @@ except imaplib.IMAP4.error as e:
 `
 
 func TestPythonImaplib(t *testing.T) {
-	python, err := exec.LookPath("python3")
-	if err != nil {
-		t.Skip("python3 not installed")
-	}
+	python := testutil.Tool(t, "python3")
 	w := newWorld(t, worldOptions{})
 	msg := testMessage("python", "fetched by imaplib\r\n")
 	if err := w.fake.AppendIMAP(testMailbox, "INBOX", msg); err != nil {
@@ -68,10 +67,7 @@ func TestPythonImaplib(t *testing.T) {
 }
 
 func TestCurl(t *testing.T) {
-	curl, err := exec.LookPath("curl")
-	if err != nil {
-		t.Skip("curl not installed")
-	}
+	curl := testutil.Tool(t, "curl")
 	w := newWorld(t, worldOptions{})
 	msg := testMessage("curl", "fetched by curl\r\n")
 	if err := w.fake.AppendIMAP(testMailbox, "INBOX", msg); err != nil {

@@ -639,7 +639,7 @@ json.dump({"caps": caps, "list": folders, "message": base64.b64encode(msg).decod
 // testImaplib is Python's imaplib: STARTTLS, LOGIN, CAPABILITY, LIST,
 // SELECT and FETCH of the seed.
 func (w *dovecotWorld) testImaplib(t *testing.T) {
-	python := dcLookPath(t, "python3")
+	python := testutil.Tool(t, "python3")
 	_, port, _ := net.SplitHostPort(w.addr)
 	ctx, cancel := context.WithTimeout(context.Background(), dcCommandTimeout)
 	defer cancel()
@@ -674,7 +674,7 @@ func (w *dovecotWorld) testImaplib(t *testing.T) {
 // testCurl is curl's IMAP: LIST of the root and of INBOX, and FETCH by UID
 // (curl logs in with AUTHENTICATE PLAIN or LOGIN, after STARTTLS).
 func (w *dovecotWorld) testCurl(t *testing.T) {
-	curl := dcLookPath(t, "curl")
+	curl := testutil.Tool(t, "curl")
 	run := func(url string) string {
 		t.Helper()
 		ctx, cancel := context.WithTimeout(context.Background(), dcCommandTimeout)
@@ -772,18 +772,4 @@ func (w *dovecotWorld) testRefused(t *testing.T) {
 			t.Fatalf("LOGIN with a new token: %q", lines)
 		}
 	})
-}
-
-// dcLookPath skips the test when an external client is missing outside CI;
-// in CI (.ci/run installs them) a missing client fails it.
-func dcLookPath(t *testing.T, name string) string {
-	t.Helper()
-	p, err := exec.LookPath(name)
-	if err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("%s not installed (CI installs it in .ci/run): %v", name, err)
-		}
-		t.Skipf("%s not installed", name)
-	}
-	return p
 }

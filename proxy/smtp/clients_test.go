@@ -6,12 +6,14 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/oauthrelay/oauthrelay/internal/testutil"
 )
 
 // Clients nobody here wrote: Python's smtplib and swaks.
 
 func TestPythonSmtplib(t *testing.T) {
-	py := lookPath(t, "python3")
+	py := testutil.Tool(t, "python3")
 	for _, mech := range []string{"PLAIN", "LOGIN"} {
 		t.Run(mech, func(t *testing.T) {
 			w := newWorld(t, worldOptions{})
@@ -45,7 +47,7 @@ with smtplib.SMTP(host, int(port), timeout=30) as s:
 }
 
 func TestSwaks(t *testing.T) {
-	swaks := lookPath(t, "swaks")
+	swaks := testutil.Tool(t, "swaks")
 	w := newWorld(t, worldOptions{listenTLS: "starttls"})
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()

@@ -11,7 +11,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"os/exec"
 	"strings"
 	"sync"
 	"testing"
@@ -24,8 +23,6 @@ import (
 	"github.com/oauthrelay/oauthrelay/internal/sasl"
 	"github.com/oauthrelay/oauthrelay/internal/testutil"
 )
-
-var execLookPath = exec.LookPath
 
 func TestSendThroughRelay(t *testing.T) {
 	w := newWorld(t, worldOptions{})

@@ -261,20 +261,6 @@ func wantCode(t *testing.T, err error, code int, enh string) *smtp.SMTPError {
 	return se
 }
 
-// lookPath skips the test when an external client is missing outside CI;
-// in CI (.ci/run installs them) a missing client fails the test.
-func lookPath(t *testing.T, name string) string {
-	t.Helper()
-	p, err := execLookPath(name)
-	if err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("%s not installed (CI installs it in .ci/run): %v", name, err)
-		}
-		t.Skipf("%s not installed", name)
-	}
-	return p
-}
-
 func writeFile(t *testing.T, name, content string) string {
 	p := filepath.Join(t.TempDir(), name)
 	if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
