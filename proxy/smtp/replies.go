@@ -31,6 +31,11 @@ var (
 	// transaction.
 	errUpstreamUnavailable = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 4, 2},
 		Message: "Upstream server unavailable, try again later"}
+	// errTxNeedsAttention: a relay_from transaction whose account cannot get
+	// a token until an administrator acts. Temporary on purpose: the app
+	// keeps the message queued instead of bouncing it.
+	errTxNeedsAttention = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 7, 0},
+		Message: "The relay account needs attention from an administrator (see the oauthrelay log); try again later"}
 	// errLostDuringData: the upstream went away before it accepted the
 	// message; it was not delivered (never 250).
 	errLostDuringData = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 4, 2},

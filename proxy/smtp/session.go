@@ -262,6 +262,11 @@ func (s *session) txDialFailed(a *proxy.Account, err error) error {
 			"explanation", proxy.ExplainSMTP(se.Code, se.EnhancedCode, se.Message))
 		return se
 	}
+	var le *proxy.LoginError
+	if errors.As(err, &le) && le.Failure == proxy.NeedsAttention {
+		s.log.Error("the account cannot get a token: it needs attention", "account", a.Name, "reason", le.Reason, "err", err)
+		return errTxNeedsAttention
+	}
 	s.log.Warn("cannot reach the upstream for a transaction", "account", a.Name, "err", err)
 	return errUpstreamUnavailable
 }

@@ -530,3 +530,20 @@ func TestPasswordPassthroughMFA(t *testing.T) {
 		t.Errorf("log lacks AADSTS50076")
 	}
 }
+
+func TestRelayFromTokenNeedsAttention(t *testing.T) {
+	// A client without AUTH whose account cannot get a token: a temporary
+	// reply (the scanner keeps the message), saying why.
+	w := newWorld(t, worldOptions{relayFrom: true, tokenFailure: &fakems.TokenFailure{
+		Status: 401, Error: "invalid_client", AADSTS: 7000222, Description: "AADSTS7000222: The provided client secret keys are expired."}})
+	se := wantCode(t, w.dial().Mail(scanBox, nil), 451, "4.7.0")
+	if !strings.Contains(se.Message, "attention") {
+		t.Errorf("reply %q", se.Message)
+	}
+	if !strings.Contains(w.log.String(), "7000222") {
+		t.Error("log lacks the AADSTS code")
+	}
+	if n := len(w.ms.Messages()); n != 0 {
+		t.Fatalf("%d messages upstream", n)
+	}
+}
