@@ -9,6 +9,7 @@ import (
 	"os"
 	"reflect"
 	"sync"
+	"time"
 
 	"github.com/oauthrelay/oauthrelay/config"
 	"github.com/oauthrelay/oauthrelay/internal/oauth"
@@ -53,11 +54,25 @@ func newAccount(ca *config.Account, prev *Account, opts Options) (*Account, erro
 		Store:      opts.Store,
 		HTTPClient: opts.HTTPClient,
 		Logger:     opts.Logger,
+		OnRequest: func(e *oauth.Error, took time.Duration) {
+			opts.Observer.TokenRequest(a, tokenResult(e), took)
+		},
 	})
 	if err != nil {
 		return nil, fmt.Errorf("token source: %w", err)
 	}
 	return a, nil
+}
+
+// tokenResult names a token request's outcome for the Observer.
+func tokenResult(e *oauth.Error) string {
+	switch {
+	case e == nil:
+		return "ok"
+	case e.Class == oauth.Transient:
+		return "transient"
+	}
+	return "needs_sign_in"
 }
 
 // sameTokenSettings reports whether two versions of an account would get the

@@ -18,6 +18,10 @@ type Observer interface {
 	Message(a *Account, bytes int64)
 	// Transferred reports bytes copied by an IMAP session after login.
 	Transferred(a *Account, in, out int64)
+	// TokenRequest reports a request to the identity provider for a's
+	// token: result is "ok", "transient" or "needs_sign_in" (oauth's error
+	// classes).
+	TokenRequest(a *Account, result string, took time.Duration)
 }
 
 type nopObserver struct{}
@@ -27,3 +31,4 @@ func (nopObserver) Login(string, *Account, string)                   {}
 func (nopObserver) Upstream(string, *Account, string, time.Duration) {}
 func (nopObserver) Message(*Account, int64)                          {}
 func (nopObserver) Transferred(*Account, int64, int64)               {}
+func (nopObserver) TokenRequest(*Account, string, time.Duration)     {}

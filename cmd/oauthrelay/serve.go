@@ -138,8 +138,7 @@ type daemon struct {
 // startDaemon binds the listeners of cfg and serves them in the background.
 func startDaemon(ctx context.Context, cfg *config.Config, log *slog.Logger) (*daemon, error) {
 	metrics := admin.NewMetrics()
-	hc := metrics.InstrumentHTTPClient(nil)
-	relay, store, err := newRelay(cfg, log, metrics, hc)
+	relay, store, err := newRelay(cfg, log, metrics, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -175,7 +174,7 @@ func startDaemon(ctx context.Context, cfg *config.Config, log *slog.Logger) (*da
 		d.serve("imap", func() error { return d.imap.Serve(ln) })
 	}
 	if lc := cfg.Listen.Admin; lc.Addr != "off" {
-		d.admin = admin.New(relay, metrics, admin.Options{Logger: log, Store: store, HTTPClient: hc, Ready: d.ready})
+		d.admin = admin.New(relay, metrics, admin.Options{Logger: log, Store: store, Ready: d.ready})
 		ln, err := net.Listen("tcp", lc.Addr)
 		if err != nil {
 			return fail(fmt.Errorf("listen %s: %w", lc.Addr, err))

@@ -144,13 +144,12 @@ accounts:
 	}
 	logger, buf := testutil.Logger(t)
 	m := NewMetrics()
-	hc := m.InstrumentHTTPClient(nil)
-	relay, err := proxy.NewRelay(cfg, proxy.Options{Logger: logger, Store: store, HTTPClient: hc, Observer: m})
+	relay, err := proxy.NewRelay(cfg, proxy.Options{Logger: logger, Store: store, Observer: m})
 	if err != nil {
 		t.Fatal(err)
 	}
 	go relay.Run(ctx)
-	srv := New(relay, m, Options{Store: store, HTTPClient: hc, Ready: o.ready})
+	srv := New(relay, m, Options{Store: store, Ready: o.ready})
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(ln) }()
 	t.Cleanup(func() {
@@ -451,7 +450,6 @@ func TestMetrics(t *testing.T) {
 		`oauthrelay_token_state{account="invoices",state="needs_sign_in"}`:                      1,
 		`oauthrelay_token_state{account="invoices",state="ok"}`:                                 0,
 		`oauthrelay_account_info{account="invoices",grant="authorization_code",provider="web"}`: 1,
-		`oauthrelay_token_requests_total{result="transient"}`:                                   0,
 	}
 	for series, v := range want {
 		got, ok := sample(body, series)
@@ -461,9 +459,16 @@ func TestMetrics(t *testing.T) {
 			t.Errorf("%s = %v, want %v", series, got, v)
 		}
 	}
-	// The client credentials token came through the instrumented client.
-	if n, _ := sample(body, `oauthrelay_token_requests_total{result="ok"}`); n < 1 {
+	// The client credentials token request was counted, classed by oauth.
+	if n, _ := sample(body, `oauthrelay_token_requests_total{account="alerts",result="ok"}`); n < 1 {
 		t.Errorf("token requests ok = %v, want ≥ 1", n)
+	}
+	if _, ok := sample(body, `oauthrelay_token_requests_total{account="alerts",result="transient"}`); ok {
+		t.Error("a transient token failure counted where none happened")
+	}
+	// invoices has no refresh token yet: its attempts are needs_sign_in.
+	if n, _ := sample(body, `oauthrelay_token_requests_total{account="invoices",result="needs_sign_in"}`); n < 1 {
+		t.Errorf("invoices needs_sign_in attempts = %v, want ≥ 1", n)
 	}
 	exp, ok := sample(body, `oauthrelay_token_expiry_timestamp_seconds{account="alerts"}`)
 	if now := float64(time.Now().Unix()); !ok || exp < now+30*60 || exp > now+91*60 {

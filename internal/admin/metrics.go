@@ -32,7 +32,7 @@ type Metrics struct {
 	messages     *prometheus.CounterVec // account
 	messageBytes *prometheus.CounterVec // account
 	imapBytes    *prometheus.CounterVec // account, direction
-	tokenReqs    *prometheus.CounterVec // result
+	tokenReqs    *prometheus.CounterVec // account, result
 	tokenTime    *prometheus.HistogramVec
 	tokens       *tokenCollector
 
@@ -93,11 +93,11 @@ func NewMetrics() *Metrics {
 		}, []string{"account", "direction"}),
 		tokenReqs: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "oauthrelay_token_requests_total",
-			Help: "HTTP requests to the identity provider by result: ok, transient (network, 429, 5xx), needs_sign_in (other refusals). Counted by the client from InstrumentHTTPClient.",
-		}, []string{"result"}),
+			Help: "Attempts to get an access token (requests to the identity provider, or refusals before one such as a missing sign-in) by account and result: ok, or the error class (transient: network, 5xx, 429, temporarily_unavailable; needs_sign_in: everything an administrator must fix).",
+		}, []string{"account", "result"}),
 		tokenTime: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "oauthrelay_token_request_duration_seconds",
-			Help:    "Duration of HTTP requests to the identity provider, by result.",
+			Help:    "Duration of token requests to the identity provider, by result.",
 			Buckets: latencyBuckets,
 		}, []string{"result"}),
 		tokens: newTokenCollector(),
@@ -114,9 +114,6 @@ func NewMetrics() *Metrics {
 		m.connTotal.WithLabelValues(p)
 		m.connActive.WithLabelValues(p)
 		m.sessions.WithLabelValues(p)
-	}
-	for _, r := range []string{"ok", resultTransient, resultNeedsSignIn} {
-		m.tokenReqs.WithLabelValues(r)
 	}
 	return m
 }

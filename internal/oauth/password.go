@@ -98,6 +98,7 @@ func (s *Source) passwordFlight(ctx context.Context, mac [32]byte, password stri
 
 	start := s.now()
 	res, e := s.result(s.request(ctx, passwordParams(s.acct.Mailbox, password), true))
+	s.observe(e, start)
 
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -52,6 +52,11 @@ type Options struct {
 	// Now is the clock for expiry decisions. Nil: time.Now. Client
 	// assertions are always stamped with the real time: Entra checks them.
 	Now func() time.Time
+	// OnRequest, when set, is told about every token request a Source
+	// makes for the relay (refreshes and passthrough sign-ins, not the
+	// interactive logins): err is nil on success. For metrics; it must not
+	// block.
+	OnRequest func(err *Error, took time.Duration)
 	// RefreshMargin is how long before expiry Run refreshes the access
 	// token. Zero: 5 minutes. For short-lived tokens at most half the
 	// lifetime is used.
@@ -87,10 +92,12 @@ type Source struct {
 	log    *slog.Logger
 	now    func() time.Time
 	margin time.Duration
-	signer *assertionSigner // nil unless a client certificate is configured
-	pwKey  []byte           // HMAC key for the passthrough password cache
-	sf     singleflight.Group
-	wake   chan struct{} // tells Run that the token or the store changed
+	// onRequest is Options.OnRequest (nil: none).
+	onRequest func(*Error, time.Duration)
+	signer    *assertionSigner // nil unless a client certificate is configured
+	pwKey     []byte           // HMAC key for the passthrough password cache
+	sf        singleflight.Group
+	wake      chan struct{} // tells Run that the token or the store changed
 
 	mu          sync.Mutex
 	access      string
@@ -118,16 +125,17 @@ func NewSource(acct *config.Account, opts Options) (*Source, error) {
 	}
 	p := acct.ProviderRef
 	s := &Source{
-		acct:   acct,
-		prov:   p,
-		grant:  p.Grant,
-		store:  opts.Store,
-		client: opts.HTTPClient,
-		log:    opts.Logger,
-		now:    opts.Now,
-		margin: opts.RefreshMargin,
-		wake:   make(chan struct{}, 1),
-		pwKey:  make([]byte, 32),
+		acct:      acct,
+		prov:      p,
+		grant:     p.Grant,
+		store:     opts.Store,
+		client:    opts.HTTPClient,
+		log:       opts.Logger,
+		now:       opts.Now,
+		margin:    opts.RefreshMargin,
+		wake:      make(chan struct{}, 1),
+		onRequest: opts.OnRequest,
+		pwKey:     make([]byte, 32),
 	}
 	if s.client == nil {
 		s.client = DefaultHTTPClient()
@@ -305,6 +313,7 @@ func (s *Source) refreshToken(ctx context.Context, gen uint64) (string, *Error) 
 
 	start := s.now()
 	res, err := s.fetch(ctx)
+	s.observe(err, start)
 
 	s.mu.Lock()
 	s.inFlight--
@@ -323,6 +332,13 @@ func (s *Source) refreshToken(ctx context.Context, gen uint64) (string, *Error) 
 	s.signal()
 	s.log.Debug("access token obtained", slog.Time("expiry", exp))
 	return res.access, nil
+}
+
+// observe reports a finished token request to Options.OnRequest.
+func (s *Source) observe(err *Error, start time.Time) {
+	if s.onRequest != nil {
+		s.onRequest(err, s.now().Sub(start))
+	}
 }
 
 func (s *Source) setTokenLocked(res tokenResult, start time.Time) {

@@ -372,7 +372,8 @@ func (r *recorder) Upstream(proto string, a *proxy.Account, result string, took 
 	r.mu.Unlock()
 }
 
-func (r *recorder) Message(*proxy.Account, int64) {}
+func (r *recorder) Message(*proxy.Account, int64)                      {}
+func (r *recorder) TokenRequest(*proxy.Account, string, time.Duration) {}
 
 func (r *recorder) Transferred(a *proxy.Account, in, out int64) {
 	r.mu.Lock()
