@@ -604,9 +604,23 @@ func (w *dovecotWorld) testCompress(t *testing.T) {
 		!slices.ContainsFunc(l, func(s string) bool { return s == "Subject: seed" }) {
 		t.Errorf("FETCH over DEFLATE: %q", l)
 	}
+	// LOGOUT: Dovecot answers and closes at once, and may leave the tail of
+	// our sync flush unread, which makes its kernel reset the connection and
+	// drop what was still in flight (to the relay as to any client): the
+	// answer is checked when it arrives, the close either way.
 	send("a5 LOGOUT")
-	if l := until("a5 "); !strings.HasPrefix(l[len(l)-1], "a5 OK") {
-		t.Errorf("LOGOUT over DEFLATE: %q", l)
+	for {
+		l, err := zr.ReadString('\n')
+		if err != nil {
+			t.Logf("connection closed after LOGOUT: %v", err)
+			break
+		}
+		if strings.HasPrefix(l, "a5 ") {
+			if !strings.HasPrefix(l, "a5 OK") {
+				t.Errorf("LOGOUT over DEFLATE: %q", l)
+			}
+			break
+		}
 	}
 }
 
