@@ -194,9 +194,10 @@ func TestServeGracefulStop(t *testing.T) {
 		conn.Close()
 		return false
 	})
-	if !strings.Contains(stderr.String(), "shutting down") {
-		t.Errorf("no shutting down in the log")
-	}
+	// The log reaches us through a pipe: wait for it rather than race it.
+	waitFor(t, waitTimeout, "shutting down in the log", func() bool {
+		return strings.Contains(stderr.String(), "shutting down")
+	})
 
 	// The pre-login IMAP client gets BYE and the connection ends.
 	rest, _ := io.ReadAll(preR)
