@@ -1,11 +1,9 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"crypto/rand"
 	"encoding/base64"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -227,36 +225,25 @@ func (rp *relayProcess) stop() {
 	os.RemoveAll(rp.dir)
 }
 
-// peakRSS reads VmHWM (peak resident set) of a process, in bytes (Linux).
-func peakRSS(pid int) (int64, error) {
-	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0, fmt.Errorf("peak RSS needs Linux /proc: %w", err)
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), "VmHWM:"); ok {
-			kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
-			return kb << 10, err
-		}
-	}
-	return 0, errors.New("no VmHWM in /proc status")
-}
+// peakRSS reads VmHWM, the peak resident set of a process, in bytes.
+func peakRSS(pid int) (int64, error) { return procStatusBytes(pid, "VmHWM") }
 
-// rssNow reads VmRSS of a process, in bytes.
-func rssNow(pid int) (int64, error) {
+// rssNow reads VmRSS, the resident set of a process now, in bytes.
+func rssNow(pid int) (int64, error) { return procStatusBytes(pid, "VmRSS") }
+
+// procStatusBytes reads a "Field:   N kB" line of /proc/PID/status (Linux).
+func procStatusBytes(pid int, field string) (int64, error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
-		return 0, err
+		return 0, fmt.Errorf("memory figures need Linux /proc: %w", err)
 	}
 	for _, l := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(l, "VmRSS:"); ok {
+		if v, ok := strings.CutPrefix(l, field+":"); ok {
 			kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
 			return kb << 10, err
 		}
 	}
-	return 0, errors.New("no VmRSS in /proc status")
+	return 0, fmt.Errorf("no %s in /proc/%d/status", field, pid)
 }
 
 // smtpSendOne sends one message of size bytes through the relay.

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -228,27 +229,12 @@ func rawIMAPLogin(addr string) (net.Conn, error) {
 	return c, nil
 }
 
+// containsLine reports whether a line of b starts with prefix.
 func containsLine(b []byte, prefix string) bool {
-	for _, l := range splitLines(b) {
-		if len(l) >= len(prefix) && string(l[:len(prefix)]) == prefix {
+	for _, l := range bytes.Split(b, []byte("\n")) {
+		if bytes.HasPrefix(l, []byte(prefix)) {
 			return true
 		}
 	}
 	return false
-}
-
-func splitLines(b []byte) [][]byte {
-	var out [][]byte
-	for len(b) > 0 {
-		i := 0
-		for i < len(b) && b[i] != '\n' {
-			i++
-		}
-		out = append(out, b[:i])
-		if i == len(b) {
-			break
-		}
-		b = b[i+1:]
-	}
-	return out
 }

@@ -136,9 +136,9 @@ func (s *Server) probeSize(ctx context.Context) int64 {
 	defer cancel()
 	seen := make(map[string]bool)
 	var (
-		mu  sync.Mutex
-		max int64
-		wg  sync.WaitGroup
+		mu      sync.Mutex
+		largest int64
+		wg      sync.WaitGroup
 	)
 	for _, a := range s.relay.Accounts() {
 		p := a.ProviderRef
@@ -155,22 +155,15 @@ func (s *Server) probeSize(ctx context.Context) int64 {
 				return
 			}
 			mu.Lock()
-			max = maxInt64(max, size)
+			largest = max(largest, size)
 			mu.Unlock()
 		}()
 	}
 	wg.Wait()
-	if max == 0 {
+	if largest == 0 {
 		return defaultMaxMessageBytes
 	}
-	return max
-}
-
-func maxInt64(a, b int64) int64 {
-	if a > b {
-		return a
-	}
-	return b
+	return largest
 }
 
 // slogErrorLog adapts go-smtp's error log to slog.
