@@ -1,0 +1,207 @@
+// Package upstream is the one login to the provider's mail servers: it
+// dials an upstream server with verified TLS, gets the account's access
+// token and authenticates with XOAUTH2, once per protocol (SMTP here, IMAP
+// in imap.go). The relay's front ends, its deliveries and `oauthrelay check`
+// all log in through it, so `check` passes exactly when the relay would.
+//
+// Every failure is an *Error whose Kind says what the caller must tell the
+// app: the upstream refused (its reply is passed on), the upstream or the
+// token endpoint is unavailable for now (retry), or the account needs a new
+// sign-in or a fixed app registration (an administrator must act). The
+// observer hears about each login attempt here and nowhere else.
+//
+// Out of scope: local authentication of the app, and what is done on the
+// connection after the login (relaying SMTP commands, copying IMAP bytes).
+package upstream
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"time"
+
+	"github.com/emersion/go-smtp"
+
+	"github.com/oauthrelay/oauthrelay/config"
+	"github.com/oauthrelay/oauthrelay/internal/events"
+	"github.com/oauthrelay/oauthrelay/internal/oauth"
+)
+
+const (
+	// dialTimeout bounds the TCP connect when the dialer sets none.
+	dialTimeout = 15 * time.Second
+	// handshakeTimeout bounds a TLS handshake with the upstream.
+	handshakeTimeout = 15 * time.Second
+	// localName is what the relay calls itself in EHLO upstream.
+	localName = "localhost"
+)
+
+// Credentials give the access token to log in with. *oauth.Source has
+// these methods; a password-passthrough login wraps the app's password.
+type Credentials interface {
+	// Token returns an access token; failures should be *oauth.Error so
+	// they are classified.
+	Token(ctx context.Context) (string, error)
+	// Invalidate drops a token the upstream refused, so the next login
+	// gets a fresh one instead of the same again.
+	Invalidate()
+}
+
+// Target is one account's way to one upstream server.
+type Target struct {
+	// Account names the account in events.
+	Account events.Account
+	// Server is the upstream's address and TLS mode (implicit, starttls,
+	// or none for loopback test servers).
+	Server config.Upstream
+	// TLS is the verified client configuration (roots, minimum version,
+	// session cache); ServerName is filled in from Server.Addr. Nil: the
+	// system roots, TLS 1.2 or newer.
+	TLS *tls.Config
+	// Dialer connects; nil: a net.Dialer with dialTimeout.
+	Dialer *net.Dialer
+	// Observer hears about each login; nil: events.Nop.
+	Observer events.Observer
+}
+
+// Kind is what a failed login means for the app.
+type Kind int
+
+const (
+	// Refused: the upstream answered and refused the login. For SMTP its
+	// reply is in Error.Reply and goes to the app unchanged.
+	Refused Kind = iota + 1
+	// Unavailable: the upstream or the token endpoint failed for now; the
+	// app should retry.
+	Unavailable
+	// NeedsSignIn: the grant needs a new sign-in or the app registration
+	// is wrong; retrying will not help until an administrator acts.
+	NeedsSignIn
+)
+
+func (k Kind) String() string {
+	switch k {
+	case Refused:
+		return "refused"
+	case Unavailable:
+		return "unavailable"
+	case NeedsSignIn:
+		return "needs_sign_in"
+	}
+	return fmt.Sprintf("kind(%d)", int(k))
+}
+
+// Error is a failed upstream login. Reason is plain words for the log and
+// `check`; it is never sent to the app.
+type Error struct {
+	Kind  Kind
+	Proto events.Proto
+	Addr  string
+	// Reply is the SMTP upstream's refusal (Kind Refused), else nil.
+	Reply *smtp.SMTPError
+	// Reason says what happened and, for replies Exchange documents, what
+	// to do about it.
+	Reason string
+	// Err is the underlying error: an *oauth.Error for token failures, a
+	// network error, or nil.
+	Err error
+}
+
+func (e *Error) Error() string {
+	s := fmt.Sprintf("%s login to %s: %s: %s", e.Proto, e.Addr, e.Kind, e.Reason)
+	if e.Err != nil {
+		s += ": " + e.Err.Error()
+	}
+	return s
+}
+
+func (e *Error) Unwrap() error { return e.Err }
+
+// tokenError classifies a failure of Credentials.Token.
+func tokenError(t Target, p events.Proto, err error) *Error {
+	e := &Error{Kind: Unavailable, Proto: p, Addr: t.Server.Addr, Reason: "token request failed", Err: err}
+	var oe *oauth.Error
+	if errors.As(err, &oe) {
+		e.Reason = oe.Reason
+		if oe.Class == oauth.NeedsSignIn {
+			e.Kind = NeedsSignIn
+		}
+	}
+	return e
+}
+
+func (t Target) observer() events.Observer {
+	if t.Observer == nil {
+		return events.Nop{}
+	}
+	return t.Observer
+}
+
+// observe reports a login attempt's outcome: the one place it is done.
+func (t Target) observe(p events.Proto, err error, start time.Time) {
+	r := events.UpstreamOK
+	var e *Error
+	switch {
+	case err == nil:
+	case errors.As(err, &e) && e.Kind == Refused:
+		r = events.UpstreamRejected
+	default:
+		r = events.UpstreamUnavailable
+	}
+	t.observer().Upstream(p, t.Account, r, time.Since(start))
+}
+
+// Dial connects to the target. With TLS "implicit" the verified handshake
+// is done here; with "starttls" and "none" the connection is plain and the
+// protocol upgrades it itself.
+func (t Target) Dial(ctx context.Context) (net.Conn, error) {
+	d := t.Dialer
+	if d == nil {
+		d = &net.Dialer{Timeout: dialTimeout}
+	}
+	c, err := d.DialContext(ctx, "tcp", t.Server.Addr)
+	if err != nil {
+		return nil, fmt.Errorf("dial upstream %s: %w", t.Server.Addr, err)
+	}
+	if t.Server.TLS != config.TLSImplicit {
+		return c, nil
+	}
+	tc, err := t.Handshake(ctx, c)
+	if err != nil {
+		c.Close()
+		return nil, err
+	}
+	return tc, nil
+}
+
+// Handshake runs a verified TLS handshake on c (implicit TLS, or after
+// STARTTLS).
+func (t Target) Handshake(ctx context.Context, c net.Conn) (*tls.Conn, error) {
+	tc := tls.Client(c, t.ClientTLS())
+	hctx, cancel := context.WithTimeout(ctx, handshakeTimeout)
+	defer cancel()
+	if err := tc.HandshakeContext(hctx); err != nil {
+		return nil, fmt.Errorf("TLS handshake with upstream %s: %w", t.Server.Addr, err)
+	}
+	return tc, nil
+}
+
+// ClientTLS is the client configuration for the target's host: always
+// verified, TLS 1.2 or newer.
+func (t Target) ClientTLS() *tls.Config {
+	host, _, err := net.SplitHostPort(t.Server.Addr)
+	if err != nil {
+		host = t.Server.Addr
+	}
+	var cfg *tls.Config
+	if t.TLS != nil {
+		cfg = t.TLS.Clone()
+	} else {
+		cfg = &tls.Config{}
+	}
+	cfg.ServerName = host
+	cfg.MinVersion = max(cfg.MinVersion, tls.VersionTLS12)
+	return cfg
+}
