@@ -1,5 +1,6 @@
 // Package admin is the relay's HTTP admin listener: /healthz (the process
-// answers), /readyz (listeners up and every account's token usable),
+// answers), /readyz (listeners up, every account's token usable, and every
+// provider's mail server accepting TCP connections),
 // /metrics (Prometheus), a status page at / with one row per account, and
 // the authorization code sign-in started from that page, whose redirect
 // comes back to /oauth2/callback.
@@ -76,6 +77,9 @@ type Server struct {
 	httpSrv *http.Server
 	flows   flows
 	tmpl    pageTemplate
+	// upstreams probes the providers' mail servers for /readyz and the
+	// status page.
+	upstreams *upstreamChecker
 }
 
 // New returns the admin server of relay. m is the relay's Observer (nil: a
@@ -101,6 +105,8 @@ func New(relay *proxy.Relay, m *Metrics, opts Options) *Server {
 		csrf:    hex.EncodeToString(tok),
 		flows:   flows{m: make(map[string]*pendingFlow)},
 		tmpl:    mustParsePage(),
+
+		upstreams: newUpstreamChecker(),
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", s.healthz)
@@ -136,11 +142,17 @@ func (s *Server) Serve(ln net.Listener) error {
 }
 
 // Shutdown stops accepting and waits for requests in progress until ctx
-// ends.
-func (s *Server) Shutdown(ctx context.Context) error { return s.httpSrv.Shutdown(ctx) }
+// ends. Upstream probes in progress are cut short.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.upstreams.close()
+	return s.httpSrv.Shutdown(ctx)
+}
 
 // Close stops at once.
-func (s *Server) Close() error { return s.httpSrv.Close() }
+func (s *Server) Close() error {
+	s.upstreams.close()
+	return s.httpSrv.Close()
+}
 
 // guard adds the headers every answer gets, and refuses a Host that is not
 // an address or localhost when no password protects the pages: a web page
@@ -210,10 +222,12 @@ func (s *Server) healthz(w http.ResponseWriter, _ *http.Request) {
 	fmt.Fprintln(w, "ok")
 }
 
-// readyz answers 200 when the listeners are up and every account can get a
-// token now; otherwise 503 with one line per problem (account names and
-// states, never a reason: /readyz needs no password).
-func (s *Server) readyz(w http.ResponseWriter, _ *http.Request) {
+// readyz answers 200 when the listeners are up, every account can get a
+// token now and every upstream server in use accepts connections;
+// otherwise 503 with one line per problem (account names and states,
+// provider names and server addresses, never a reason: /readyz needs no
+// password).
+func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 	var problems []string
 	if s.opts.Ready != nil {
 		if err := s.opts.Ready(); err != nil {
@@ -227,6 +241,9 @@ func (s *Server) readyz(w http.ResponseWriter, _ *http.Request) {
 		if !tokenUsable(a, st, now) {
 			problems = append(problems, fmt.Sprintf("account %s: token %s", a.Name, st.Status))
 		}
+	}
+	for _, u := range s.unreachableUpstreams(r.Context()) {
+		problems = append(problems, u.readyLine())
 	}
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	if len(problems) > 0 {
@@ -249,4 +266,11 @@ func tokenUsable(a *proxy.Account, st oauth.State, now time.Time) bool {
 		return true
 	}
 	return st.Status == oauth.StatusOK || st.Expiry.After(now)
+}
+
+// unreachableUpstreams probes (or recalls) the mail servers of the
+// providers in use and returns those that do not accept connections.
+func (s *Server) unreachableUpstreams(ctx context.Context) []upstreamState {
+	ups := upstreamsInUse(s.relay.Config(), s.relay.Accounts())
+	return unreachable(s.upstreams.check(ctx, ups))
 }

@@ -60,8 +60,10 @@ func (s *Server) status(w http.ResponseWriter, r *http.Request) {
 	s.renderStatus(w, r, http.StatusOK, n)
 }
 
-// renderStatus writes the status page with an optional banner.
-func (s *Server) renderStatus(w http.ResponseWriter, _ *http.Request, code int, n *notice) {
+// renderStatus writes the status page with an optional banner. An
+// unreachable upstream server is always in the banner, after n's text.
+func (s *Server) renderStatus(w http.ResponseWriter, r *http.Request, code int, n *notice) {
+	n = withUpstreams(n, s.unreachableUpstreams(r.Context()))
 	now := time.Now()
 	p := page{Now: now.Format("2006-01-02 15:04:05 MST"), CSRF: s.csrf, Notice: n}
 	for _, a := range s.relay.Accounts() {
@@ -197,4 +199,21 @@ func capitalize(s string) string {
 		return s
 	}
 	return strings.ToUpper(s[:1]) + s[1:]
+}
+
+// withUpstreams adds the unreachable upstream servers to the banner n (nil:
+// none yet); a banner that names one is an error banner.
+func withUpstreams(n *notice, down []upstreamState) *notice {
+	if len(down) == 0 {
+		return n
+	}
+	texts := make([]string, len(down))
+	for i, u := range down {
+		texts[i] = u.pageText()
+	}
+	text := "Upstream unreachable: " + strings.Join(texts, "; ") + ". Logins through it fail until it answers again."
+	if n != nil {
+		text = n.Text + " " + text
+	}
+	return &notice{Error: true, Text: text}
 }
