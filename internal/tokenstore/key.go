@@ -11,7 +11,10 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
+
+	"github.com/oauthrelay/oauthrelay/internal/securefile"
 )
 
 // KeyEnv is the environment variable that, when set and not empty, holds the
@@ -25,22 +28,37 @@ const KeySize = 32
 // KeyFileName is the key file's name inside the state directory.
 const KeyFileName = "key"
 
-// Key returns the 32-byte store key: from OAUTHRELAY_KEY (32 bytes as
+// KeyOptions are LoadKey's inputs besides the state directory.
+type KeyOptions struct {
+	// Getenv looks up OAUTHRELAY_KEY: os.LookupEnv in production, a map
+	// lookup in tests. Nil means no environment: the key file is used.
+	Getenv func(string) (string, bool)
+	// Logger receives the warning about a key file other users can read,
+	// so that it follows the configured log format. Nil means
+	// slog.Default(): a warning about the key is never silently dropped.
+	Logger *slog.Logger
+}
+
+// LoadKey returns the 32-byte store key: from OAUTHRELAY_KEY (32 bytes as
 // standard or URL base64, padded or not, or as 64 hex characters) when that
 // is set and not empty, else from stateDir/key. A missing key file is created
-// with 32 random bytes (mode 0600, in a 0700 state directory); that is how a
-// fresh installation gets its key without an extra setup step.
+// with 32 random bytes, private to the relay's account (securefile: mode
+// 0600 in a 0700 state directory on Unix, an explicit DACL on Windows); that
+// is how a fresh installation gets its key without an extra setup step.
 //
 // The key file may also hold the key as hex or base64 text (what `openssl
-// rand -hex 32` writes). A key file that other users can read is used but
-// logged as a warning through slog.Default; a key of the wrong length is an
-// error, never silently replaced: replacing it would orphan every stored
-// refresh token.
+// rand -hex 32` writes). A key of the wrong length is an error, never
+// silently replaced: replacing it would orphan every stored refresh token.
 //
-// getenv is os.LookupEnv in production; tests pass a map lookup.
-func Key(stateDir string, getenv func(string) (string, bool)) ([]byte, error) {
-	if getenv != nil {
-		if v, ok := getenv(KeyEnv); ok && strings.TrimSpace(v) != "" {
+// A key file other users can read is refused on Windows and used with a
+// warning on Unix (see refuseSharedKey).
+func LoadKey(stateDir string, o KeyOptions) ([]byte, error) {
+	log := o.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	if o.Getenv != nil {
+		if v, ok := o.Getenv(KeyEnv); ok && strings.TrimSpace(v) != "" {
 			k, err := parseKeyText(v)
 			if err != nil {
 				return nil, fmt.Errorf("tokenstore: %s: %w", KeyEnv, err)
@@ -52,12 +70,33 @@ func Key(stateDir string, getenv func(string) (string, bool)) ([]byte, error) {
 		return nil, errors.New("tokenstore: no state directory for the key file and " + KeyEnv + " is not set")
 	}
 	path := filepath.Join(stateDir, KeyFileName)
-	k, err := readKeyFile(path)
+	k, err := readKeyFile(path, log)
 	if errors.Is(err, fs.ErrNotExist) {
-		return createKeyFile(stateDir, path)
+		return createKeyFile(stateDir, path, log)
 	}
 	return k, err
 }
+
+// Key is LoadKey with getenv and slog.Default() as the logger. It is kept
+// for callers that have not moved to LoadKey yet; new code calls LoadKey
+// with the configured logger, so that the warning about a shared key file
+// follows log.format. (Not marked Deprecated, which would fail `make lint`
+// on the remaining callers until they move.)
+func Key(stateDir string, getenv func(string) (string, bool)) ([]byte, error) {
+	return LoadKey(stateDir, KeyOptions{Getenv: getenv})
+}
+
+// refuseSharedKey decides what a key file readable by others means. On
+// Windows it is refused: the usual cause is a state directory under
+// %ProgramData%, whose inherited ACL lets every local user read, so the
+// key (and with it every refresh token) is exposed on a shared machine, and
+// the check is new there, so no working setup relies on the exposure. On
+// Unix it stays a warning, as before: the key files readable by others
+// that exist in practice are secret mounts in single-user containers (a
+// Kubernetes secret volume is 0644 unless defaultMode says otherwise,
+// Docker secrets are 0444), where refusing would stop a relay at upgrade
+// without protecting anyone.
+const refuseSharedKey = runtime.GOOS == "windows"
 
 // Fingerprint is a short, non-secret name for a key: the first 8 hex
 // characters of its SHA-256. It is stored in every token file so a decrypt
@@ -90,7 +129,7 @@ func parseKeyText(s string) ([]byte, error) {
 	return nil, fmt.Errorf("key is neither %d hex characters nor base64 of %d bytes (generate one with: openssl rand -base64 32)", 2*KeySize, KeySize)
 }
 
-func readKeyFile(path string) ([]byte, error) {
+func readKeyFile(path string, log *slog.Logger) ([]byte, error) {
 	fi, err := os.Stat(path)
 	if err != nil {
 		return nil, fmt.Errorf("tokenstore: key file: %w", err)
@@ -98,9 +137,8 @@ func readKeyFile(path string) ([]byte, error) {
 	if !fi.Mode().IsRegular() {
 		return nil, fmt.Errorf("tokenstore: key file %s is not a regular file", path)
 	}
-	if fi.Mode().Perm()&0o077 != 0 {
-		slog.Default().Warn("token store key file is readable by other users; chmod 600 it",
-			slog.String("path", path), slog.String("mode", fi.Mode().Perm().String()))
+	if err := checkKeyPrivate(path, fi, log); err != nil {
+		return nil, err
 	}
 	b, err := os.ReadFile(path)
 	if err != nil {
@@ -116,59 +154,43 @@ func readKeyFile(path string) ([]byte, error) {
 	return k, nil
 }
 
-// createKeyFile writes a new random key. It links a fully written temp file
-// into place so that two processes starting at once (serve and login) never
-// see a half-written key and agree on one winner.
-func createKeyFile(stateDir, path string) ([]byte, error) {
-	if err := os.MkdirAll(stateDir, 0o700); err != nil {
-		return nil, fmt.Errorf("tokenstore: create state directory: %w", err)
+// checkKeyPrivate refuses or warns about a key file others can read (see
+// refuseSharedKey). The log line names who has access, never the key.
+func checkKeyPrivate(path string, fi fs.FileInfo, log *slog.Logger) error {
+	err := securefile.CheckPrivate(path)
+	var np *securefile.NotPrivateError
+	switch {
+	case err == nil:
+		return nil
+	case !errors.As(err, &np):
+		return fmt.Errorf("tokenstore: key file: %w", err)
+	case refuseSharedKey:
+		return fmt.Errorf("tokenstore: refusing the key file: %w", err)
+	}
+	log.Warn("token store key file is readable by other users; chmod 600 it",
+		slog.String("path", path), slog.String("mode", fi.Mode().Perm().String()),
+		slog.String("access", strings.Join(np.Others, ", ")),
+		slog.String("fix", strings.Join(np.Fix, "; ")))
+	return nil
+}
+
+// createKeyFile writes a new random key. securefile.WriteNew links a fully
+// written temp file into place, so two processes starting at once (serve
+// and login) never see a half-written key and agree on one winner.
+func createKeyFile(stateDir, path string, log *slog.Logger) ([]byte, error) {
+	if err := securefile.MkdirAll(stateDir); err != nil {
+		return nil, fmt.Errorf("tokenstore: state directory: %w", err)
 	}
 	k := make([]byte, KeySize)
 	if _, err := rand.Read(k); err != nil {
 		return nil, fmt.Errorf("tokenstore: generate key: %w", err)
 	}
-	tmp, err := os.CreateTemp(stateDir, ".key-*.tmp")
+	err := securefile.WriteNew(path, k)
+	if errors.Is(err, fs.ErrExist) {
+		return readKeyFile(path, log) // another process won the race
+	}
 	if err != nil {
-		return nil, fmt.Errorf("tokenstore: create key file: %w", err)
-	}
-	defer os.Remove(tmp.Name())
-	if err := writeSync(tmp, k); err != nil {
-		return nil, fmt.Errorf("tokenstore: write key file: %w", err)
-	}
-	if err := os.Link(tmp.Name(), path); err != nil {
-		if errors.Is(err, fs.ErrExist) {
-			return readKeyFile(path) // another process won the race
-		}
-		return nil, fmt.Errorf("tokenstore: create key file: %w", err)
-	}
-	if err := syncDir(stateDir); err != nil {
 		return nil, fmt.Errorf("tokenstore: create key file: %w", err)
 	}
 	return k, nil
-}
-
-// writeSync writes b, fsyncs and closes f. f is 0600 (os.CreateTemp).
-func writeSync(f *os.File, b []byte) error {
-	if _, err := f.Write(b); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	return f.Close()
-}
-
-// syncDir makes a rename or link in dir durable.
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil && !errors.Is(err, errors.ErrUnsupported) {
-		return err
-	}
-	return nil
 }

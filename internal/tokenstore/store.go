@@ -1,5 +1,7 @@
 // Package tokenstore keeps refresh tokens at rest: one AES-256-GCM encrypted
-// file per account under state_dir/tokens/, written atomically with mode 0600.
+// file per account under state_dir/tokens/, written atomically and private to
+// the relay's account through securefile (mode 0600 on Unix, an explicit DACL
+// on Windows).
 //
 // A file that does not decrypt with the current key is an error that names the
 // key that wrote it, and Save never overwrites it: a wrong OAUTHRELAY_KEY must
@@ -21,6 +23,8 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+
+	"github.com/oauthrelay/oauthrelay/internal/securefile"
 )
 
 // ErrNotFound is returned by Load when the account has no record.
@@ -46,8 +50,9 @@ type Store struct {
 	locks map[string]*sync.Mutex
 }
 
-// Open opens (creating it with mode 0700 if needed) the store under
-// stateDir/tokens with key, a 32-byte key from Key.
+// Open opens (creating it as a private directory if needed, see
+// securefile.MkdirAll) the store under stateDir/tokens with key, a 32-byte
+// key from LoadKey.
 func Open(stateDir string, key []byte) (*Store, error) {
 	aead, err := newAEAD(key)
 	if err != nil {
@@ -57,7 +62,7 @@ func Open(stateDir string, key []byte) (*Store, error) {
 		return nil, errors.New("tokenstore: no state directory")
 	}
 	dir := filepath.Join(stateDir, tokensDir)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	if err := securefile.MkdirAll(dir); err != nil {
 		return nil, fmt.Errorf("tokenstore: %w", err)
 	}
 	return &Store{dir: dir, state: stateDir, aead: aead, fp: keyFP(key), locks: map[string]*sync.Mutex{}}, nil
@@ -112,20 +117,8 @@ func (s *Store) Save(account string, r Record) error {
 	if err != nil {
 		return err
 	}
-	tmp, err := os.CreateTemp(s.dir, "."+fileName(account)+".*.tmp")
-	if err != nil {
-		return fmt.Errorf("tokenstore: %w", err)
-	}
-	tmpName := tmp.Name()
-	defer os.Remove(tmpName) // no-op after a successful rename
-	if err := writeSync(tmp, data); err != nil {
-		return fmt.Errorf("tokenstore: write %s: %w", tmpName, err)
-	}
-	if err := os.Rename(tmpName, path); err != nil {
-		return fmt.Errorf("tokenstore: %w", err)
-	}
-	if err := syncDir(s.dir); err != nil {
-		return fmt.Errorf("tokenstore: sync %s: %w", s.dir, err)
+	if err := securefile.WriteFile(path, data); err != nil {
+		return fmt.Errorf("tokenstore: save %s: %w", account, err)
 	}
 	return nil
 }
@@ -140,11 +133,8 @@ func (s *Store) Delete(account string) error {
 	l := s.lock(account)
 	l.Lock()
 	defer l.Unlock()
-	if err := os.Remove(s.Path(account)); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("tokenstore: %w", err)
-	}
-	if err := syncDir(s.dir); err != nil {
-		return fmt.Errorf("tokenstore: sync %s: %w", s.dir, err)
+	if err := securefile.Remove(s.Path(account)); err != nil {
+		return fmt.Errorf("tokenstore: delete %s: %w", account, err)
 	}
 	return nil
 }
