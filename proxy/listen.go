@@ -20,22 +20,22 @@ func ServerTLS(lc config.Listener) (*tls.Config, error) {
 	return &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}, nil
 }
 
-// Listen opens a listener's socket; with tls implicit every connection is
-// TLS from the first byte.
-func Listen(lc config.Listener) (net.Listener, error) {
+// Listen opens a listener's socket as a *Listener (accept errors retried,
+// connections that have not logged in capped); with tls implicit every
+// connection it returns is TLS from the first byte.
+func Listen(lc config.Listener) (*Listener, error) {
+	var tc *tls.Config
+	if lc.TLS == config.TLSImplicit {
+		var err error
+		if tc, err = ServerTLS(lc); err != nil {
+			return nil, err
+		}
+	}
 	ln, err := net.Listen("tcp", lc.Addr)
 	if err != nil {
 		return nil, fmt.Errorf("listen %s: %w", lc.Addr, err)
 	}
-	if lc.TLS == "implicit" {
-		tc, err := ServerTLS(lc)
-		if err != nil {
-			ln.Close()
-			return nil, err
-		}
-		return tls.NewListener(ln, tc), nil
-	}
-	return ln, nil
+	return NewListener(ln, tc), nil
 }
 
 // PlaintextAuthAllowed reports whether a client may send a password on this

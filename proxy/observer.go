@@ -22,6 +22,18 @@ type Observer interface {
 	// token: result is "ok", "transient" or "needs_sign_in" (oauth's error
 	// classes).
 	TokenRequest(a *Account, result string, took time.Duration)
+	// Unauthenticated is called by a Listener with +1 when it admits a
+	// connection and -1 when that connection logs in or closes: the
+	// connections of proto that have not logged in yet.
+	Unauthenticated(proto string, delta int)
+	// PreAuthRejected reports a connection a Listener refused at once
+	// because too many had not logged in: reason is RejectListenerCap
+	// ("listener_cap") or RejectAddressCap ("address_cap").
+	PreAuthRejected(proto, reason string)
+	// PreAuthLimits reports a Listener's caps on connections that have not
+	// logged in, when it starts accepting: per listener and per client
+	// address, 0 for no cap.
+	PreAuthLimits(proto string, perListener, perAddr int)
 }
 
 type nopObserver struct{}
@@ -32,3 +44,6 @@ func (nopObserver) Upstream(string, *Account, string, time.Duration) {}
 func (nopObserver) Message(*Account, int64)                          {}
 func (nopObserver) Transferred(*Account, int64, int64)               {}
 func (nopObserver) TokenRequest(*Account, string, time.Duration)     {}
+func (nopObserver) Unauthenticated(string, int)                      {}
+func (nopObserver) PreAuthRejected(string, string)                   {}
+func (nopObserver) PreAuthLimits(string, int, int)                   {}

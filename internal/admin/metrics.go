@@ -25,6 +25,9 @@ type Metrics struct {
 
 	connTotal    *prometheus.CounterVec // proto
 	connActive   *prometheus.GaugeVec   // proto
+	connUnauth   *prometheus.GaugeVec   // proto
+	connRefused  *prometheus.CounterVec // proto, reason
+	unauthLimit  *prometheus.GaugeVec   // proto, scope
 	sessions     *prometheus.CounterVec // proto
 	logins       *prometheus.CounterVec // proto, result
 	upstream     *prometheus.CounterVec // proto, result
@@ -66,6 +69,18 @@ func NewMetrics() *Metrics {
 		connActive: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "oauthrelay_connections_active", Help: "Client connections open now, by protocol.",
 		}, []string{"proto"}),
+		connUnauth: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "oauthrelay_connections_unauthenticated",
+			Help: "Client connections open now that have not logged in yet, by protocol.",
+		}, []string{"proto"}),
+		connRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "oauthrelay_connections_refused_total",
+			Help: "Client connections refused at accept because too many had not logged in, by protocol and reason: listener_cap (the listener's cap), address_cap (the client address's cap).",
+		}, []string{"proto", "reason"}),
+		unauthLimit: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "oauthrelay_connections_unauthenticated_limit",
+			Help: "Configured cap on client connections that have not logged in yet, by protocol and scope: listener, address (per client address; loopback 127.0.0.1 and ::1 exempt). 0: no cap.",
+		}, []string{"proto", "scope"}),
 		sessions: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "oauthrelay_sessions_total", Help: "Client sessions that logged in and got an upstream session, by protocol.",
 		}, []string{"proto"}),
@@ -105,7 +120,7 @@ func NewMetrics() *Metrics {
 	m.reg.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		m.connTotal, m.connActive, m.sessions, m.logins, m.upstream, m.upstreamTime,
+		m.connTotal, m.connActive, m.connUnauth, m.connRefused, m.unauthLimit, m.sessions, m.logins, m.upstream, m.upstreamTime,
 		m.messages, m.messageBytes, m.imapBytes, m.tokenReqs, m.tokenTime, m.tokens,
 	)
 	// Families with a fixed label set start at zero, so that rate() and
@@ -113,6 +128,9 @@ func NewMetrics() *Metrics {
 	for _, p := range []string{"smtp", "imap"} {
 		m.connTotal.WithLabelValues(p)
 		m.connActive.WithLabelValues(p)
+		m.connUnauth.WithLabelValues(p)
+		m.connRefused.WithLabelValues(p, proxy.RejectListenerCap)
+		m.connRefused.WithLabelValues(p, proxy.RejectAddressCap)
 		m.sessions.WithLabelValues(p)
 	}
 	return m
@@ -214,6 +232,22 @@ func (m *Metrics) Transferred(a *proxy.Account, in, out int64) {
 	}
 	m.imapBytes.WithLabelValues(a.Name, "in").Add(float64(in))
 	m.imapBytes.WithLabelValues(a.Name, "out").Add(float64(out))
+}
+
+// Unauthenticated implements proxy.Observer.
+func (m *Metrics) Unauthenticated(proto string, delta int) {
+	m.connUnauth.WithLabelValues(proto).Add(float64(delta))
+}
+
+// PreAuthRejected implements proxy.Observer.
+func (m *Metrics) PreAuthRejected(proto, reason string) {
+	m.connRefused.WithLabelValues(proto, reason).Inc()
+}
+
+// PreAuthLimits implements proxy.Observer.
+func (m *Metrics) PreAuthLimits(proto string, perListener, perAddr int) {
+	m.unauthLimit.WithLabelValues(proto, "listener").Set(float64(perListener))
+	m.unauthLimit.WithLabelValues(proto, "address").Set(float64(perAddr))
 }
 
 var _ proxy.Observer = (*Metrics)(nil)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"strings"
 	"time"
 
 	"github.com/oauthrelay/oauthrelay/proxy"
@@ -41,6 +42,10 @@ func (s *session) handleLogin(cmd *command) (done bool) {
 // upstream and, on success, answers the app's command with the upstream's
 // capabilities and copies bytes until the session ends (done is then
 // true). On failure the app gets NO and the session continues.
+//
+// method is "LOGIN" or "AUTHENTICATE <mechanism>": the OK names the
+// command the app sent ("LOGIN completed"), not the upstream's text, which
+// answers the relay's own AUTHENTICATE XOAUTH2.
 func (s *session) login(tag, method, username, password string) (done bool) {
 	ctx, cancel := context.WithTimeout(s.srv.ctx, loginTimeout)
 	defer cancel()
@@ -83,17 +88,18 @@ func (s *session) login(tag, method, username, password string) (done bool) {
 	}
 	obs.Upstream("imap", acct, "ok", took)
 	obs.Login("imap", acct, "ok")
-	log.Info("login", "result", "ok", "upstream", acct.ProviderRef.IMAP.Addr, "upstream_ms", took.Milliseconds())
+	log.Info("login", "result", "ok", "upstream", acct.ProviderRef.IMAP.Addr, "upstream_ms", took.Milliseconds(),
+		"upstream_text", truncate(up.text, 64))
+	// The session no longer counts against the listener's cap on
+	// connections that have not logged in.
+	proxy.MarkAuthenticated(s.conn)
 
 	code := ""
 	if up.caps != "" {
 		code = "CAPABILITY " + up.caps
 	}
-	text := up.text
-	if text == "" {
-		text = "Logged in"
-	}
-	s.reply(tag, "OK", code, text)
+	command, _, _ := strings.Cut(method, " ")
+	s.reply(tag, "OK", code, command+" completed")
 	if s.werr != nil {
 		up.conn.Close()
 		log.Debug("client went away at login", "err", s.werr)

@@ -63,6 +63,7 @@ type command struct {
 // can no longer be resynchronised.
 type cmdError struct {
 	tag    string
+	name   string // the command's name (upper case) as far as it was read
 	status string // "BAD" or "NO"
 	code   string // response code without brackets, may be empty
 	text   string
@@ -87,16 +88,22 @@ type commandReader struct {
 	mayLiteral func(tag, name string) *cmdError
 }
 
-// read reads one command. Errors are a *cmdError to answer, or an I/O error
-// (the connection is gone or timed out).
-func (r *commandReader) read() (*command, error) {
+// read reads one command. Errors are a *cmdError to answer, with the
+// command's name when one could be read, or an I/O error (the connection is
+// gone or timed out).
+func (r *commandReader) read() (_ *command, err error) {
+	var name string
+	defer func() {
+		if ce, ok := err.(*cmdError); ok && ce.name == "" {
+			ce.name = name
+		}
+	}()
 	var (
 		text    []byte
 		lits    [][]byte
 		litAt   []int
 		total   int
 		tag     string
-		name    string
 		refused *cmdError
 	)
 	for first := true; ; first = false {
@@ -129,6 +136,10 @@ func (r *commandReader) read() (*command, error) {
 		total += n
 		if refused == nil && r.mayLiteral != nil {
 			refused = r.mayLiteral(tag, name)
+		}
+		if refused != nil && refused.fatal {
+			// Not even a non-synchronising literal is read.
+			return nil, refused
 		}
 		if sync {
 			if refused != nil {

@@ -75,44 +75,50 @@ func New(relay *proxy.Relay, lc config.Listener) (*Server, error) {
 	}, nil
 }
 
+// busyLine greets a connection that a proxy.Listener refuses because too
+// many have not logged in (RFC 9051 §7.1.5: BYE as the greeting when the
+// server is unwilling to accept the connection).
+const busyLine = "* BYE Too many connections, try again later"
+
 // Serve accepts connections on ln until Shutdown or Close and serves each in
-// its own goroutine. With lc.TLS "implicit", connections that are not
-// already TLS (proxy.Listen wraps the listener) get a TLS handshake first.
+// its own goroutine. ln is used through a *proxy.Listener (one is wrapped
+// around any other listener), so that accept errors such as "too many open
+// files" are retried instead of ending Serve, and connections that have not
+// logged in are capped. With lc.TLS "implicit", connections that are not
+// already TLS (proxy.Listen wraps them itself) get a TLS handshake first.
 // It always returns a non-nil error: ErrServerClosed after Shutdown or
 // Close.
 func (s *Server) Serve(ln net.Listener) error {
+	pl, ok := ln.(*proxy.Listener)
+	if !ok {
+		pl = proxy.NewListener(ln, nil)
+	}
+	pl.Proto, pl.Observer, pl.Logger, pl.Busy = "imap", s.relay.Observer(), s.log, busyLine
+
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
-		ln.Close()
+		pl.Close()
 		return ErrServerClosed
 	}
-	s.listeners[ln] = struct{}{}
+	s.listeners[pl] = struct{}{}
 	s.mu.Unlock()
 	defer func() {
 		s.mu.Lock()
-		delete(s.listeners, ln)
+		delete(s.listeners, pl)
 		s.mu.Unlock()
-		ln.Close()
+		pl.Close()
 	}()
 
-	var backoff time.Duration
 	for {
-		c, err := ln.Accept()
+		// A proxy.Listener returns an error only once it is closed.
+		c, err := pl.Accept()
 		if err != nil {
 			if s.shutdown.Load() {
 				return ErrServerClosed
 			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-				s.log.Warn("accept failed; retrying", "err", err, "delay", backoff)
-				time.Sleep(backoff)
-				continue
-			}
 			return err
 		}
-		backoff = 0
 		sess := newSession(s, c)
 		s.mu.Lock()
 		if s.closed {

@@ -39,6 +39,10 @@ const (
 	// connection: after login there is no read deadline (IDLE may last 30
 	// minutes and more), so keepalives find dead peers.
 	keepAliveIdle = time.Minute
+	// keepAliveInterval and keepAliveCount: a peer that answers none of
+	// keepAliveCount probes sent keepAliveInterval apart is dead.
+	keepAliveInterval = 15 * time.Second
+	keepAliveCount    = 4
 )
 
 // session is one client connection.
@@ -122,7 +126,7 @@ func (s *session) close() {
 
 func closeSocket(c net.Conn) {
 	if tc, ok := c.(*tls.Conn); ok {
-		c = tc.NetConn()
+		c = tc.NetConn() // the proxy.Listener's connection: closing it frees its slot
 	}
 	c.Close()
 }
@@ -180,6 +184,10 @@ func (s *session) serve() {
 			var ne net.Error
 			switch {
 			case errors.As(err, &ce):
+				if ce.name != "" && !knownCommand(ce.name) {
+					s.unknownCommand(ce.name)
+					return
+				}
 				s.replyError(ce)
 				if ce.fatal {
 					s.writeLine("* BYE " + ce.text)
@@ -242,9 +250,42 @@ func (s *session) handle(cmd *command) (done bool) {
 	case "AUTHENTICATE":
 		return s.handleAuthenticate(cmd)
 	default:
+		if !knownCommand(cmd.name) {
+			s.unknownCommand(cmd.name)
+			return true
+		}
 		s.reply(cmd.tag, "BAD", "", "Command unknown or not valid before login")
 	}
 	return false
+}
+
+// imapCommands are the commands of IMAP4rev1 (RFC 3501), IMAP4rev2
+// (RFC 9051) and the extensions clients commonly send. Before login those
+// the proxy does not run get BAD (a client may try one too early), and
+// anything else ends the session (unknownCommand).
+var imapCommands = map[string]bool{
+	"CAPABILITY": true, "NOOP": true, "LOGOUT": true, "STARTTLS": true, "AUTHENTICATE": true, "LOGIN": true,
+	"ENABLE": true, "SELECT": true, "EXAMINE": true, "CREATE": true, "DELETE": true, "RENAME": true,
+	"SUBSCRIBE": true, "UNSUBSCRIBE": true, "LIST": true, "LSUB": true, "NAMESPACE": true, "STATUS": true,
+	"APPEND": true, "IDLE": true, "CHECK": true, "CLOSE": true, "UNSELECT": true, "EXPUNGE": true,
+	"SEARCH": true, "FETCH": true, "STORE": true, "COPY": true, "MOVE": true, "UID": true,
+	"ID": true, "COMPRESS": true, "UNAUTHENTICATE": true, "XLIST": true, "NOTIFY": true, "REPLACE": true,
+	"SORT": true, "THREAD": true, "ESEARCH": true, "GETQUOTA": true, "GETQUOTAROOT": true, "SETQUOTA": true,
+	"GETACL": true, "SETACL": true, "DELETEACL": true, "LISTRIGHTS": true, "MYRIGHTS": true,
+	"GETMETADATA": true, "SETMETADATA": true,
+}
+
+// knownCommand reports whether name (upper case) is an IMAP command.
+func knownCommand(name string) bool { return imapCommands[name] }
+
+// unknownCommand ends a session whose client sent, before login, a command
+// that is not IMAP: it is most likely another protocol sent to this port
+// (an HTTP request from a browser, whose body could otherwise carry IMAP
+// commands), so nothing more it sends is read. Only a BYE is sent (RFC 9051
+// §7.1.5), as go-imap's imapserver does.
+func (s *session) unknownCommand(name string) {
+	s.log.Debug("unknown command before login; closing the connection", "command", truncate(name, 32))
+	s.writeLine("* BYE Unknown command")
 }
 
 // capabilities is the pre-authentication capability list.
@@ -282,7 +323,9 @@ func (s *session) mayLiteral(tag, name string) *cmdError {
 		e.tag = tag
 		return &e
 	}
-	return &cmdError{tag: tag, status: "BAD", text: "Command unknown or not valid before login"}
+	// Fatal for a command that is not IMAP: the session ends without
+	// reading the literal (see unknownCommand).
+	return &cmdError{tag: tag, status: "BAD", text: "Command unknown or not valid before login", fatal: !knownCommand(name)}
 }
 
 func (s *session) handleID(cmd *command) {
@@ -388,12 +431,29 @@ func (s *session) writeLine(line string) {
 	s.werr = s.bw.Flush()
 }
 
-// setKeepAlive turns on TCP keepalive on c's TCP connection.
+// setKeepAlive turns on TCP keepalive on c's TCP connection, found under
+// the wrappers (tls.Conn, proxy.Listener's) that unwrap with NetConn.
 func setKeepAlive(c net.Conn) {
-	if tc, ok := c.(*tls.Conn); ok {
-		c = tc.NetConn()
+	for range maxUnwrap {
+		switch v := c.(type) {
+		case *net.TCPConn:
+			v.SetKeepAliveConfig(net.KeepAliveConfig{Enable: true, Idle: keepAliveIdle, Interval: keepAliveInterval, Count: keepAliveCount})
+			return
+		case interface{ NetConn() net.Conn }:
+			c = v.NetConn()
+		default:
+			return
+		}
 	}
-	if tcp, ok := c.(*net.TCPConn); ok {
-		tcp.SetKeepAliveConfig(net.KeepAliveConfig{Enable: true, Idle: keepAliveIdle, Interval: 15 * time.Second, Count: 4})
+}
+
+// maxUnwrap bounds the walk down connection wrappers in setKeepAlive.
+const maxUnwrap = 8
+
+// truncate cuts s to at most n bytes, for logging what a client sent.
+func truncate(s string, n int) string {
+	if len(s) > n {
+		return s[:n] + "..."
 	}
+	return s
 }

@@ -211,10 +211,14 @@ func TestLineTooLong(t *testing.T) {
 	c.expectClosed()
 }
 
+// TestTooManyBadCommands: IMAP commands refused before login (here one
+// valid only after login) are bounded. (It sent "GET / HTTP/1.1" lines
+// until an unknown command ended the session at once:
+// TestCrossProtocolHTTP.)
 func TestTooManyBadCommands(t *testing.T) {
 	w := newWorld(t, worldOptions{})
 	c := w.dialRaw()
-	c.send(strings.Repeat("GET / HTTP/1.1\r\n", maxBadCommands))
+	c.send(strings.Repeat("GET SELECT INBOX\r\n", maxBadCommands))
 	for range maxBadCommands {
 		if l := c.line(); !strings.HasPrefix(l, "GET BAD ") {
 			t.Fatalf("got %q", l)

@@ -60,6 +60,12 @@ type worldOptions struct {
 	UpstreamCAFile string
 	// PreAuthTimeout replaces the server's pre-authentication timeout.
 	PreAuthTimeout time.Duration
+	// MaxUnauthenticated and MaxUnauthenticatedPerAddr set the
+	// proxy.Listener's caps (0: its defaults).
+	MaxUnauthenticated, MaxUnauthenticatedPerAddr int
+	// Listen replaces proxy.Listen (a plain net.Listener, or one that
+	// fails): the server must work with any listener.
+	Listen func(t testing.TB, lc config.Listener) net.Listener
 }
 
 type world struct {
@@ -158,9 +164,16 @@ func newWorld(t testing.TB, o worldOptions) *world {
 	if o.PreAuthTimeout > 0 {
 		w.srv.preAuthTimeout = o.PreAuthTimeout
 	}
-	ln, err := proxy.Listen(w.lc)
-	if err != nil {
-		t.Fatal(err)
+	var ln net.Listener
+	if o.Listen != nil {
+		ln = o.Listen(t, w.lc)
+	} else {
+		pl, err := proxy.Listen(w.lc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pl.MaxUnauthenticated, pl.MaxUnauthenticatedPerAddr = o.MaxUnauthenticated, o.MaxUnauthenticatedPerAddr
+		ln = pl
 	}
 	w.addr = ln.Addr().String()
 	served := make(chan error, 1)
@@ -352,7 +365,23 @@ type recorder struct {
 	logins      []string // "account:result"
 	upstreams   []string // "account:result"
 	transferred [2]int64
+	unauth      int      // connections that have not logged in
+	rejected    []string // "proto:reason" of connections refused at accept
 }
+
+func (r *recorder) Unauthenticated(proto string, delta int) {
+	r.mu.Lock()
+	r.unauth += delta
+	r.mu.Unlock()
+}
+
+func (r *recorder) PreAuthRejected(proto, reason string) {
+	r.mu.Lock()
+	r.rejected = append(r.rejected, proto+":"+reason)
+	r.mu.Unlock()
+}
+
+func (r *recorder) PreAuthLimits(string, int, int) {}
 
 func (r *recorder) Connection(proto string, delta int) {
 	r.mu.Lock()
