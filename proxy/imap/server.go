@@ -4,14 +4,17 @@
 // non-synchronising literals) and AUTHENTICATE PLAIN (with or without
 // SASL-IR, RFC 4959). After the app's local login it connects to the
 // provider's IMAP server, logs in there with AUTHENTICATE XOAUTH2, answers
-// the app's LOGIN or AUTHENTICATE with the upstream's result and
+// the app's LOGIN or AUTHENTICATE ("LOGIN completed") with the upstream's
 // capabilities, and from then on copies bytes both ways without parsing
 // them, so every extension the upstream offers (IDLE, ID, QUOTA, CONDSTORE,
 // SORT, THREAD, ...) reaches the app unchanged.
 //
-// Out of scope: any command other than those above before login, COMPRESS
-// or other transformations of the stream after login (the byte copy passes
-// them through untouched), and connection pooling upstream.
+// Before login, other IMAP commands get BAD; a command that is not IMAP at
+// all (an HTTP request sent to the port) ends the connection with BYE.
+//
+// Out of scope: running any other command before login, COMPRESS or other
+// transformations of the stream after login (the byte copy passes them
+// through untouched), and connection pooling upstream.
 package imap
 
 import (
