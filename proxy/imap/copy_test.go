@@ -201,7 +201,7 @@ func TestScriptedUpstream(t *testing.T) {
 	w := newWorld(t, worldOptions{UpstreamCAFile: caFile, Upstream: &config.Upstream{Addr: addr, TLS: config.TLSStartTLS}})
 	c := w.dialRaw()
 	c.send("a LOGIN " + testUser + " " + testPassword + "\r\n")
-	for _, want := range []string{"a OK [CAPABILITY IMAP4rev1 IDLE X-SCRIPTED] Welcome", "* OK [ALERT] early bytes"} {
+	for _, want := range []string{"a OK [CAPABILITY IMAP4rev1 IDLE X-SCRIPTED] LOGIN completed", "* OK [ALERT] early bytes"} {
 		if l := c.line(); l != want {
 			t.Errorf("got %q, want %q", l, want)
 		}
@@ -286,7 +286,7 @@ func TestClientClosesFirst(t *testing.T) {
 	w := newWorld(t, worldOptions{Upstream: &config.Upstream{Addr: addr}})
 	c := w.dialRaw()
 	c.send("a LOGIN " + testUser + " " + testPassword + "\r\n")
-	if l := c.line(); l != "a OK [CAPABILITY IMAP4rev1 IDLE] ok" {
+	if l := c.line(); l != "a OK [CAPABILITY IMAP4rev1 IDLE] LOGIN completed" {
 		t.Fatalf("got %q", l)
 	}
 	c.conn.Close()
