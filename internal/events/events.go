@@ -100,19 +100,27 @@ type Observer interface {
 	Transferred(a Account, in, out int64)
 	// TokenRequest reports a request to the identity provider.
 	TokenRequest(a Account, r TokenResult, took time.Duration)
+	// Unauthenticated is called with +1 when a listener hands out a
+	// connection that has not logged in, and -1 when it logs in or ends.
+	Unauthenticated(p Proto, delta int)
 	// PreAuthRejected reports a connection refused before login.
 	PreAuthRejected(p Proto, r PreAuthReason)
+	// PreAuthLimits reports a listener's caps on unauthenticated
+	// connections (0: no cap), once when it starts accepting.
+	PreAuthLimits(p Proto, perListener, perAddr int)
 }
 
 // Nop is an Observer that records nothing.
 type Nop struct{}
 
-func (Nop) Connection(Proto, int)                                 {}
-func (Nop) Login(Proto, Account, LoginResult)                     {}
+func (Nop) Connection(Proto, int)                                  {}
+func (Nop) Login(Proto, Account, LoginResult)                      {}
 func (Nop) Upstream(Proto, Account, UpstreamResult, time.Duration) {}
-func (Nop) Message(Account, int64)                                {}
-func (Nop) Transferred(Account, int64, int64)                     {}
-func (Nop) TokenRequest(Account, TokenResult, time.Duration)      {}
-func (Nop) PreAuthRejected(Proto, PreAuthReason)                  {}
+func (Nop) Message(Account, int64)                                 {}
+func (Nop) Transferred(Account, int64, int64)                      {}
+func (Nop) TokenRequest(Account, TokenResult, time.Duration)       {}
+func (Nop) Unauthenticated(Proto, int)                             {}
+func (Nop) PreAuthRejected(Proto, PreAuthReason)                   {}
+func (Nop) PreAuthLimits(Proto, int, int)                          {}
 
 var _ Observer = Nop{}
