@@ -9,81 +9,151 @@ import (
 	"fmt"
 	"net/netip"
 	"strings"
+	"time"
 
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/oauthrelay/oauthrelay/internal/oauth"
 )
 
-// dummyHash is compared against when the username is unknown, so that an
-// unknown user costs as much time as a wrong password (no user enumeration
-// by timing). It is the bcrypt hash of a random string.
-var dummyHash, _ = bcrypt.GenerateFromPassword([]byte("oauthrelay-no-such-user"), bcrypt.DefaultCost)
-
-// Login checks a local username and password from a client at addr. It
-// waits first if addr has failed too often (see Throttle). The password is
-// checked against the account's bcrypt hash; accounts with
-// password_passthrough are checked by the identity provider when the token
-// is fetched (Token), so Login accepts any password for them.
+// Login checks a local username and password from a client at addr. The
+// password is checked against the account's bcrypt hash (or the memo of the
+// last one verified, see memoHit); accounts with password_passthrough are
+// checked by the identity provider when the token is fetched (Token), so
+// Login accepts any password for them. The Throttle decides the rest: a
+// remote range over its failure cap is refused without a check, a check
+// waits for a verification slot, and a failure is held before it is
+// returned; a correct password is never held.
 //
-// A failure is a *LoginError with Failure BadCredentials.
+// A failure is a *LoginError with Failure BadCredentials; a ctx that ends
+// while waiting for a slot or while a failure is held gives Unavailable.
 func (r *Relay) Login(ctx context.Context, addr netip.Addr, username, password string) (*Account, error) {
+	t := r.throttle
+	key := t.keyFor(addr, username)
 	a := r.current.Load().byUsername[strings.ToLower(username)]
-	key := throttleKey{addr: addr}
-	if a != nil {
-		key.user = strings.ToLower(a.Username)
+	blocked, memo := t.admit(key, a != nil && !a.PasswordPassthrough)
+	if blocked {
+		return nil, &LoginError{Failure: BadCredentials, Reason: reasonRangeBlocked, Account: a}
 	}
-	if err := r.throttle.Wait(ctx, key); err != nil {
-		return nil, &LoginError{Failure: Unavailable, Reason: "client went away while throttled", Err: err}
-	}
-	if a == nil {
-		bcrypt.CompareHashAndPassword(dummyHash, []byte(password))
-		r.throttle.Fail(key)
-		return nil, &LoginError{Failure: BadCredentials, Reason: "unknown username"}
-	}
-	if a.PasswordPassthrough {
+	if memo && a.memoHit(password) {
+		t.record(key, true, succeeded)
 		return a, nil
 	}
-	if !a.checkPassword(password) {
-		r.throttle.Fail(key)
-		return nil, &LoginError{Failure: BadCredentials, Reason: "wrong password", Account: a}
+	if a != nil && a.PasswordPassthrough {
+		return a, nil
 	}
-	r.throttle.Succeed(key)
-	return a, nil
+	ok, err := t.Verify(ctx, r.hashFor(a), password)
+	if err != nil {
+		t.record(key, memo, abandoned)
+		return nil, &LoginError{Failure: Unavailable, Reason: "client went away while waiting to check the password", Account: a, Err: err}
+	}
+	if ok && a != nil {
+		a.remember(password)
+		t.record(key, memo, succeeded)
+		return a, nil
+	}
+	le := &LoginError{Failure: BadCredentials, Reason: "wrong password", Account: a}
+	if a == nil {
+		le.Reason = "unknown username"
+	}
+	return nil, r.held(ctx, t.record(key, memo, failed), le)
 }
 
-// checkPassword compares against the bcrypt hash. A bcrypt comparison costs
-// tens of milliseconds by design; legacy apps log in for every message, so
-// a verified password is remembered as an HMAC under a key that lives only
-// in this process's memory, and the next login with the same password costs
-// one HMAC. The memo dies with the Account (a reload builds new ones).
-func (a *Account) checkPassword(password string) bool {
+// reasonRangeBlocked is the log reason of a login refused unchecked.
+const reasonRangeBlocked = "too many failures from this address range"
+
+// held holds the failure le for d and returns it, or an Unavailable error
+// if ctx ends first.
+func (r *Relay) held(ctx context.Context, d time.Duration, le *LoginError) error {
+	if err := r.throttle.Hold(ctx, d); err != nil {
+		return &LoginError{Failure: Unavailable, Reason: "client went away while a failed login was held", Account: le.Account, Err: err}
+	}
+	return le
+}
+
+// hashFor is the bcrypt hash a's password is checked against. A name that
+// is no account's is checked against a hash that matches nothing, of the
+// cost most accounts' hashes have: an unknown name then costs what a wrong
+// password costs, so timing does not tell which names exist.
+func (r *Relay) hashFor(a *Account) []byte {
+	if a != nil {
+		return []byte(a.PasswordHash)
+	}
+	return dummyHash(commonCost(r.Accounts()))
+}
+
+// commonCost is the bcrypt cost most of accounts' hashes have (the higher
+// on a tie; bcrypt.DefaultCost if none has a hash).
+func commonCost(accounts []*Account) int {
+	count := map[int]int{}
+	best := bcrypt.DefaultCost
+	for _, a := range accounts {
+		c, err := bcrypt.Cost([]byte(a.PasswordHash))
+		if err != nil {
+			continue
+		}
+		count[c]++
+		if count[c] > count[best] || count[c] == count[best] && c > best {
+			best = c
+		}
+	}
+	return best
+}
+
+// bcryptAlphabet is bcrypt's base64 alphabet.
+const bcryptAlphabet = "./ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+
+// dummyHash returns a well-formed bcrypt hash of the given cost with a
+// random salt and digest: comparing a password against it costs what a real
+// comparison costs and never matches. Building it costs no hashing, so the
+// first unknown name is not slower than the next.
+func dummyHash(cost int) []byte {
+	b := make([]byte, 53) // 22 characters of salt, 31 of digest
+	rand.Read(b)
+	for i := range b {
+		b[i] = bcryptAlphabet[b[i]%64]
+	}
+	return fmt.Appendf(nil, "$2a$%02d$%s", cost, b)
+}
+
+// memoHit reports whether password is the last one verified for a. A
+// bcrypt comparison costs tens of milliseconds by design; legacy apps log in
+// for every message, so a verified password is remembered as an HMAC under a
+// key that lives only in this process's memory, and the next login with the
+// same password costs one HMAC. The memo dies with the Account (a reload
+// builds new ones). The Throttle decides when the memo may answer.
+func (a *Account) memoHit(password string) bool {
+	sum := a.memoSum(password)
+	a.memoMu.Lock()
+	memo := a.memo
+	a.memoMu.Unlock()
+	return memo != nil && hmac.Equal(memo, sum)
+}
+
+// remember makes password, just verified by bcrypt, a's memo.
+func (a *Account) remember(password string) {
+	sum := a.memoSum(password)
+	a.memoMu.Lock()
+	a.memo = sum
+	a.memoMu.Unlock()
+}
+
+func (a *Account) memoSum(password string) []byte {
 	a.memoOnce.Do(func() {
 		a.memoKey = make([]byte, 32)
 		rand.Read(a.memoKey)
 	})
 	m := hmac.New(sha256.New, a.memoKey)
 	m.Write([]byte(password))
-	sum := m.Sum(nil)
-	a.memoMu.Lock()
-	memo := a.memo
-	a.memoMu.Unlock()
-	if memo != nil && hmac.Equal(memo, sum) {
-		return true
-	}
-	if bcrypt.CompareHashAndPassword([]byte(a.PasswordHash), []byte(password)) != nil {
-		return false
-	}
-	a.memoMu.Lock()
-	a.memo = sum
-	a.memoMu.Unlock()
-	return true
+	return m.Sum(nil)
 }
 
 // Token returns an access token for a, after Login succeeded with password.
 // Failures are *LoginError: Unavailable for transient ones (the client
 // should retry), NeedsAttention when an administrator must act, and
-// BadCredentials when the identity provider refused a passthrough password.
+// BadCredentials when the identity provider refused a passthrough password
+// (AADSTS50126), which counts as a failure of the client's key and is held
+// like one (Unavailable if ctx ends meanwhile).
 func (r *Relay) Token(ctx context.Context, addr netip.Addr, a *Account, password string) (string, error) {
 	var tok string
 	var err error
@@ -92,7 +162,7 @@ func (r *Relay) Token(ctx context.Context, addr netip.Addr, a *Account, password
 	} else {
 		tok, err = a.Source.Token(ctx)
 	}
-	key := throttleKey{addr: addr, user: strings.ToLower(a.Username)}
+	key := r.throttle.keyFor(addr, a.Username)
 	if err == nil {
 		if a.PasswordPassthrough {
 			r.throttle.Succeed(key)
@@ -101,15 +171,19 @@ func (r *Relay) Token(ctx context.Context, addr netip.Addr, a *Account, password
 	}
 	le := &LoginError{Failure: Unavailable, Account: a, Err: err, Reason: "token request failed"}
 	var oe *oauth.Error
-	if errors.As(err, &oe) {
-		le.Reason = oe.Reason
-		if oe.Class == oauth.NeedsSignIn {
-			le.Failure = NeedsAttention
-			if a.PasswordPassthrough && oe.AADSTS == 50126 {
-				le.Failure = BadCredentials
-				r.throttle.Fail(key)
-			}
-		}
+	if !errors.As(err, &oe) {
+		return "", le
+	}
+	le.Reason = oe.Reason
+	if oe.Class != oauth.NeedsSignIn {
+		return "", le
+	}
+	le.Failure = NeedsAttention
+	if a.PasswordPassthrough && oe.AADSTS == 50126 {
+		// The identity provider refused the password: a failed login
+		// like a wrong local password, counted and held the same way.
+		le.Failure = BadCredentials
+		return "", r.held(ctx, r.throttle.Fail(key), le)
 	}
 	return "", le
 }

@@ -52,8 +52,8 @@ func TestThrottle(t *testing.T) {
 	for i := 0; i < 5; i++ {
 		th.Fail(b)
 	}
-	if err := th.Wait(ctx, b); !errors.Is(err, context.Canceled) {
-		t.Fatalf("Wait with a cancelled context = %v", err)
+	if err := th.Hold(ctx, th.Delay(b)); !errors.Is(err, context.Canceled) {
+		t.Fatalf("Hold with a cancelled context = %v", err)
 	}
 }
 
@@ -81,7 +81,7 @@ func TestPlaintextAuthAllowed(t *testing.T) {
 
 // testRelay builds a Relay from YAML (client credentials, no token request
 // is made by these tests).
-func testRelay(t *testing.T, accounts string) *Relay {
+func testRelay(t testing.TB, accounts string) *Relay {
 	t.Helper()
 	yaml := `
 state_dir: ` + t.TempDir() + `
@@ -104,7 +104,7 @@ accounts:
 	return r
 }
 
-func hash(t *testing.T, pw string) string {
+func hash(t testing.TB, pw string) string {
 	h, err := bcrypt.GenerateFromPassword([]byte(pw), bcrypt.MinCost)
 	if err != nil {
 		t.Fatal(err)
@@ -142,8 +142,8 @@ func TestLogin(t *testing.T) {
 	}
 	// Two failures for alice and one for an unknown name: the buckets are
 	// apart, so none waits yet.
-	alice := throttleKey{addr: addr, user: "alice"}
-	unknown := throttleKey{addr: addr}
+	alice := r.throttle.keyFor(addr, "alice")
+	unknown := r.throttle.keyFor(addr, "bob")
 	if d := r.throttle.Delay(alice); d != 0 {
 		t.Fatalf("after two failures: delay %v", d)
 	}

@@ -3,71 +3,161 @@ package proxy
 import (
 	"context"
 	"net/netip"
+	"runtime"
+	"strings"
 	"sync"
 	"time"
+
+	"golang.org/x/crypto/bcrypt"
 )
 
-// Throttle slows down repeated failed logins, so a password cannot be
-// guessed at line rate. Failures are counted per client address and user
-// name (names that are no account's share one bucket per address): the apps
-// on one host all come from 127.0.0.1, and one of them retrying with a
-// wrong password must not slow the others down. After freeFailures failures
-// within window, each further attempt with that key waits
-// 2^(n-freeFailures) seconds (capped at maxDelay) before it is checked. A
-// success clears the key. Entries expire after window without failures.
+// Throttle limits password guessing against the local logins without
+// slowing down the apps that know their password. It is built the way
+// Dovecot's auth penalty and fail2ban are, in four parts.
+//
+// Verification slots. At most verifySlots() bcrypt comparisons run at once,
+// for all clients together; waiting for a slot ends with the caller's ctx.
+// bcrypt costs tens of milliseconds of CPU by design: unbounded, parallel
+// guessing took every CPU and a correct login waited behind it (1.7 ms
+// became 230 ms). The slots are also the global bound on guessing work:
+// rotating source addresses buys fresh counters, never more CPU.
+//
+// A failure delay per address and name. A failed login is held after its
+// password was checked and before the failure is answered, as Dovecot's
+// auth_failure_delay and auth_penalty hold the reply. The first
+// freeFailures failures of a key within window are answered at once (a
+// typo), the next after 1 s, doubling up to maxDelay. The delay never comes
+// before the check, so a correct password is not delayed by anyone's
+// failures (the old throttle waited first: a local attacker failing the
+// app's name from 127.0.0.1 made the app's correct login wait 30 s). The
+// count is taken under one lock at the moment of the failure, so N parallel
+// connections walk one schedule together instead of one each.
+//
+// One schedule for every name. The key is the literal name the client sent,
+// lower-cased, whether or not an account has it, and an unknown name costs
+// a bcrypt comparison of the accounts' cost (Relay.hashFor). The old
+// throttle counted unknown names in one bucket per address, so after three
+// failures any unknown name was answered after a second and a known one at
+// once: user enumeration by timing.
+//
+// A cap per address range for remote clients. After rangeFailureCap
+// failures within window from one /24 (IPv4) or /64 (IPv6, what one site
+// gets), every further attempt from the range fails at once without its
+// password being checked, until window has passed since the last counted
+// failure (fail2ban's ban; attempts refused meanwhile do not extend it, so a
+// legitimate client retrying gets in again). Loopback clients are keyed by
+// name alone and never banned: every local app comes from 127.0.0.1, and a
+// local attacker must not lock out the local app's correct password.
+//
+// The memo of the last verified password (Account.memoHit) answers a
+// correct login in microseconds without a slot. Since it costs nothing it
+// would test guesses as fast as they arrive, so it answers for a key only
+// while that key's failures within window plus the memo checks in flight
+// stay under memoFailureCap; a name under sustained attack pays a bcrypt
+// comparison per login, correct or not, until window has passed.
+//
+// Limits of the design: a local process guessing the app's own name from
+// loopback is bounded by the failure delay and, with many connections, by
+// the slots alone (anything stricter would lock the app out); a failure is
+// held at most maxDelay, so N connections on one key get about N answers
+// per maxDelay once its count is high.
+//
+// State is bounded: entries expire window after their last failure and are
+// swept when the maps have doubled or a window has passed; names are cut to maxNameLen bytes; each
+// map holds at most maxEntries (an arbitrary idle entry makes room).
 type Throttle struct {
-	mu      sync.Mutex
-	entries map[throttleKey]*throttleEntry
+	slots chan struct{} // verification semaphore, verifySlots() wide
+
+	mu        sync.Mutex
+	keys      map[throttleKey]*throttleEntry
+	ranges    map[netip.Prefix]*throttleEntry
+	sweepAt   int       // total entries at which the next sweep runs
+	lastSweep time.Time // a window after it, the next sweep runs anyway
+
+	// NewThrottle sets these; tests and benchmarks replace them before the
+	// first use.
 	now     func() time.Time
+	sleep   func(ctx context.Context, d time.Duration) error // holds a failure
+	local   func(netip.Addr) bool                            // keyed by name alone, no range cap
+	compare func(hash, password []byte) error
+	speedup time.Duration // divides every delay and the window; 1 in production
 }
 
-// throttleKey is a client address and a lower-case user name ("" for names
-// that are no account's).
+// throttleKey is what failures are counted by: the client address (the
+// zero Addr for local clients, see Throttle) and the lower-case name the
+// client sent.
 type throttleKey struct {
 	addr netip.Addr
 	user string
 }
 
+// throttleEntry counts the failures of a key or a range.
 type throttleEntry struct {
 	failures int
-	last     time.Time
+	last     time.Time // of the last failure
+	pending  int       // memo checks in flight (keys only)
 }
 
 const (
+	// freeFailures are answered without delay: a person mistyping.
 	freeFailures = 3
-	maxDelay     = 30 * time.Second
-	window       = 15 * time.Minute
+	// maxDelay bounds the hold of one failure (Dovecot's auth penalty
+	// stops at 15 s; a mail client's login timeout is longer than 30 s).
+	maxDelay = 30 * time.Second
+	// window is how long a failure is remembered.
+	window = 15 * time.Minute
+	// memoFailureCap is the number of failures of one key within window
+	// beyond which the password memo no longer answers for it.
+	memoFailureCap = 10
+	// rangeFailureCap is the number of failures within window one remote
+	// /24 or /64 may have; further attempts from it fail fast.
+	rangeFailureCap = 30
+	// rangeBits4 and rangeBits6 are the prefix lengths of a range: a
+	// customer's IPv4 block, and the /64 that one IPv6 LAN gets (RFC 4291
+	// section 2.5.1).
+	rangeBits4, rangeBits6 = 24, 64
+	// maxNameLen cuts the user names kept as keys.
+	maxNameLen = 256
+	// maxEntries bounds each map (keys, ranges); minSweep is the size
+	// below which expired entries are not swept.
+	maxEntries = 1 << 15
+	minSweep   = 1024
 )
 
-// NewThrottle returns an empty Throttle.
+// outcome is how an attempt ended, for record.
+type outcome int
+
+const (
+	succeeded outcome = iota
+	failed
+	abandoned // the client went away before an answer: neither
+)
+
+// NewThrottle returns an empty Throttle with verifySlots() slots.
 func NewThrottle() *Throttle {
-	return &Throttle{entries: make(map[throttleKey]*throttleEntry), now: time.Now}
+	return &Throttle{
+		slots:   make(chan struct{}, verifySlots()),
+		keys:    make(map[throttleKey]*throttleEntry),
+		ranges:  make(map[netip.Prefix]*throttleEntry),
+		sweepAt: minSweep,
+		now:     time.Now,
+		sleep:   sleepCtx,
+		local:   isLocal,
+		compare: bcrypt.CompareHashAndPassword,
+		speedup: 1,
+	}
 }
 
-// Delay returns how long an attempt with key k must wait.
-func (t *Throttle) Delay(k throttleKey) time.Duration {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	e := t.entries[k]
-	if e == nil || t.now().Sub(e.last) > window {
-		return 0
-	}
-	n := e.failures - freeFailures
-	if n < 0 {
-		return 0
-	}
-	if n > 5 {
-		return maxDelay
-	}
-	return min(time.Second<<n, maxDelay)
-}
+// verifySlots is half the CPUs Go uses, at least one: password hashing,
+// however many guess at once, leaves the other half to relayed sessions.
+func verifySlots() int { return max(1, runtime.GOMAXPROCS(0)/2) }
 
-// Wait blocks for Delay(k) or until ctx is done.
-func (t *Throttle) Wait(ctx context.Context, k throttleKey) error {
-	d := t.Delay(k)
-	if d == 0 {
-		return nil
-	}
+// isLocal reports loopback clients, and clients without an IP address
+// (which cannot be told apart either).
+func isLocal(a netip.Addr) bool { return !a.IsValid() || a.IsLoopback() }
+
+// sleepCtx waits d or until ctx is done.
+func sleepCtx(ctx context.Context, d time.Duration) error {
 	tm := time.NewTimer(d)
 	defer tm.Stop()
 	select {
@@ -78,32 +168,200 @@ func (t *Throttle) Wait(ctx context.Context, k throttleKey) error {
 	}
 }
 
-// Fail records a failed login with key k.
-func (t *Throttle) Fail(k throttleKey) {
+// keyFor is the key of a login with name from addr.
+func (t *Throttle) keyFor(addr netip.Addr, name string) throttleKey {
+	name = strings.ToLower(name)
+	if len(name) > maxNameLen {
+		name = name[:maxNameLen]
+	}
+	addr = addr.Unmap()
+	if t.local(addr) {
+		return throttleKey{user: name}
+	}
+	return throttleKey{addr: addr, user: name}
+}
+
+// rangeOf is the range a remote address is capped with.
+func rangeOf(a netip.Addr) netip.Prefix {
+	bits := rangeBits6
+	if a.Is4() {
+		bits = rangeBits4
+	}
+	p, _ := a.Prefix(bits)
+	return p
+}
+
+// span is window, sped up for benchmarks.
+func (t *Throttle) span() time.Duration { return window / t.speedup }
+
+// delayAfter is the hold of a failure that follows n failures.
+func (t *Throttle) delayAfter(n int) time.Duration {
+	n -= freeFailures
+	if n < 0 {
+		return 0
+	}
+	d := maxDelay
+	if n < 5 {
+		d = min(time.Second<<n, maxDelay)
+	}
+	return d / t.speedup
+}
+
+// expire forgets failures older than span.
+func (e *throttleEntry) expire(now time.Time, span time.Duration) {
+	if e.failures > 0 && now.Sub(e.last) > span {
+		e.failures = 0
+	}
+}
+
+// Delay returns how long the next failure with k will be held.
+func (t *Throttle) Delay(k throttleKey) time.Duration {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	now := t.now()
-	// Sweep expired entries now and then so the map stays bounded by the
-	// addresses that failed within the window.
-	if len(t.entries) > 1024 {
-		for k, e := range t.entries {
-			if now.Sub(e.last) > window {
-				delete(t.entries, k)
+	e := t.keys[k]
+	if e == nil {
+		return 0
+	}
+	e.expire(t.now(), t.span())
+	return t.delayAfter(e.failures)
+}
+
+// admit is asked before an attempt with k is checked. blocked: k's range is
+// over rangeFailureCap, fail without checking. memo (only when wantMemo):
+// the password memo may answer; the caller then owes record(k, true, ...).
+func (t *Throttle) admit(k throttleKey, wantMemo bool) (blocked, memo bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	now, span := t.now(), t.span()
+	if k.addr.IsValid() {
+		if r := t.ranges[rangeOf(k.addr)]; r != nil {
+			r.expire(now, span)
+			if r.failures >= rangeFailureCap {
+				return true, false
 			}
 		}
 	}
-	e := t.entries[k]
-	if e == nil || now.Sub(e.last) > window {
-		e = &throttleEntry{}
-		t.entries[k] = e
+	if !wantMemo {
+		return false, false
 	}
-	e.failures++
-	e.last = now
+	e := t.keys[k]
+	if e == nil {
+		e = add(t.keys, k)
+	}
+	e.expire(now, span)
+	if e.failures+e.pending >= memoFailureCap {
+		return false, false
+	}
+	e.pending++
+	return false, true
 }
 
-// Succeed clears k.
-func (t *Throttle) Succeed(k throttleKey) {
+// Fail records a failed login with k and returns how long its answer must
+// be held.
+func (t *Throttle) Fail(k throttleKey) time.Duration { return t.record(k, false, failed) }
+
+// Succeed records a successful login with k. It clears a remote key (that
+// client knows the password); a local key keeps its failures, since they may
+// be another local process's and a success must not restart its schedule.
+func (t *Throttle) Succeed(k throttleKey) { t.record(k, false, succeeded) }
+
+// record ends an attempt with k; memo says whether admit reserved a memo
+// check for it. It returns the hold of a failure.
+func (t *Throttle) record(k throttleKey, memo bool, o outcome) time.Duration {
 	t.mu.Lock()
-	delete(t.entries, k)
-	t.mu.Unlock()
+	defer t.mu.Unlock()
+	e := t.keys[k]
+	if memo && e != nil && e.pending > 0 {
+		e.pending--
+	}
+	if o != failed {
+		if e != nil {
+			if o == succeeded && k.addr.IsValid() {
+				e.failures = 0
+			}
+			if e.failures == 0 && e.pending == 0 {
+				delete(t.keys, k)
+			}
+		}
+		return 0
+	}
+	now, span := t.now(), t.span()
+	t.maybeSweep(now, span)
+	if e == nil {
+		e = add(t.keys, k)
+	}
+	e.expire(now, span)
+	d := t.delayAfter(e.failures)
+	e.failures++
+	e.last = now
+	if k.addr.IsValid() {
+		p := rangeOf(k.addr)
+		r := t.ranges[p]
+		if r == nil {
+			r = add(t.ranges, p)
+		}
+		r.expire(now, span)
+		r.failures++
+		r.last = now
+	}
+	return d
+}
+
+// add puts a new entry for k into m, first making room if m is full.
+func add[K comparable](m map[K]*throttleEntry, k K) *throttleEntry {
+	if len(m) >= maxEntries {
+		for old, e := range m {
+			if e.pending == 0 {
+				delete(m, old)
+				break
+			}
+		}
+	}
+	e := &throttleEntry{}
+	m[k] = e
+	return e
+}
+
+// maybeSweep drops expired entries once the maps have doubled since the
+// last sweep, or a window after it (maps kept full by add's evictions do not
+// double), so the work stays proportional to the failures recorded.
+func (t *Throttle) maybeSweep(now time.Time, span time.Duration) {
+	n := len(t.keys) + len(t.ranges)
+	if n < t.sweepAt && (n < minSweep || now.Sub(t.lastSweep) <= span) {
+		return
+	}
+	sweep(t.keys, now, span)
+	sweep(t.ranges, now, span)
+	t.sweepAt = max(minSweep, 2*(len(t.keys)+len(t.ranges)))
+	t.lastSweep = now
+}
+
+func sweep[K comparable](m map[K]*throttleEntry, now time.Time, span time.Duration) {
+	for k, e := range m {
+		e.expire(now, span)
+		if e.failures == 0 && e.pending == 0 {
+			delete(m, k)
+		}
+	}
+}
+
+// Verify compares password with a bcrypt hash in one of the verification
+// slots, waiting for one until ctx is done (then the error is ctx's).
+func (t *Throttle) Verify(ctx context.Context, hash []byte, password string) (bool, error) {
+	select {
+	case t.slots <- struct{}{}:
+	case <-ctx.Done():
+		return false, ctx.Err()
+	}
+	defer func() { <-t.slots }()
+	return t.compare(hash, []byte(password)) == nil, nil
+}
+
+// Hold waits d, the delay of a failure, or until ctx is done (then the
+// error is ctx's).
+func (t *Throttle) Hold(ctx context.Context, d time.Duration) error {
+	if d <= 0 {
+		return nil
+	}
+	return t.sleep(ctx, d)
 }
