@@ -32,8 +32,9 @@ func parseErr(t *testing.T, data string) string {
 	return err.Error()
 }
 
-// hugeSize is far beyond any real value; a message must not grow with it.
-const hugeSize = 4 << 20
+// hugeSize is far beyond any real value (and the message limits); a
+// message must not grow with it.
+const hugeSize = 256 << 10
 
 // A value of megabytes is quoted back as its first runes and its length,
 // wherever the message quotes it: in a validation message, in the decoder's

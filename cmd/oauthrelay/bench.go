@@ -4,10 +4,10 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/base64"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -162,7 +162,8 @@ type relayProcess struct {
 	smtpAddr string
 	imapAddr string
 	dir      string
-	cpus     string // CPUs the relay is pinned to; "" when not pinned
+	cpus     string        // CPUs the relay is pinned to; "" when not pinned
+	exited   chan struct{} // closed when the process has exited (and was waited for)
 }
 
 func startRelayProcess(ctx context.Context, fw *fakeWorld, pin bool, stderr io.Writer) (*relayProcess, error) {
@@ -178,49 +179,82 @@ func startRelayProcess(ctx context.Context, fw *fakeWorld, pin bool, stderr io.W
 	if err != nil {
 		return nil, err
 	}
-	rp := &relayProcess{dir: dir, smtpAddr: freeAddr("127.0.0.1:0"), imapAddr: freeAddr("127.0.0.1:0")}
-	yaml := strings.Replace(fw.yaml(dir, rp.smtpAddr, rp.imapAddr, "off", string(hash)), "level: info", "level: warn", 1)
+	// The relay binds port 0 itself and says which ports it got: a port
+	// found free here and closed again could be handed out twice (the
+	// IMAP bench once met the relay's SMTP greeting).
+	rp := &relayProcess{dir: dir}
+	yaml := strings.Replace(fw.yaml(dir, "127.0.0.1:0", "127.0.0.1:0", "off", string(hash)), "level: info", "level: warn", 1)
 	cfgPath := filepath.Join(dir, "config.yaml")
 	if err := os.WriteFile(cfgPath, []byte(yaml), 0o600); err != nil {
 		return nil, err
 	}
-	rp.cmd = exec.CommandContext(ctx, exe, "serve", "-config", cfgPath)
+	addrFile := filepath.Join(dir, "addrs")
+	args := []string{exe, "serve", "-config", cfgPath, "-addr-file", addrFile}
 	if !pin {
 		// run unpinned
 	} else if cpus, err := splitCPUs(); err != nil {
 		return nil, err
 	} else if taskset, err := exec.LookPath("taskset"); cpus != "" && err == nil {
 		rp.cpus = cpus
-		rp.cmd = exec.CommandContext(ctx, taskset, "-c", cpus, exe, "serve", "-config", cfgPath)
+		args = append([]string{taskset, "-c", cpus}, args...)
 	}
+	rp.cmd = exec.CommandContext(ctx, args[0], args[1:]...)
 	rp.cmd.Stderr = stderr
 	if err := rp.cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start relay: %w", err)
 	}
-	deadline := time.Now().Add(15 * time.Second)
+	rp.exited = make(chan struct{})
+	go func() { rp.cmd.Wait(); close(rp.exited) }()
+	addrs, err := waitAddrFile(ctx, addrFile, rp.exited)
+	if err != nil {
+		rp.stop()
+		return nil, err
+	}
+	rp.smtpAddr, rp.imapAddr = addrs["smtp"], addrs["imap"]
+	return rp, nil
+}
+
+// relayStartTimeout bounds the wait for the relay's address file.
+const relayStartTimeout = 15 * time.Second
+
+// waitAddrFile waits until the relay wrote its address file (see serve's
+// -addr-file) and returns its name=ADDR lines as a map; it fails at once if
+// the relay exits first.
+func waitAddrFile(ctx context.Context, path string, exited <-chan struct{}) (map[string]string, error) {
+	ctx, cancel := context.WithTimeout(ctx, relayStartTimeout)
+	defer cancel()
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
 	for {
-		c, err := net.DialTimeout("tcp", rp.smtpAddr, time.Second)
-		if err == nil {
-			c.Close()
-			return rp, nil
+		if b, err := os.ReadFile(path); err == nil {
+			addrs := map[string]string{}
+			for line := range strings.Lines(string(b)) {
+				if k, v, ok := strings.Cut(strings.TrimSpace(line), "="); ok {
+					addrs[k] = v
+				}
+			}
+			if addrs["smtp"] == "" || addrs["imap"] == "" || addrs["smtp"] == "off" || addrs["imap"] == "off" {
+				return nil, fmt.Errorf("relay address file %s: %q", path, b)
+			}
+			return addrs, nil
 		}
-		if time.Now().After(deadline) {
-			rp.stop()
-			return nil, fmt.Errorf("relay did not start listening on %s: %w", rp.smtpAddr, err)
+		select {
+		case <-exited:
+			return nil, errors.New("relay exited before it was listening (its log is above)")
+		case <-ctx.Done():
+			return nil, fmt.Errorf("relay did not start listening within %v: %w", relayStartTimeout, ctx.Err())
+		case <-tick.C:
 		}
-		time.Sleep(50 * time.Millisecond)
 	}
 }
 
 func (rp *relayProcess) stop() {
 	rp.cmd.Process.Signal(os.Interrupt)
-	done := make(chan struct{})
-	go func() { rp.cmd.Wait(); close(done) }()
 	select {
-	case <-done:
+	case <-rp.exited:
 	case <-time.After(10 * time.Second):
 		rp.cmd.Process.Kill()
-		<-done
+		<-rp.exited
 	}
 	os.RemoveAll(rp.dir)
 }

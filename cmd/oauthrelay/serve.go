@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -12,6 +13,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -28,32 +30,55 @@ import (
 const shutdownGrace = 30 * time.Second
 
 func runServe(ctx context.Context, args []string, _ io.Reader, _, stderr io.Writer) error {
-	path, rest, err := configFlag("serve", args, stderr)
-	if err != nil {
-		return err
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	fs.SetOutput(io.Discard) // run prints the error and the usage line once
+	path := fs.String("config", "/etc/oauthrelay/config.yaml", "configuration file")
+	addrFile := fs.String("addr-file", "", "write the bound listener addresses to this file once serving")
+	if err := fs.Parse(args); err != nil {
+		return usageError{err}
 	}
-	if len(rest) != 0 {
+	if fs.NArg() != 0 {
 		return errUsage
 	}
-	return serveUntil(ctx, path, stderr)
+	return serve(ctx, *path, *addrFile, stderr)
 }
 
 // serveUntil runs the relay of the configuration at cfgPath until ctx is
 // done, logging to logOut; SIGHUP reloads the configuration. It is the body
-// of `serve` and of the Windows service.
+// of `serve` and of the Windows service. A listener that cannot be bound
+// ends it at once with an error naming the listener and the reason.
 func serveUntil(ctx context.Context, cfgPath string, logOut io.Writer) error {
+	return serve(ctx, cfgPath, "", logOut)
+}
+
+// serve is serveUntil that also writes the bound addresses to addrFile
+// (when not empty) once every listener is served, and removes it when it
+// returns. With port 0 in the configuration the kernel picks the ports, and
+// this is how a supervisor (oauthrelay bench, a test) learns them without
+// parsing logs or guessing a free port.
+func serve(ctx context.Context, cfgPath, addrFile string, logOut io.Writer) error {
 	cfg, err := config.Load(cfgPath)
 	if err != nil {
 		return err
 	}
 	log := newLogger(cfg.Log, logOut)
+	// Registered before the start, so that a SIGHUP arriving while the
+	// listeners are bound is a reload afterwards, not the default action
+	// (the end of the process).
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 	d, err := startDaemon(ctx, cfg, log)
 	if err != nil {
 		return err
 	}
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
+	if addrFile != "" {
+		if err := writeAddrFile(addrFile, d); err != nil {
+			d.close()
+			return err
+		}
+		defer os.Remove(addrFile)
+	}
 	for {
 		select {
 		case <-hup:
@@ -63,6 +88,23 @@ func serveUntil(ctx context.Context, cfgPath string, logOut io.Writer) error {
 			return d.shutdown(shutdownGrace)
 		}
 	}
+}
+
+// writeAddrFile writes d's addresses to path, one "name=ADDR" line per
+// listener ("off" for one that is off), as the started log line has them.
+// The file appears whole (written aside, then renamed), so a reader that
+// finds it can read it.
+func writeAddrFile(path string, d *daemon) error {
+	text := fmt.Sprintf("smtp=%s\nimap=%s\nadmin=%s\n", addrString(d.smtpAddr), addrString(d.imapAddr), addrString(d.adminAddr))
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, []byte(text), 0o644); err != nil {
+		return fmt.Errorf("addr-file: %w", err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("addr-file: %w", err)
+	}
+	return nil
 }
 
 // newLogger builds the slog logger the config asks for.
@@ -115,6 +157,12 @@ func newRelay(cfg *config.Config, log *slog.Logger, obs proxy.Observer, hc *http
 }
 
 // daemon is a running relay: its listeners and servers.
+//
+// It owns the net.Listeners it bound and closes them itself when it stops,
+// before and besides asking the servers to: a server's Close or Shutdown
+// closes only the listeners its Serve has registered, so one called before
+// that Serve goroutine ran would leave Serve accepting for ever and the
+// stop waiting on it.
 type daemon struct {
 	log   *slog.Logger
 	relay *proxy.Relay
@@ -127,6 +175,12 @@ type daemon struct {
 	// Addrs of the listeners actually bound (port 0 resolved).
 	smtpAddr, imapAddr, adminAddr net.Addr
 
+	// listeners are bound before any is served; fixed after startDaemon.
+	listeners []bound
+	// closing is set before the daemon closes its listeners: a Serve that
+	// returns then is stopping, not failing.
+	closing atomic.Bool
+
 	// stopped records a listener that stopped serving, for /readyz.
 	stoppedMu sync.Mutex
 	stopped   error
@@ -135,56 +189,93 @@ type daemon struct {
 	wg     sync.WaitGroup
 }
 
-// startDaemon binds the listeners of cfg and serves them in the background.
+// bound is a listener of the daemon and the server that serves it.
+type bound struct {
+	name string // smtp, imap, admin: the key under listen
+	ln   net.Listener
+	srv  server // nil until the servers are built
+}
+
+// startDaemon binds every listener of cfg, builds the servers, and only
+// then serves them in the background. Nothing is served when a listener
+// cannot be bound, and the error names it.
 func startDaemon(ctx context.Context, cfg *config.Config, log *slog.Logger) (*daemon, error) {
 	metrics := admin.NewMetrics()
 	relay, store, err := newRelay(cfg, log, metrics, nil)
 	if err != nil {
 		return nil, err
 	}
+	lns, err := bindListeners(cfg, log)
+	if err != nil {
+		return nil, err
+	}
 	runCtx, cancel := context.WithCancel(context.Background())
-	d := &daemon{log: log, relay: relay, cfg: cfg, cancel: cancel}
-	d.wg.Add(1)
-	go func() { defer d.wg.Done(); relay.Run(runCtx) }()
-
-	fail := func(err error) (*daemon, error) {
+	d := &daemon{log: log, relay: relay, cfg: cfg, listeners: lns, cancel: cancel}
+	d.wg.Go(func() { relay.Run(runCtx) })
+	if err := d.newServers(ctx, metrics, store); err != nil {
 		d.close()
 		return nil, err
 	}
-	if lc := cfg.Listen.SMTP; lc.Addr != "off" {
-		if d.smtp, err = smtpproxy.New(ctx, relay, lc); err != nil {
-			return fail(err)
-		}
-		ln, err := listen(lc, log)
-		if err != nil {
-			return fail(err)
-		}
-		d.smtpAddr = ln.Addr()
-		d.serve("smtp", func() error { return d.smtp.Serve(ln) })
-	}
-	if lc := cfg.Listen.IMAP; lc.Addr != "off" {
-		if d.imap, err = imapproxy.New(relay, lc); err != nil {
-			return fail(err)
-		}
-		ln, err := listen(lc, log)
-		if err != nil {
-			return fail(err)
-		}
-		d.imapAddr = ln.Addr()
-		d.serve("imap", func() error { return d.imap.Serve(ln) })
-	}
-	if lc := cfg.Listen.Admin; lc.Addr != "off" {
-		d.admin = admin.New(relay, metrics, admin.Options{Logger: log, Store: store, Ready: d.ready})
-		ln, err := net.Listen("tcp", lc.Addr)
-		if err != nil {
-			return fail(fmt.Errorf("listen %s: %w", lc.Addr, err))
-		}
-		d.adminAddr = ln.Addr()
-		d.serve("admin", func() error { return d.admin.Serve(ln) })
+	for _, b := range d.listeners {
+		d.serve(b)
 	}
 	log.Info("oauthrelay started", "version", version, "smtp", addrString(d.smtpAddr), "imap", addrString(d.imapAddr),
 		"admin", addrString(d.adminAddr), "accounts", len(cfg.Accounts))
 	return d, nil
+}
+
+// bindListeners binds the listeners that are not off, in the order smtp,
+// imap, admin; on an error it closes those it bound.
+func bindListeners(cfg *config.Config, log *slog.Logger) ([]bound, error) {
+	l := cfg.Listen
+	specs := []struct {
+		name, addr string
+		listen     func() (net.Listener, error)
+	}{
+		{"smtp", l.SMTP.Addr, func() (net.Listener, error) { return listen(l.SMTP, log) }},
+		{"imap", l.IMAP.Addr, func() (net.Listener, error) { return listen(l.IMAP, log) }},
+		{"admin", l.Admin.Addr, func() (net.Listener, error) { return net.Listen("tcp", l.Admin.Addr) }},
+	}
+	var lns []bound
+	for _, sp := range specs {
+		if sp.addr == config.AddrOff {
+			continue
+		}
+		ln, err := sp.listen()
+		if err != nil {
+			for _, b := range lns {
+				b.ln.Close()
+			}
+			return nil, fmt.Errorf("listen.%s: %w", sp.name, err)
+		}
+		lns = append(lns, bound{name: sp.name, ln: ln})
+	}
+	return lns, nil
+}
+
+// newServers builds the server of each bound listener.
+func (d *daemon) newServers(ctx context.Context, metrics *admin.Metrics, store oauth.Store) error {
+	for i := range d.listeners {
+		b := &d.listeners[i]
+		switch b.name {
+		case "smtp":
+			srv, err := smtpproxy.New(ctx, d.relay, d.cfg.Listen.SMTP)
+			if err != nil {
+				return err
+			}
+			d.smtp, b.srv, d.smtpAddr = srv, srv, b.ln.Addr()
+		case "imap":
+			srv, err := imapproxy.New(d.relay, d.cfg.Listen.IMAP)
+			if err != nil {
+				return err
+			}
+			d.imap, b.srv, d.imapAddr = srv, srv, b.ln.Addr()
+		case "admin":
+			srv := admin.New(d.relay, metrics, admin.Options{Logger: d.log, Store: store, Ready: d.ready})
+			d.admin, b.srv, d.adminAddr = srv, srv, b.ln.Addr()
+		}
+	}
+	return nil
 }
 
 func addrString(a net.Addr) string {
@@ -207,31 +298,48 @@ func listen(lc config.Listener, log *slog.Logger) (net.Listener, error) {
 }
 
 // serve runs a listener's Serve; one that returns while the daemon is not
-// shutting down makes /readyz fail.
-func (d *daemon) serve(name string, f func() error) {
-	d.wg.Add(1)
-	go func() {
-		defer d.wg.Done()
-		err := f()
+// stopping makes /readyz fail.
+func (d *daemon) serve(b bound) {
+	d.wg.Go(func() {
+		err := b.srv.Serve(b.ln)
+		if d.closing.Load() {
+			return
+		}
 		if errors.Is(err, imapproxy.ErrServerClosed) {
 			err = nil
 		}
 		if err != nil {
-			d.log.Error("listener stopped", "proto", name, "err", err)
+			d.log.Error("listener stopped", "proto", b.name, "err", err)
 		}
 		d.stoppedMu.Lock()
 		if d.stopped == nil {
-			d.stopped = fmt.Errorf("%s listener stopped", name)
+			d.stopped = fmt.Errorf("%s listener stopped", b.name)
 		}
 		d.stoppedMu.Unlock()
-	}()
+	})
 }
 
-// ready reports whether every listener is still serving.
+// acceptErrer is a listener that can say why it is not accepting
+// connections (proxy.Listen's, when it offers it).
+type acceptErrer interface{ Err() error }
+
+// ready reports whether every listener is still serving and accepting.
 func (d *daemon) ready() error {
 	d.stoppedMu.Lock()
-	defer d.stoppedMu.Unlock()
-	return d.stopped
+	err := d.stopped
+	d.stoppedMu.Unlock()
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, b := range d.listeners {
+		if ae, ok := b.ln.(acceptErrer); ok {
+			if err := ae.Err(); err != nil {
+				errs = append(errs, fmt.Errorf("%s listener: %w", b.name, err))
+			}
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // reload re-reads the configuration; on error the old one stays in force.
@@ -255,6 +363,9 @@ func (d *daemon) reload(ctx context.Context, path string) {
 
 // shutdown stops accepting, gives sessions grace to finish, then closes.
 func (d *daemon) shutdown(grace time.Duration) error {
+	// New connections are refused at once, whether or not each Serve has
+	// started.
+	d.closeListeners()
 	ctx, cancel := context.WithTimeout(context.Background(), grace)
 	defer cancel()
 	var (
@@ -263,15 +374,15 @@ func (d *daemon) shutdown(grace time.Duration) error {
 		wg   sync.WaitGroup
 	)
 	for _, s := range d.servers() {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := s.Shutdown(ctx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
+		wg.Go(func() {
+			// A server closing a listener the daemon closed first is told
+			// net.ErrClosed: expected here.
+			if err := s.Shutdown(ctx); err != nil && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, net.ErrClosed) {
 				mu.Lock()
 				errs = append(errs, err)
 				mu.Unlock()
 			}
-		}()
+		})
 	}
 	wg.Wait()
 	d.close()
@@ -283,27 +394,34 @@ func (d *daemon) shutdown(grace time.Duration) error {
 
 // server is what the SMTP, IMAP and admin servers have in common.
 type server interface {
+	Serve(net.Listener) error
 	Shutdown(context.Context) error
 	Close() error
 }
 
-// servers returns the servers that run (nil pointers left out, so no
-// typed-nil interface is called).
+// servers returns the servers that were built.
 func (d *daemon) servers() []server {
 	var s []server
-	if d.smtp != nil {
-		s = append(s, d.smtp)
-	}
-	if d.imap != nil {
-		s = append(s, d.imap)
-	}
-	if d.admin != nil {
-		s = append(s, d.admin)
+	for _, b := range d.listeners {
+		if b.srv != nil {
+			s = append(s, b.srv)
+		}
 	}
 	return s
 }
 
+// closeListeners closes the daemon's listeners (a server may have closed
+// one already: that error is of no interest).
+func (d *daemon) closeListeners() {
+	d.closing.Store(true)
+	for _, b := range d.listeners {
+		b.ln.Close()
+	}
+}
+
+// close stops everything at once and waits for the daemon's goroutines.
 func (d *daemon) close() {
+	d.closeListeners()
 	for _, s := range d.servers() {
 		s.Close()
 	}
