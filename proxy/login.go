@@ -31,32 +31,30 @@ func (r *Relay) Login(ctx context.Context, addr netip.Addr, username, password s
 	t := r.throttle
 	key := t.keyFor(addr, username)
 	a := r.current.Load().byUsername[strings.ToLower(username)]
-	blocked, memo := t.admit(key, a != nil && !a.PasswordPassthrough)
-	if blocked {
+	if t.Blocked(key) {
 		return nil, &LoginError{Failure: BadCredentials, Reason: reasonRangeBlocked, Account: a}
-	}
-	if memo && a.memoHit(password) {
-		t.record(key, true, succeeded)
-		return a, nil
 	}
 	if a != nil && a.PasswordPassthrough {
 		return a, nil
 	}
+	if a != nil && a.memoHit(password) {
+		t.Succeed(key)
+		return a, nil
+	}
 	ok, err := t.Verify(ctx, r.hashFor(a), password)
 	if err != nil {
-		t.record(key, memo, abandoned)
 		return nil, &LoginError{Failure: Unavailable, Reason: "client went away while waiting to check the password", Account: a, Err: err}
 	}
 	if ok && a != nil {
 		a.remember(password)
-		t.record(key, memo, succeeded)
+		t.Succeed(key)
 		return a, nil
 	}
 	le := &LoginError{Failure: BadCredentials, Reason: "wrong password", Account: a}
 	if a == nil {
 		le.Reason = "unknown username"
 	}
-	return nil, r.held(ctx, t.record(key, memo, failed), le)
+	return nil, r.held(ctx, t.Fail(key), le)
 }
 
 // reasonRangeBlocked is the log reason of a login refused unchecked.
@@ -121,7 +119,8 @@ func dummyHash(cost int) []byte {
 // for every message, so a verified password is remembered as an HMAC under a
 // key that lives only in this process's memory, and the next login with the
 // same password costs one HMAC. The memo dies with the Account (a reload
-// builds new ones). The Throttle decides when the memo may answer.
+// builds new ones). See Throttle for why it may answer even for a name
+// under attack.
 func (a *Account) memoHit(password string) bool {
 	sum := a.memoSum(password)
 	a.memoMu.Lock()

@@ -50,21 +50,26 @@ import (
 // local attacker must not lock out the local app's correct password.
 //
 // The memo of the last verified password (Account.memoHit) answers a
-// correct login in microseconds without a slot. Since it costs nothing it
-// would test guesses as fast as they arrive, so it answers for a key only
-// while that key's failures within window plus the memo checks in flight
-// stay under memoFailureCap; a name under sustained attack pays a bcrypt
-// comparison per login, correct or not, until window has passed.
+// correct login in microseconds, without a slot, even for a name under
+// attack: that is what keeps the app's login fast while someone guesses its
+// name from the same host. It does not make guessing cheaper: a guess the
+// memo does not match still waits for a slot, pays its bcrypt comparison
+// and is held before it is answered, and its connection is taken all that
+// time, so guesses are tested against the memo no faster than against
+// bcrypt. This relies on the front ends not ending Login's ctx when a client
+// hangs up (they do not: an abandoned guess would skip its slot and hold).
 //
-// Limits of the design: a local process guessing the app's own name from
-// loopback is bounded by the failure delay and, with many connections, by
-// the slots alone (anything stricter would lock the app out); a failure is
-// held at most maxDelay, so N connections on one key get about N answers
-// per maxDelay once its count is high.
+// Limits of the design. A failure is held at most maxDelay, so N
+// connections guessing one key get about N answers per maxDelay once its
+// count is high: N is bounded by proxy.Listener's cap on connections per
+// address before login, and all of them together by the slots. A local
+// process guessing the app's own name from loopback is bounded only so (a
+// ban would lock the app out).
 //
 // State is bounded: entries expire window after their last failure and are
-// swept when the maps have doubled or a window has passed; names are cut to maxNameLen bytes; each
-// map holds at most maxEntries (an arbitrary idle entry makes room).
+// swept when the maps have doubled or a window has passed; names are cut to
+// maxNameLen bytes; each map holds at most maxEntries (an arbitrary entry
+// makes room).
 type Throttle struct {
 	slots chan struct{} // verification semaphore, verifySlots() wide
 
@@ -95,7 +100,6 @@ type throttleKey struct {
 type throttleEntry struct {
 	failures int
 	last     time.Time // of the last failure
-	pending  int       // memo checks in flight (keys only)
 }
 
 const (
@@ -106,9 +110,6 @@ const (
 	maxDelay = 30 * time.Second
 	// window is how long a failure is remembered.
 	window = 15 * time.Minute
-	// memoFailureCap is the number of failures of one key within window
-	// beyond which the password memo no longer answers for it.
-	memoFailureCap = 10
 	// rangeFailureCap is the number of failures within window one remote
 	// /24 or /64 may have; further attempts from it fail fast.
 	rangeFailureCap = 30
@@ -122,15 +123,6 @@ const (
 	// below which expired entries are not swept.
 	maxEntries = 1 << 15
 	minSweep   = 1024
-)
-
-// outcome is how an attempt ended, for record.
-type outcome int
-
-const (
-	succeeded outcome = iota
-	failed
-	abandoned // the client went away before an answer: neither
 )
 
 // NewThrottle returns an empty Throttle with verifySlots() slots.
@@ -226,67 +218,31 @@ func (t *Throttle) Delay(k throttleKey) time.Duration {
 	return t.delayAfter(e.failures)
 }
 
-// admit is asked before an attempt with k is checked. blocked: k's range is
-// over rangeFailureCap, fail without checking. memo (only when wantMemo):
-// the password memo may answer; the caller then owes record(k, true, ...).
-func (t *Throttle) admit(k throttleKey, wantMemo bool) (blocked, memo bool) {
+// Blocked reports whether an attempt with k must fail unchecked: k is a
+// remote client whose range has had rangeFailureCap failures within window.
+func (t *Throttle) Blocked(k throttleKey) bool {
+	if !k.addr.IsValid() {
+		return false
+	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	now, span := t.now(), t.span()
-	if k.addr.IsValid() {
-		if r := t.ranges[rangeOf(k.addr)]; r != nil {
-			r.expire(now, span)
-			if r.failures >= rangeFailureCap {
-				return true, false
-			}
-		}
+	r := t.ranges[rangeOf(k.addr)]
+	if r == nil {
+		return false
 	}
-	if !wantMemo {
-		return false, false
-	}
-	e := t.keys[k]
-	if e == nil {
-		e = add(t.keys, k)
-	}
-	e.expire(now, span)
-	if e.failures+e.pending >= memoFailureCap {
-		return false, false
-	}
-	e.pending++
-	return false, true
+	r.expire(t.now(), t.span())
+	return r.failures >= rangeFailureCap
 }
 
 // Fail records a failed login with k and returns how long its answer must
-// be held.
-func (t *Throttle) Fail(k throttleKey) time.Duration { return t.record(k, false, failed) }
-
-// Succeed records a successful login with k. It clears a remote key (that
-// client knows the password); a local key keeps its failures, since they may
-// be another local process's and a success must not restart its schedule.
-func (t *Throttle) Succeed(k throttleKey) { t.record(k, false, succeeded) }
-
-// record ends an attempt with k; memo says whether admit reserved a memo
-// check for it. It returns the hold of a failure.
-func (t *Throttle) record(k throttleKey, memo bool, o outcome) time.Duration {
+// be held. The count is read and raised under one lock, so parallel
+// failures get consecutive places in the schedule.
+func (t *Throttle) Fail(k throttleKey) time.Duration {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	e := t.keys[k]
-	if memo && e != nil && e.pending > 0 {
-		e.pending--
-	}
-	if o != failed {
-		if e != nil {
-			if o == succeeded && k.addr.IsValid() {
-				e.failures = 0
-			}
-			if e.failures == 0 && e.pending == 0 {
-				delete(t.keys, k)
-			}
-		}
-		return 0
-	}
 	now, span := t.now(), t.span()
 	t.maybeSweep(now, span)
+	e := t.keys[k]
 	if e == nil {
 		e = add(t.keys, k)
 	}
@@ -307,14 +263,25 @@ func (t *Throttle) record(k throttleKey, memo bool, o outcome) time.Duration {
 	return d
 }
 
+// Succeed records a successful login with k. It clears a remote key (that
+// client knows the password); a local key keeps its failures, since they may
+// be another local process's and a success must not restart its schedule.
+// A range's count is never cleared by a success.
+func (t *Throttle) Succeed(k throttleKey) {
+	if !k.addr.IsValid() {
+		return
+	}
+	t.mu.Lock()
+	delete(t.keys, k)
+	t.mu.Unlock()
+}
+
 // add puts a new entry for k into m, first making room if m is full.
 func add[K comparable](m map[K]*throttleEntry, k K) *throttleEntry {
 	if len(m) >= maxEntries {
-		for old, e := range m {
-			if e.pending == 0 {
-				delete(m, old)
-				break
-			}
+		for old := range m {
+			delete(m, old)
+			break
 		}
 	}
 	e := &throttleEntry{}
@@ -339,7 +306,7 @@ func (t *Throttle) maybeSweep(now time.Time, span time.Duration) {
 func sweep[K comparable](m map[K]*throttleEntry, now time.Time, span time.Duration) {
 	for k, e := range m {
 		e.expire(now, span)
-		if e.failures == 0 && e.pending == 0 {
+		if e.failures == 0 {
 			delete(m, k)
 		}
 	}
