@@ -8,9 +8,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/emersion/go-imap/v2"
@@ -92,18 +92,28 @@ accounts:
 		w.ms.CAFile, demoMailbox, demoUser, hash, demoMailbox)
 }
 
-// freeAddr returns want if it can be bound, else a free loopback port, so
-// the demo runs even where 2525 or 1143 is taken.
-func freeAddr(want string) string {
-	ln, err := net.Listen("tcp", want)
-	if err != nil {
-		ln, err = net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return want
+// startDemoDaemon starts the relay on the README's ports and, where one of
+// them is taken, on ports the system picks: the daemon binds them itself,
+// so no port is checked free and then lost to another process.
+func startDemoDaemon(ctx context.Context, fw *fakeWorld, stateDir string, stderr io.Writer) (*daemon, error) {
+	var err error
+	for _, addrs := range [][3]string{
+		{"127.0.0.1:2525", "127.0.0.1:1143", "127.0.0.1:8025"},
+		{"127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"},
+	} {
+		var cfg *config.Config
+		if cfg, err = fw.config(stateDir, addrs[0], addrs[1], addrs[2]); err != nil {
+			return nil, err
+		}
+		var d *daemon
+		if d, err = startDaemon(ctx, cfg, newLogger(cfg.Log, stderr)); err == nil {
+			return d, nil
+		}
+		if !errors.Is(err, syscall.EADDRINUSE) {
+			return nil, err
 		}
 	}
-	defer ln.Close()
-	return ln.Addr().String()
+	return nil, err
 }
 
 func runDemo(ctx context.Context, args []string, _ io.Reader, stdout, stderr io.Writer) error {
@@ -120,11 +130,7 @@ func runDemo(ctx context.Context, args []string, _ io.Reader, stdout, stderr io.
 		return err
 	}
 	defer os.RemoveAll(stateDir)
-	cfg, err := fw.config(stateDir, freeAddr("127.0.0.1:2525"), freeAddr("127.0.0.1:1143"), freeAddr("127.0.0.1:8025"))
-	if err != nil {
-		return err
-	}
-	d, err := startDaemon(ctx, cfg, newLogger(cfg.Log, stderr))
+	d, err := startDemoDaemon(ctx, fw, stateDir, stderr)
 	if err != nil {
 		return err
 	}

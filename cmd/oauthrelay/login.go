@@ -28,7 +28,7 @@ func runLogin(ctx context.Context, args []string, stdin io.Reader, stdout, stder
 	if err != nil {
 		return err
 	}
-	store, err := openStoreAlways(cfg)
+	store, err := openStoreAlways(cfg, newLogger(cfg.Log, stderr))
 	if err != nil {
 		return err
 	}

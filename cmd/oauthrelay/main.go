@@ -4,7 +4,7 @@
 //
 // Usage:
 //
-//	oauthrelay serve -config FILE
+//	oauthrelay serve -config FILE [-addr-file FILE]
 //	oauthrelay check -config FILE [ACCOUNT]
 //	oauthrelay login -config FILE ACCOUNT
 //	oauthrelay token -config FILE ACCOUNT
@@ -38,7 +38,7 @@ type command struct {
 
 func commands() []command {
 	return []command{
-		{"serve", "serve -config FILE            run the relay", runServe},
+		{"serve", "serve -config FILE [-addr-file FILE]  run the relay", runServe},
 		{"check", "check -config FILE [ACCOUNT]  get a token and log in over SMTP and IMAP for each account", runCheck},
 		{"login", "login -config FILE [-replace] ACCOUNT  sign an account in (authorization code or device code)", runLogin},
 		{"token", "token -config FILE ACCOUNT    print a fresh access token", runToken},

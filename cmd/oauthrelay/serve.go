@@ -121,7 +121,7 @@ func newLogger(lc config.Log, w io.Writer) *slog.Logger {
 // openStore opens the token store when some account needs one (every grant
 // but client credentials keeps a refresh token). With only client
 // credentials, state_dir need not exist.
-func openStore(cfg *config.Config) (oauth.Store, error) {
+func openStore(cfg *config.Config, log *slog.Logger) (oauth.Store, error) {
 	needed := false
 	for _, a := range cfg.Accounts {
 		if a.ProviderRef.Grant != "client_credentials" {
@@ -131,11 +131,13 @@ func openStore(cfg *config.Config) (oauth.Store, error) {
 	if !needed {
 		return nil, nil
 	}
-	return openStoreAlways(cfg)
+	return openStoreAlways(cfg, log)
 }
 
-func openStoreAlways(cfg *config.Config) (*tokenstore.Store, error) {
-	key, err := tokenstore.Key(cfg.StateDir, os.LookupEnv)
+// openStoreAlways opens the token store; warnings about the key (a key
+// file others may read) go to log, in the configured format.
+func openStoreAlways(cfg *config.Config, log *slog.Logger) (*tokenstore.Store, error) {
+	key, err := tokenstore.LoadKey(cfg.StateDir, tokenstore.KeyOptions{Getenv: os.LookupEnv, Logger: log})
 	if err != nil {
 		return nil, err
 	}
@@ -148,7 +150,7 @@ func openStoreAlways(cfg *config.Config) (*tokenstore.Store, error) {
 
 // newRelay builds the relay for cfg with the token store it needs.
 func newRelay(cfg *config.Config, log *slog.Logger, obs proxy.Observer, hc *http.Client) (*proxy.Relay, oauth.Store, error) {
-	store, err := openStore(cfg)
+	store, err := openStore(cfg, log)
 	if err != nil {
 		return nil, nil, err
 	}

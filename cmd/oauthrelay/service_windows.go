@@ -15,12 +15,12 @@ import (
 	"sync"
 	"time"
 
-	"golang.org/x/sys/windows"
 	"golang.org/x/sys/windows/svc"
 	"golang.org/x/sys/windows/svc/eventlog"
 	"golang.org/x/sys/windows/svc/mgr"
 
 	"github.com/oauthrelay/oauthrelay/config"
+	"github.com/oauthrelay/oauthrelay/internal/securefile"
 )
 
 // The Windows service: `oauthrelay service install|uninstall|start|stop|run`.
@@ -52,11 +52,6 @@ const (
 	eventWarning = 2
 	eventError   = 3
 )
-
-// stateDirSDDL protects a state directory that install creates: full
-// control for SYSTEM and Administrators only, not inherited from
-// C:\ProgramData (where Users may read). It holds the token store's key.
-const stateDirSDDL = "D:P(A;OICI;FA;;;SY)(A;OICI;FA;;;BA)"
 
 func runService(_ context.Context, args []string, _ io.Reader, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
@@ -200,23 +195,12 @@ func prepareStateDir(dir string, stdout io.Writer) error {
 	if _, err := os.Stat(dir); err == nil {
 		return nil
 	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	// securefile gives the directory the same protected DACL the relay
+	// checks its files against: SYSTEM, Administrators and this account.
+	if err := securefile.MkdirAll(dir); err != nil {
 		return err
 	}
-	sd, err := windows.SecurityDescriptorFromString(stateDirSDDL)
-	if err != nil {
-		return err
-	}
-	dacl, _, err := sd.DACL()
-	if err != nil {
-		return err
-	}
-	err = windows.SetNamedSecurityInfo(dir, windows.SE_FILE_OBJECT,
-		windows.DACL_SECURITY_INFORMATION|windows.PROTECTED_DACL_SECURITY_INFORMATION, nil, nil, dacl, nil)
-	if err != nil {
-		return fmt.Errorf("restrict %s to SYSTEM and Administrators: %w", dir, err)
-	}
-	fmt.Fprintf(stdout, "created %s (SYSTEM and Administrators only)\n", dir)
+	fmt.Fprintf(stdout, "created %s (SYSTEM, Administrators and this account only)\n", dir)
 	return nil
 }
 

@@ -20,7 +20,7 @@ func runToken(ctx context.Context, args []string, _ io.Reader, stdout, stderr io
 	if acct.PasswordPassthrough {
 		return errors.New("account " + acct.Name + " uses password_passthrough: its token needs the app's password, which only a login provides")
 	}
-	store, err := openStore(cfg)
+	store, err := openStore(cfg, newLogger(cfg.Log, stderr))
 	if err != nil {
 		return err
 	}

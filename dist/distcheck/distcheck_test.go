@@ -1010,7 +1010,7 @@ func TestKubernetes(t *testing.T) {
 				keyFromSecret = ref.Name == secret.Metadata.Name && secret.has(ref.Key)
 				if v := secret.StringData[ref.Key]; v != "" {
 					getenv := func(string) (string, bool) { return v, true }
-					if _, err := tokenstore.Key(t.TempDir(), getenv); err == nil {
+					if _, err := tokenstore.LoadKey(t.TempDir(), tokenstore.KeyOptions{Getenv: getenv}); err == nil {
 						t.Errorf("secret.yaml's %s is a usable key: ship a placeholder, or every copy of the example shares it", ref.Key)
 					}
 				}

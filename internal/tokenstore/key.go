@@ -77,15 +77,6 @@ func LoadKey(stateDir string, o KeyOptions) ([]byte, error) {
 	return k, err
 }
 
-// Key is LoadKey with getenv and slog.Default() as the logger. It is kept
-// for callers that have not moved to LoadKey yet; new code calls LoadKey
-// with the configured logger, so that the warning about a shared key file
-// follows log.format. (Not marked Deprecated, which would fail `make lint`
-// on the remaining callers until they move.)
-func Key(stateDir string, getenv func(string) (string, bool)) ([]byte, error) {
-	return LoadKey(stateDir, KeyOptions{Getenv: getenv})
-}
-
 // refuseSharedKey decides what a key file readable by others means. On
 // Windows it is refused: the usual cause is a state directory under
 // %ProgramData%, whose inherited ACL lets every local user read, so the

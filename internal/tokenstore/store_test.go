@@ -200,7 +200,7 @@ func TestKeyFromEnv(t *testing.T) {
 		"whitespace": "  " + hex.EncodeToString(k) + "\n",
 	} {
 		t.Run(name, func(t *testing.T) {
-			got, err := Key(t.TempDir(), envMap(map[string]string{KeyEnv: v}))
+			got, err := loadKey(t.TempDir(), envMap(map[string]string{KeyEnv: v}))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -215,7 +215,7 @@ func TestKeyFromEnv(t *testing.T) {
 		"hex-63":  hex.EncodeToString(k)[:63],
 	} {
 		t.Run("bad "+name, func(t *testing.T) {
-			_, err := Key(t.TempDir(), envMap(map[string]string{KeyEnv: v}))
+			_, err := loadKey(t.TempDir(), envMap(map[string]string{KeyEnv: v}))
 			if err == nil {
 				t.Fatal("no error")
 			}
@@ -228,7 +228,7 @@ func TestKeyFromEnv(t *testing.T) {
 
 func TestKeyFile(t *testing.T) {
 	state := filepath.Join(t.TempDir(), "state")
-	k1, err := Key(state, noEnv)
+	k1, err := loadKey(state, noEnv)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -242,19 +242,19 @@ func TestKeyFile(t *testing.T) {
 	if di, _ := os.Stat(state); di.Mode().Perm() != 0o700 {
 		t.Fatalf("state dir mode %v", di.Mode().Perm())
 	}
-	k2, err := Key(state, envMap(map[string]string{KeyEnv: ""})) // empty env: file
+	k2, err := loadKey(state, envMap(map[string]string{KeyEnv: ""})) // empty env: file
 	if err != nil || !bytes.Equal(k1, k2) {
 		t.Fatalf("second Key: %v, same=%v", err, bytes.Equal(k1, k2))
 	}
 
 	// Text forms in the file are accepted.
 	os.WriteFile(filepath.Join(state, "key"), []byte(hex.EncodeToString(testKey(9))+"\n"), 0o600)
-	if k, err := Key(state, noEnv); err != nil || !bytes.Equal(k, testKey(9)) {
+	if k, err := loadKey(state, noEnv); err != nil || !bytes.Equal(k, testKey(9)) {
 		t.Fatalf("hex key file: %v", err)
 	}
 	// Wrong length is an error, and the file is not replaced.
 	os.WriteFile(filepath.Join(state, "key"), []byte("short"), 0o600)
-	if _, err := Key(state, noEnv); err == nil {
+	if _, err := loadKey(state, noEnv); err == nil {
 		t.Fatal("short key file accepted")
 	}
 	if b, _ := os.ReadFile(filepath.Join(state, "key")); string(b) != "short" {
@@ -263,7 +263,7 @@ func TestKeyFile(t *testing.T) {
 	// Readable by others: used (with a warning).
 	os.WriteFile(filepath.Join(state, "key"), testKey(5), 0o644)
 	os.Chmod(filepath.Join(state, "key"), 0o644)
-	if k, err := Key(state, noEnv); err != nil || !bytes.Equal(k, testKey(5)) {
+	if k, err := loadKey(state, noEnv); err != nil || !bytes.Equal(k, testKey(5)) {
 		t.Fatalf("0644 key file: %v", err)
 	}
 }
@@ -276,7 +276,7 @@ func TestKeyFileConcurrentCreate(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			k, err := Key(state, noEnv)
+			k, err := loadKey(state, noEnv)
 			if err != nil {
 				t.Error(err)
 			}
@@ -331,4 +331,9 @@ func FuzzDecode(f *testing.F) {
 			_, _ = s.open(account, b)
 		}
 	})
+}
+
+// loadKey is LoadKey with the environment given and the default logger.
+func loadKey(stateDir string, getenv func(string) (string, bool)) ([]byte, error) {
+	return LoadKey(stateDir, KeyOptions{Getenv: getenv})
 }
