@@ -1,0 +1,249 @@
+package splice
+
+import (
+	"crypto/tls"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+)
+
+// DefaultCloseGrace is how long the second direction of the copy may go on
+// after the first one ended cleanly (the peer half-closed): the other side
+// normally closes at once (an IMAP server after LOGOUT, the app after BYE).
+const DefaultCloseGrace = 10 * time.Second
+
+const (
+	// smallBufferSize is what an idle direction holds while it waits:
+	// thousands of proxied connections sit in IDLE, so it is kept small.
+	smallBufferSize = 2 << 10
+	// copyBufferSize is the pooled buffer a direction takes while data
+	// streams (a read filled the small buffer).
+	copyBufferSize = 32 << 10
+)
+
+// copyBuffers holds the large buffers of directions that are streaming. It
+// is a cache, not state: any buffer in it is as good as a new one.
+var copyBuffers = sync.Pool{New: func() any { b := make([]byte, copyBufferSize); return &b }}
+
+// Side names one end of a spliced session.
+type Side string
+
+const (
+	// App is the app's connection; its direction copies app → upstream.
+	App Side = "app"
+	// Upstream is the upstream server's connection; its direction copies
+	// upstream → app.
+	Upstream Side = "upstream"
+)
+
+// Options tune Pipe. The zero value is usable.
+type Options struct {
+	// CloseGrace is how long the other direction may go on after one
+	// ended cleanly. Zero: DefaultCloseGrace.
+	CloseGrace time.Duration
+	// Close closes both connections. It is called when a direction fails,
+	// when the grace runs out, and before Pipe returns; Pipe calls it at
+	// most once. It must not block on the peers: a TLS connection's
+	// socket should be closed directly, since tls.Conn.Close first tries
+	// to send close_notify. Nil: closes both sockets that way.
+	Close func()
+	// Logger gets a debug line for a direction that ended with an error
+	// other than the connection being closed. Nil: discard.
+	Logger *slog.Logger
+}
+
+// Result is what Pipe did.
+type Result struct {
+	// In counts the bytes copied from the app to the upstream (pending
+	// ones included), Out those from the upstream to the app.
+	In, Out int64
+	// ClosedFirst is the side whose direction ended first: the side that
+	// closed, or failed.
+	ClosedFirst Side
+	// Err is the first error other than a closed connection, nil when
+	// both directions ended cleanly or by being closed.
+	Err error
+	// Duration is how long the copy lasted.
+	Duration time.Duration
+}
+
+// direction is the outcome of one direction of the copy.
+type direction struct {
+	from Side
+	n    int64
+	err  error
+}
+
+// Pipe copies bytes between app and upstream, untouched, until both
+// directions end, and closes both before it returns. fromApp (bytes the app
+// pipelined after its login, already read from it) goes to the upstream
+// first, fromUpstream (bytes the upstream sent after its reply to the login)
+// to the app first. Deadlines on both connections are cleared: there is none
+// during the copy.
+//
+// When one direction ends cleanly (EOF) the end is passed on as a
+// half-close of the other connection (close_notify for TLS), and the other
+// direction gets CloseGrace to finish; when one fails, both are closed at
+// once. The upstream → app direction runs on the caller's goroutine, the
+// other on one goroutine of its own that is joined before Pipe returns.
+func Pipe(app, upstream net.Conn, fromApp, fromUpstream []byte, opts Options) Result {
+	start := time.Now()
+	p := newPiper(app, upstream, opts)
+	app.SetDeadline(time.Time{})
+	upstream.SetDeadline(time.Time{})
+
+	appDone := make(chan direction, 1)
+	go func() {
+		n, err := copyPending(upstream, app, fromApp)
+		d := direction{App, n, err}
+		p.ended(d)
+		appDone <- d
+	}()
+	n, err := copyPending(app, upstream, fromUpstream)
+	up := direction{Upstream, n, err}
+	p.ended(up)
+	in := <-appDone
+	p.finish()
+
+	r := Result{In: in.n, Out: up.n, ClosedFirst: p.first.from, Duration: time.Since(start)}
+	for _, d := range []direction{p.first, in, up} {
+		if r.Err == nil && d.err != nil && !errors.Is(d.err, net.ErrClosed) {
+			r.Err = d.err
+		}
+	}
+	return r
+}
+
+// piper holds what the two directions share.
+type piper struct {
+	app, upstream net.Conn
+	grace         time.Duration
+	close         func()
+	log           *slog.Logger
+
+	closeOnce sync.Once
+	endOnce   sync.Once
+	first     direction   // set in endOnce
+	timer     *time.Timer // set in endOnce
+}
+
+func newPiper(app, upstream net.Conn, opts Options) *piper {
+	p := &piper{app: app, upstream: upstream, grace: opts.CloseGrace, close: opts.Close, log: opts.Logger}
+	if p.grace <= 0 {
+		p.grace = DefaultCloseGrace
+	}
+	if p.close == nil {
+		p.close = func() {
+			closeSocket(app)
+			closeSocket(upstream)
+		}
+	}
+	if p.log == nil {
+		p.log = slog.New(slog.DiscardHandler)
+	}
+	return p
+}
+
+// closeBoth runs Close once. A concurrent caller waits until it has
+// returned (sync.Once), which is how finish joins a grace timer that fired.
+func (p *piper) closeBoth() { p.closeOnce.Do(p.close) }
+
+// ended runs for each direction as it ends. The first one closes both on an
+// error, or else passes its clean EOF on as a half-close, and starts the
+// grace timer for the other direction.
+func (p *piper) ended(d direction) {
+	if d.err != nil && !errors.Is(d.err, net.ErrClosed) {
+		p.log.Debug("copy ended with an error", "from", string(d.from), "err", d.err)
+	}
+	p.endOnce.Do(func() {
+		p.first = d
+		if d.err != nil {
+			p.closeBoth()
+			return
+		}
+		// The timer is armed before the half-close, which may itself
+		// wait up to the TLS stack's own bound for a peer that does not
+		// read.
+		p.timer = time.AfterFunc(p.grace, p.closeBoth)
+		if d.from == App {
+			closeWrite(p.upstream)
+		} else {
+			closeWrite(p.app)
+		}
+	})
+}
+
+// finish stops the grace timer and closes both connections; if the timer
+// has fired, closeBoth waits for its Close to return.
+func (p *piper) finish() {
+	if p.timer != nil {
+		p.timer.Stop()
+	}
+	p.closeBoth()
+}
+
+// copyPending writes pending, then copies src to dst until src ends (a nil
+// error) or either side fails. A read that fills the small buffer switches
+// to a pooled large one; a short read gives it back.
+func copyPending(dst io.Writer, src io.Reader, pending []byte) (int64, error) {
+	var n int64
+	if len(pending) > 0 {
+		m, err := dst.Write(pending)
+		n += int64(m)
+		if err != nil {
+			return n, err
+		}
+	}
+	small := make([]byte, smallBufferSize)
+	buf := small
+	var big *[]byte
+	defer func() {
+		if big != nil {
+			copyBuffers.Put(big)
+		}
+	}()
+	for {
+		m, rerr := src.Read(buf)
+		if m > 0 {
+			w, err := dst.Write(buf[:m])
+			n += int64(w)
+			if err != nil {
+				return n, err
+			}
+		}
+		if rerr == io.EOF {
+			return n, nil
+		}
+		if rerr != nil {
+			return n, rerr
+		}
+		switch {
+		case big == nil && m == len(buf):
+			big = copyBuffers.Get().(*[]byte)
+			buf = *big
+		case big != nil && m < smallBufferSize:
+			copyBuffers.Put(big)
+			big, buf = nil, small
+		}
+	}
+}
+
+// closeWrite half-closes c (for TLS: sends close_notify, bounded by the TLS
+// stack) or, if c cannot, leaves it to the final close.
+func closeWrite(c net.Conn) {
+	if cw, ok := c.(interface{ CloseWrite() error }); ok {
+		cw.CloseWrite()
+	}
+}
+
+// closeSocket closes c without a TLS close_notify, which could block on a
+// peer that does not read: a tls.Conn's underlying connection is closed.
+func closeSocket(c net.Conn) {
+	if tc, ok := c.(*tls.Conn); ok {
+		c = tc.NetConn()
+	}
+	c.Close()
+}
