@@ -176,7 +176,11 @@ type Account struct {
 	// AllowedFrom are the MAIL FROM patterns: "a@b.c", "*@b.c", "*", and
 	// "<>" for the null sender. Load sets [Mailbox] when it is empty.
 	AllowedFrom []string `yaml:"allowed_from"`
-	RelayFrom   []string `yaml:"relay_from"` // CIDRs allowed to send without AUTH
+	// EnforceHeaderFrom: a message is refused unless every address of its
+	// From header matches AllowedFrom too (as MAIL FROM does); without it
+	// only the envelope sender is checked.
+	EnforceHeaderFrom bool     `yaml:"enforce_header_from"`
+	RelayFrom         []string `yaml:"relay_from"` // CIDRs allowed to send without AUTH
 
 	// Filled in by Load.
 	ProviderRef *Provider      `yaml:"-"`

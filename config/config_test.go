@@ -530,6 +530,10 @@ func TestExample(t *testing.T) {
 	if s := c.Account("scanners"); len(s.RelayNets) != 2 || s.Username != "" || !s.AllowsSender("scanner@contoso.com") {
 		t.Errorf("scanners %+v", s)
 	}
+	if !c.Account("invoices").EnforceHeaderFrom || c.Account("scanners").EnforceHeaderFrom {
+		t.Errorf("enforce_header_from: invoices %v, scanners %v; want true, false (the default)",
+			c.Account("invoices").EnforceHeaderFrom, c.Account("scanners").EnforceHeaderFrom)
+	}
 	if _, err := Parse("../config.example.yaml", data, env()); err == nil ||
 		!strings.Contains(err.Error(), "providers.contoso.client_secret: environment variable CONTOSO_SECRET is not set") {
 		t.Errorf("without CONTOSO_SECRET: %v", err)
@@ -573,5 +577,28 @@ func TestDefaultStateDir(t *testing.T) {
 		if got := defaultStateDir(tc.goos, env(tc.env)); got != tc.want {
 			t.Errorf("defaultStateDir(%s, %v) = %q, want %q", tc.goos, tc.env, got, tc.want)
 		}
+	}
+}
+
+func TestEnforceHeaderFrom(t *testing.T) {
+	for _, tc := range []struct {
+		line string
+		want bool
+	}{
+		{"", false},
+		{"    enforce_header_from: true\n", true},
+		{"    enforce_header_from: false\n", false},
+	} {
+		yaml := prov + "accounts:\n  - name: a\n    provider: p\n    mailbox: a@contoso.com\n    username: u\n    password_hash: \"" + hash + "\"\n" + tc.line
+		c, err := Parse("t.yaml", []byte(yaml), env())
+		if err != nil {
+			t.Fatalf("%q: %v", tc.line, err)
+		}
+		if got := c.Account("a").EnforceHeaderFrom; got != tc.want {
+			t.Errorf("%q: EnforceHeaderFrom = %v, want %v", tc.line, got, tc.want)
+		}
+	}
+	if _, err := Parse("t.yaml", []byte(prov+"accounts:\n  - {name: a, provider: p, mailbox: a@contoso.com, username: u, password_hash: \""+hash+"\", enforce_header_from: maybe}\n"), env()); err == nil {
+		t.Error("enforce_header_from: maybe was accepted")
 	}
 }

@@ -74,3 +74,59 @@ func TestSwaks(t *testing.T) {
 		t.Fatalf("swaks with a wrong password: %v\n%s", err, out)
 	}
 }
+
+// swaks with PIPELINING over the relay's own STARTTLS, against
+// enforce_header_from: its default From header (the envelope sender)
+// passes, a From header outside allowed_from gets 550 5.7.1.
+func TestSwaksPipeliningHeaderFrom(t *testing.T) {
+	swaks := testutil.Tool(t, "swaks")
+	w := newWorld(t, worldOptions{listenTLS: "starttls", enforceHeaderFrom: true})
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	run := func(extra ...string) ([]byte, error) {
+		args := append([]string{"--server", w.addr, "--tls", "--tls-verify", "--tls-ca-path", w.cert.CAFile, "--pipeline",
+			"--auth", "PLAIN", "--auth-user", username, "--auth-password", password,
+			"--from", mailbox, "--to", recipient, "--helo", "swaks.test", "--timeout", "30"}, extra...)
+		return exec.CommandContext(ctx, swaks, args...).CombinedOutput()
+	}
+	if out, err := run("--header", "Subject: swaks pipelined"); err != nil {
+		t.Fatalf("swaks: %v\n%s", err, out)
+	}
+	if m := w.waitMessages(1)[0]; !strings.Contains(string(m.Data), "Subject: swaks pipelined") {
+		t.Fatalf("upstream got %q", m.Data)
+	}
+	out, err := run("--header", "From: ceo@contoso.com")
+	if err == nil || !strings.Contains(string(out), "550 5.7.1") {
+		t.Fatalf("swaks with a From header outside allowed_from: %v\n%s", err, out)
+	}
+	if n := len(w.ms.Messages()); n != 1 {
+		t.Fatalf("upstream has %d messages, want 1", n)
+	}
+}
+
+// Python's smtplib over the relay's STARTTLS: lines that start with dots
+// (which smtplib dot-stuffs) arrive as the app wrote them.
+func TestPythonSmtplibSTARTTLSDots(t *testing.T) {
+	py := testutil.Tool(t, "python3")
+	w := newWorld(t, worldOptions{listenTLS: "starttls"})
+	host, port, _ := strings.Cut(w.addr, ":")
+	script := `
+import smtplib, ssl, sys
+host, port, ca, user, pw, frm, to = sys.argv[1:]
+body = "Subject: dots\r\n\r\n.one\r\n..two\r\n.\r\nend\r\n"
+with smtplib.SMTP(host, int(port), timeout=30) as s:
+    s.starttls(context=ssl.create_default_context(cafile=ca))
+    s.login(user, pw)
+    s.sendmail(frm, [to], body)
+`
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, py, "-c", script, host, port, w.cert.CAFile, username, password, mailbox, recipient).CombinedOutput()
+	if err != nil {
+		t.Fatalf("smtplib: %v\n%s", err, out)
+	}
+	want := "Subject: dots\r\n\r\n.one\r\n..two\r\n.\r\nend\r\n"
+	if m := w.waitMessages(1)[0]; string(m.Data) != want {
+		t.Fatalf("upstream got %q, want %q", m.Data, want)
+	}
+}

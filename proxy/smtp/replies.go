@@ -43,7 +43,40 @@ var (
 	// errNoTransaction: RCPT or DATA without an upstream transaction.
 	errNoTransaction = &smtp.SMTPError{Code: 503, EnhancedCode: smtp.EnhancedCode{5, 5, 1},
 		Message: "Bad sequence of commands"}
-	// errShuttingDown is sent to new connections during shutdown.
+	// errShuttingDown is sent at Shutdown to sessions waiting for a command
+	// outside a transaction (and to a connection accepted just before);
+	// the connection is then closed. New connections are refused by the
+	// closed listener and cannot be told.
 	errShuttingDown = &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 3, 2},
 		Message: "Service shutting down, try again later"}
+
+	// The wire's replies when it ends a connection (RFC 5321 §3.8: 421, the
+	// server closes the channel). In the middle of a message they say it
+	// was not delivered: nothing reached the upstream's final dot.
+
+	// errIdleTimeout: no command within CommandTimeout.
+	errIdleTimeout = &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 4, 2},
+		Message: "Timeout waiting for a command, closing connection"}
+	// errLineTimeout: a command line not complete within LineTimeout of its
+	// first byte; the partial line is not executed.
+	errLineTimeout = &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 4, 2},
+		Message: "Command line not completed in time, closing connection"}
+	// errLineTooLong: a command line longer than maxCommandLine.
+	errLineTooLong = &smtp.SMTPError{Code: 500, EnhancedCode: smtp.EnhancedCode{5, 5, 2},
+		Message: "Line too long, closing connection"}
+	// errClientTimeout: the app paused longer than DataTimeout inside a
+	// message.
+	errClientTimeout = &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 4, 2},
+		Message: "Timeout waiting for message data from the client, message not delivered; closing connection"}
+	// errClientEnded: the app's connection ended (or failed) inside a
+	// message, e.g. a BDAT chunk shorter than announced.
+	errClientEnded = &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 4, 2},
+		Message: "Client connection ended in the middle of the message, message not delivered; closing connection"}
 )
+
+// headerFromDenied is the refusal of a message whose From header the
+// account may not use (RFC 3463 5.7.1: delivery not authorized). reason
+// is in plain words for the app's log.
+func headerFromDenied(reason string) *smtp.SMTPError {
+	return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 1}, Message: reason}
+}

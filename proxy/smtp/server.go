@@ -5,6 +5,16 @@
 // the upstream's replies back unchanged. DATA is streamed: memory does not
 // grow with the message.
 //
+// Reading from the app is the wire's (wire.go), not go-smtp's: it hands
+// go-smtp complete command lines only, reads DATA bodies itself (RFC 5321
+// §4.5.2 transparency), bounds idle time per read (CommandTimeout,
+// DataTimeout) and each command line (LineTimeout), performs STARTTLS, and
+// ends the connection with 421 on any failure in the middle of a message:
+// a message is acknowledged only when all of it arrived.
+//
+// With enforce_header_from, the From header of a message must match
+// allowed_from too (headerfrom.go).
+//
 // Clients listed in an account's relay_from may submit without AUTH; the
 // account is then chosen per transaction from the client address and MAIL
 // FROM. MAIL FROM is always checked against the account's allowed_from: the
@@ -17,6 +27,7 @@ package smtp
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -32,11 +43,32 @@ import (
 )
 
 const (
-	// readTimeout bounds each read from the app (RFC 5321 §4.5.3.2
-	// suggests 5 minutes for commands).
-	readTimeout = 5 * time.Minute
+	// DefaultCommandTimeout is how long the relay waits for the app's next
+	// command or the next bytes of one: RFC 5321 §4.5.3.2.7, "at least 5
+	// minutes while it is awaiting the next command".
+	DefaultCommandTimeout = 5 * time.Minute
+	// DefaultLineTimeout bounds one command line from its first byte to its
+	// end, whatever the pace of its bytes (a slowloris bound; RFC 5321 has
+	// none, so the command timeout is applied to the whole line).
+	DefaultLineTimeout = 5 * time.Minute
+	// DefaultDataTimeout is the longest pause between two reads of message
+	// data (DATA body or BDAT chunk): RFC 5321 §4.5.3.2.6 gives the client 3
+	// minutes for each block it sends and §4.5.3.2.5 10 minutes to wait for
+	// the reply after the end; the relay waits as long as the longest. The
+	// whole transfer is not bounded: 150 MB over a slow link must go through.
+	DefaultDataTimeout = 10 * time.Minute
+	// shutdownIdleGrace is how long, while shutting down, a session that
+	// has just finished a transaction may take for its next command (its
+	// QUIT) before it is told errShuttingDown.
+	shutdownIdleGrace = 2 * time.Second
+	// tlsHandshakeTimeout bounds a TLS handshake (implicit or STARTTLS).
+	tlsHandshakeTimeout = time.Minute
 	// writeTimeout bounds each write to the app.
 	writeTimeout = time.Minute
+	// maxCommandLine is the longest command line, CRLF included: an app's
+	// AUTH PLAIN line is short, but leave room for long addresses and
+	// parameters (RFC 5321 §4.5.3.1.4 says 512 at least).
+	maxCommandLine = 4000
 	// loginTimeout bounds a whole login: token, dial, XOAUTH2.
 	loginTimeout = 90 * time.Second
 	// probeTimeout bounds the start-up EHLO that learns the upstream SIZE.
@@ -51,13 +83,36 @@ const (
 )
 
 // Server is the SMTP front end of one listener.
+//
+// The timeouts are set to their defaults by New and may be changed before
+// Serve.
 type Server struct {
+	// CommandTimeout is the idle bound between commands and between the
+	// bytes of one.
+	CommandTimeout time.Duration
+	// LineTimeout bounds a command line from its first byte.
+	LineTimeout time.Duration
+	// DataTimeout is the idle bound inside a message.
+	DataTimeout time.Duration
+
 	relay *proxy.Relay
 	lc    config.Listener
 	log   *slog.Logger
 	smtp  *smtp.Server
 
-	closeOnce sync.Once
+	// For a STARTTLS listener: the TLS configuration (the wire performs
+	// STARTTLS), and the go-smtp server that serves connections after the
+	// upgrade, each on a fresh go-smtp connection (RFC 3207 §4.2: all state
+	// is reset), without STARTTLS in its EHLO.
+	tlsConfig  *tls.Config
+	tlsSMTP    *smtp.Server
+	handoff    *handoffListener
+	handoffRun sync.Once
+	handoffWG  sync.WaitGroup
+
+	mu       sync.Mutex
+	wires    map[*wire]struct{}
+	stopping bool
 }
 
 // New builds the server for listener lc. It asks each provider's SMTP
@@ -68,60 +123,160 @@ func New(ctx context.Context, relay *proxy.Relay, lc config.Listener) (*Server, 
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{relay: relay, lc: lc, log: relay.Logger().With("proto", "smtp")}
+	s := &Server{
+		CommandTimeout: DefaultCommandTimeout,
+		LineTimeout:    DefaultLineTimeout,
+		DataTimeout:    DefaultDataTimeout,
+		relay:          relay,
+		lc:             lc,
+		log:            relay.Logger().With("proto", "smtp"),
+		wires:          make(map[*wire]struct{}),
+	}
+	size := s.probeSize(ctx)
+	s.smtp = s.newGoSMTP(size)
+	if lc.TLS == "starttls" {
+		// Set only so that EHLO offers STARTTLS: the wire performs it.
+		s.smtp.TLSConfig = tc
+		s.tlsConfig = tc
+		s.tlsSMTP = s.newGoSMTP(size)
+		s.handoff = newHandoffListener(&net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	}
+	return s, nil
+}
+
+// newGoSMTP configures a go-smtp server for this front end.
+func (s *Server) newGoSMTP(maxMessageBytes int64) *smtp.Server {
 	srv := smtp.NewServer(smtp.BackendFunc(s.newSession))
 	srv.Domain, _ = os.Hostname()
 	if srv.Domain == "" {
 		srv.Domain = "localhost"
 	}
-	if lc.TLS == "starttls" {
-		srv.TLSConfig = tc
-	}
 	// AUTH is offered or refused per connection in AuthMechanisms/Auth, by
 	// proxy.PlaintextAuthAllowed.
 	srv.AllowInsecureAuth = true
-	srv.ReadTimeout = readTimeout
+	// Reads are bounded by the wire (idle per read, not per command line):
+	// go-smtp's ReadTimeout would cut a long DATA after 5 minutes.
+	srv.ReadTimeout = 0
 	srv.WriteTimeout = writeTimeout
 	srv.EnableSMTPUTF8 = true
 	srv.EnableDSN = true
-	// An app's AUTH PLAIN line is short, but leave room for long
-	// addresses and parameters.
-	srv.MaxLineLength = 4000
+	// The wire enforces maxCommandLine first; go-smtp's own limit is only a
+	// backstop.
+	srv.MaxLineLength = maxCommandLine + 16
 	srv.ErrorLog = slogErrorLog{s.log}
-	srv.MaxMessageBytes = s.probeSize(ctx)
-	s.smtp = srv
-	return s, nil
+	srv.MaxMessageBytes = maxMessageBytes
+	return srv
 }
 
 // Serve accepts connections on ln until Shutdown or Close.
 func (s *Server) Serve(ln net.Listener) error {
-	err := s.smtp.Serve(ln)
+	if s.tlsSMTP != nil {
+		s.handoffRun.Do(func() {
+			s.handoffWG.Add(1)
+			go func() {
+				defer s.handoffWG.Done()
+				s.tlsSMTP.Serve(s.handoff)
+			}()
+		})
+	}
+	err := s.smtp.Serve(wireListener{Listener: ln, srv: s})
 	if errors.Is(err, smtp.ErrServerClosed) {
 		return nil
 	}
 	return err
 }
 
-// Shutdown stops accepting, lets sessions finish until ctx is done, then
-// closes the rest.
+// Shutdown stops accepting and tells idle sessions (waiting for a command
+// outside a transaction) 421 errShuttingDown at once; sessions in the middle
+// of a command or a transaction finish it, and are told after
+// shutdownIdleGrace without a next command. At ctx's end the rest are
+// closed.
+//
+// New connections cannot be told anything: go-smtp closes the listener,
+// so the kernel refuses them. Only a connection accepted in the moment
+// before gets errShuttingDown, after the grace.
 func (s *Server) Shutdown(ctx context.Context) error {
-	err := s.smtp.Shutdown(ctx)
-	if errors.Is(err, smtp.ErrServerClosed) {
-		return nil
+	s.mu.Lock()
+	s.stopping = true
+	for w := range s.wires {
+		w.shutdown()
 	}
-	if err != nil {
-		s.smtp.Close()
+	s.mu.Unlock()
+	servers := []*smtp.Server{s.smtp}
+	if s.tlsSMTP != nil {
+		servers = append(servers, s.tlsSMTP)
 	}
-	return err
+	errs := make([]error, len(servers))
+	var wg sync.WaitGroup
+	for i, srv := range servers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = srv.Shutdown(ctx)
+			if errors.Is(errs[i], smtp.ErrServerClosed) {
+				errs[i] = nil
+			}
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		// go-smtp's Close does nothing after its Shutdown: close the
+		// connections left here.
+		s.closeWires()
+		s.handoffWG.Wait()
+		return err
+	}
+	s.handoffWG.Wait()
+	return nil
 }
 
 // Close closes the listener and every connection at once.
 func (s *Server) Close() error {
+	// The sockets first: go-smtp's Close calls each session's Logout
+	// before it closes the connection, and a Data reading the client would
+	// hold the session until then. This also works after Shutdown, when
+	// go-smtp's Close does nothing.
+	s.closeWires()
 	err := s.smtp.Close()
+	if s.tlsSMTP != nil {
+		s.tlsSMTP.Close()
+	}
+	s.handoffWG.Wait()
 	if errors.Is(err, smtp.ErrServerClosed) {
 		return nil
 	}
 	return err
+}
+
+// closeWires closes every client connection still open.
+func (s *Server) closeWires() {
+	s.mu.Lock()
+	ws := make([]*wire, 0, len(s.wires))
+	for w := range s.wires {
+		ws = append(ws, w)
+	}
+	s.mu.Unlock()
+	for _, w := range ws {
+		w.closeTransport()
+	}
+}
+
+// track registers a new connection, for Shutdown. One accepted while
+// shutting down is told so at its first command.
+func (s *Server) track(w *wire) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.wires[w] = struct{}{}
+	if s.stopping {
+		w.shutdown()
+	}
+}
+
+// forget unregisters a closed connection.
+func (s *Server) forget(w *wire) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.wires, w)
 }
 
 // MaxMessageBytes is the SIZE advertised to apps.

@@ -9,6 +9,8 @@ import (
 	"io"
 	"log/slog"
 	"net/netip"
+	"sync"
+	"sync/atomic"
 
 	gosasl "github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
@@ -25,12 +27,21 @@ import (
 // A cancellable context here would cost a registration per command.
 var cmdCtx = context.Background()
 
-// session is one app connection. go-smtp calls its methods one at a time.
+// session is one app connection. go-smtp calls its methods one at a time,
+// except that a BDAT message's Data runs on a goroutine of its own, beside
+// RSET's Reset and the Logout of a connection that ends: mu serialises them.
 type session struct {
 	srv    *Server
 	conn   *smtp.Conn
+	view   *view // the wire's connection; nil only if go-smtp was given another
 	log    *slog.Logger
 	remote netip.Addr
+
+	mu sync.Mutex
+	// busy: a Data is running; streaming: the upstream it sends to. Logout
+	// interrupts both rather than wait on a stalled client or upstream.
+	busy      atomic.Bool
+	streaming atomic.Pointer[upstream]
 
 	// acct is set by a successful AUTH; token gets its access token again
 	// when the upstream connection has to be re-established.
@@ -46,9 +57,11 @@ func (s *Server) newSession(c *smtp.Conn) (smtp.Session, error) {
 	id := make([]byte, 4)
 	rand.Read(id)
 	remote := proxy.AddrOf(c.Conn().RemoteAddr())
+	v, _ := c.Conn().(*view)
 	sess := &session{
 		srv:    s,
 		conn:   c,
+		view:   v,
 		remote: remote,
 		log:    s.log.With("session", hex.EncodeToString(id), "remote", remote.String()),
 	}
@@ -68,7 +81,24 @@ func (s *session) AuthMechanisms() []string {
 
 func (s *session) plaintextAllowed() bool {
 	_, isTLS := s.conn.TLSConnectionState()
+	if s.view != nil {
+		isTLS = s.view.TLS()
+	}
 	return proxy.PlaintextAuthAllowed(s.srv.lc, s.conn.Conn().RemoteAddr(), isTLS)
+}
+
+// gone reports whether the client connection was ended by the wire (a
+// failure in the middle of a message, a timeout): nothing more is done for
+// it, and the upstream is not touched. go-smtp should not call again, as
+// its reads fail; this holds even if it did.
+func (s *session) gone() bool { return s.view != nil && s.view.w.closed.Load() }
+
+// setTx records whether a transaction is open, which Shutdown lets finish.
+func (s *session) setTx(open bool) {
+	s.inTx = open
+	if s.view != nil {
+		s.view.txOpen.Store(open)
+	}
 }
 
 // traced logs a command and the reply it got at debug level: the protocol
@@ -92,6 +122,9 @@ func (s *session) traced(cmd string, err error, args ...any) error {
 // Auth implements smtp.AuthSession.
 func (s *session) Auth(mech string) (gosasl.Server, error) {
 	s.log.Debug("command", "cmd", "AUTH", "mechanism", mech, "payload", "[redacted]")
+	if s.gone() {
+		return nil, errClientEnded
+	}
 	if !s.plaintextAllowed() {
 		return nil, errEncryptionRequired
 	}
@@ -113,6 +146,11 @@ func (s *session) Auth(mech string) (gosasl.Server, error) {
 // answered with the outcome. It returns only *smtp.SMTPError values, so
 // go-smtp never echoes an internal error text to the app.
 func (s *session) login(username, password string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.gone() {
+		return errClientEnded
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), loginTimeout)
 	defer cancel()
 	relay := s.srv.relay
@@ -190,6 +228,11 @@ func authReply(err error) (*smtp.SMTPError, string) {
 
 // Mail implements smtp.Session.
 func (s *session) Mail(from string, opts *smtp.MailOptions) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.gone() {
+		return errClientEnded
+	}
 	err := s.mail(from, opts)
 	return s.traced("MAIL", err, "from", from, "body", opts.Body, "size", opts.Size, "smtputf8", opts.UTF8)
 }
@@ -212,7 +255,7 @@ func (s *session) mail(from string, opts *smtp.MailOptions) error {
 	}
 	err := s.mailUpstream(a, from, opts)
 	if err == nil {
-		s.inTx = true
+		s.setTx(true)
 	}
 	return err
 }
@@ -273,6 +316,11 @@ func (s *session) txDialFailed(a *proxy.Account, err error) error {
 
 // Rcpt implements smtp.Session.
 func (s *session) Rcpt(to string, opts *smtp.RcptOptions) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.gone() {
+		return errClientEnded
+	}
 	return s.traced("RCPT", s.rcpt(to, opts), "to", to)
 }
 
@@ -288,15 +336,43 @@ func (s *session) rcpt(to string, opts *smtp.RcptOptions) error {
 		return se
 	}
 	s.up.broken = true
-	s.inTx = false
+	s.setTx(false)
 	s.log.Warn("upstream connection lost at RCPT", "err", err)
 	return errUpstreamUnavailable
 }
 
 // Data implements smtp.Session. The message is streamed to the upstream's
-// DATA; the app gets 250 only with the upstream's own 250 reply.
+// DATA; the app gets 250 only with the upstream's own 250 reply, which it
+// sends only after the whole message arrived.
 func (s *session) Data(r io.Reader) error {
-	return s.traced("DATA", s.data(r))
+	s.busy.Store(true)
+	defer s.busy.Store(false)
+	r = s.messageReader(r)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.gone() {
+		return errClientEnded
+	}
+	err := s.data(r)
+	s.setTx(false)
+	return s.traced("DATA", err)
+}
+
+// messageReader is where the message comes from: a DATA body is read from
+// the wire (go-smtp has just sent 354, and its own reader would lose the CR
+// of ".\rX"); a BDAT message through go-smtp's pipe, refused at its end if
+// a chunk was cut short.
+func (s *session) messageReader(r io.Reader) io.Reader {
+	if s.view == nil {
+		return r
+	}
+	if _, chunked := r.(*io.PipeReader); chunked {
+		return bdatReader{r: r, v: s.view}
+	}
+	if body := s.view.w.beginBody(s.srv.smtp.MaxMessageBytes); body != nil {
+		return body
+	}
+	return r
 }
 
 func (s *session) data(r io.Reader) error {
@@ -304,46 +380,89 @@ func (s *session) data(r io.Reader) error {
 		return errNoTransaction
 	}
 	s.inTx = false
+	if s.up.acct.EnforceHeaderFrom {
+		checked, err := s.checkHeaderFrom(r)
+		if err != nil {
+			return err
+		}
+		r = checked
+	}
+	s.streaming.Store(s.up)
 	text, n, err := s.up.c.Data(cmdCtx, r)
+	s.streaming.Store(nil)
 	if err == nil {
 		s.srv.relay.Observer().Message(s.up.acct, n)
 		s.log.Info("message relayed", "bytes", n)
 		// Pass the upstream's own 250 text (its queue id) to the app.
 		return &smtp.SMTPError{Code: 250, EnhancedCode: smtp.NoEnhancedCode, Message: text}
 	}
-	if se, ok := isReply(err); ok {
-		return se
+	var re *smtpclient.ReadError
+	readFailed := errors.As(err, &re)
+	if se, ok := isReply(err); ok && !readFailed {
+		return se // the upstream's refusal
 	}
 	// Never let a partial message be accepted: drop the upstream
-	// connection without the final dot.
+	// connection without the final dot. (A read failure may wrap a reply,
+	// the size limit's 552, but the upstream is still in the middle of
+	// DATA.)
 	s.up.broken = true
 	s.closeUpstream()
-	var re *smtpclient.ReadError
-	if errors.As(err, &re) {
-		s.log.Info("message from the app ended early", "err", re.Err)
-		if se, ok := isReply(re.Err); ok {
-			return se // e.g. 552 message too big
-		}
-		return errLostDuringData
+	if readFailed {
+		return s.readFailed(re.Err)
 	}
 	s.log.Warn("upstream connection lost during DATA: message not acknowledged", "err", err)
 	return errLostDuringData
 }
 
-// Reset implements smtp.Session: RSET is relayed.
-func (s *session) Reset() {
-	if s.inTx && s.up != nil && !s.up.broken {
-		if err := s.up.c.Reset(cmdCtx); err != nil {
-			if _, ok := isReply(err); !ok {
-				s.up.broken = true
-			}
-		}
+// readFailed maps a failure to read the app's message (the upstream was
+// left without the final dot).
+func (s *session) readFailed(err error) error {
+	var ce *clientError
+	if errors.As(err, &ce) {
+		s.log.Info("message from the app ended early: not delivered", "err", ce.err)
+		return ce.reply
 	}
-	s.inTx = false
+	s.log.Info("message from the app ended early", "err", err)
+	if se, ok := isReply(err); ok {
+		return se // e.g. 552 message too big
+	}
+	return errLostDuringData
 }
 
-// Logout implements smtp.Session: QUIT is relayed.
+// Reset implements smtp.Session: RSET is relayed.
+func (s *session) Reset() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.inTx && s.up != nil && !s.up.broken && !s.gone() {
+		s.resetUpstream()
+	}
+	s.setTx(false)
+}
+
+// resetUpstream relays RSET.
+func (s *session) resetUpstream() {
+	if err := s.up.c.Reset(cmdCtx); err != nil {
+		if _, ok := isReply(err); !ok {
+			s.up.broken = true
+		}
+	}
+}
+
+// Logout implements smtp.Session: QUIT is relayed. A Data still running
+// (a BDAT message whose connection ended, or Server.Close) has its client
+// connection and upstream closed first: the message is not complete, and
+// Logout must not wait on either.
 func (s *session) Logout() error {
+	if s.busy.Load() {
+		if s.view != nil {
+			s.view.Close()
+		}
+		if up := s.streaming.Load(); up != nil {
+			up.c.Close()
+		}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	s.closeUpstream()
 	s.srv.relay.Observer().Connection("smtp", -1)
 	s.log.Debug("connection closed")
@@ -355,5 +474,5 @@ func (s *session) closeUpstream() {
 		s.up.close()
 		s.up = nil
 	}
-	s.inTx = false
+	s.setTx(false)
 }

@@ -5,8 +5,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -53,6 +51,10 @@ type worldOptions struct {
 	// passthrough adds a provider with the password grant (a public
 	// client) and an account whose app password is the mailbox password.
 	passthrough bool
+	// enforceHeaderFrom sets enforce_header_from on the invoices account.
+	enforceHeaderFrom bool
+	// tune changes the server (its timeouts) before it serves.
+	tune func(*Server)
 }
 
 type world struct {
@@ -126,8 +128,9 @@ accounts:
     username: %s
     password_hash: %q
     allowed_from: ["invoices@contoso.com", "*@billing.contoso.com"]
+    enforce_header_from: %v
 `, t.TempDir(), o.listenTLS, w.cert.CertFile, w.cert.KeyFile, ms.Tenant, clientID, o.secret, ms.TokenURL,
-		o.smtpAddr, ms.IMAPAddr, ms.CAFile, mailbox, username, testHash)
+		o.smtpAddr, ms.IMAPAddr, ms.CAFile, mailbox, username, testHash, o.enforceHeaderFrom)
 	if o.passthrough {
 		ms.AddApp(fakems.App{ClientID: publicID, PublicClient: true})
 		yaml = strings.Replace(yaml, "accounts:\n", fmt.Sprintf(`  ropc:
@@ -172,6 +175,9 @@ accounts:
 	w.srv, err = New(ctx, w.relay, cfg.Listen.SMTP)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if o.tune != nil {
+		o.tune(w.srv)
 	}
 	ln, err := proxy.Listen(cfg.Listen.SMTP)
 	if err != nil {
@@ -259,12 +265,4 @@ func wantCode(t *testing.T, err error, code int, enh string) *smtp.SMTPError {
 		t.Fatalf("got reply %d %s %q, want %d %s", se.Code, got, se.Message, code, enh)
 	}
 	return se
-}
-
-func writeFile(t *testing.T, name, content string) string {
-	p := filepath.Join(t.TempDir(), name)
-	if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return p
 }
