@@ -5,20 +5,15 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"strings"
 	"text/tabwriter"
 	"time"
 
-	"github.com/emersion/go-imap/v2"
-	"github.com/emersion/go-imap/v2/imapclient"
-	"github.com/emersion/go-smtp"
-
 	"github.com/oauthrelay/oauthrelay/config"
+	"github.com/oauthrelay/oauthrelay/internal/events"
 	"github.com/oauthrelay/oauthrelay/internal/oauth"
-	"github.com/oauthrelay/oauthrelay/internal/sasl"
+	"github.com/oauthrelay/oauthrelay/internal/upstream"
 	"github.com/oauthrelay/oauthrelay/proxy"
-	smtpproxy "github.com/oauthrelay/oauthrelay/proxy/smtp"
 )
 
 // errCheckFailed makes check exit 1 after printing its own report.
@@ -52,7 +47,7 @@ func runCheck(ctx context.Context, args []string, _ io.Reader, stdout, stderr io
 		if len(rest) == 1 && a.Name != rest[0] {
 			continue
 		}
-		results = append(results, checkAccount(ctx, relay, a))
+		results = append(results, checkAccount(ctx, a))
 	}
 	if len(results) == 0 {
 		return fmt.Errorf("%s: no account %q", path, rest[0])
@@ -112,14 +107,14 @@ func (s step) short() string {
 	return "ok"
 }
 
-func checkAccount(ctx context.Context, relay *proxy.Relay, a *proxy.Account) checkResult {
+func checkAccount(ctx context.Context, a *proxy.Account) checkResult {
 	r := checkResult{account: a.Name, grant: a.ProviderRef.Grant}
 	if a.PasswordPassthrough {
 		r.token.skipped = "password passthrough: needs the app's password"
 		return r
 	}
 	tctx, cancel := context.WithTimeout(ctx, checkTimeout)
-	tok, err := a.Source.Token(tctx)
+	_, err := a.Source.Token(tctx)
 	cancel()
 	r.token.ran = true
 	if err != nil {
@@ -127,10 +122,10 @@ func checkAccount(ctx context.Context, relay *proxy.Relay, a *proxy.Account) che
 		return r
 	}
 	if a.ProviderRef.SMTP.Addr != "" {
-		r.smtp = checkSMTP(ctx, relay, a, tok)
+		r.smtp = checkSMTP(ctx, a)
 	}
 	if a.ProviderRef.IMAP.Addr != "" {
-		r.imap = checkIMAP(ctx, relay, a, tok)
+		r.imap = checkIMAP(ctx, a)
 	}
 	return r
 }
@@ -147,9 +142,9 @@ func tokenExplanation(err error) (error, string) {
 	return errors.New(msg), oe.Fix
 }
 
-// checkSMTP logs in with XOAUTH2 and tries MAIL FROM with the first
+// checkSMTP logs in as the relay does and tries MAIL FROM with the first
 // concrete allowed sender (Send As permission).
-func checkSMTP(ctx context.Context, relay *proxy.Relay, a *proxy.Account, tok string) step {
+func checkSMTP(ctx context.Context, a *proxy.Account) step {
 	ctx, cancel := context.WithTimeout(ctx, checkTimeout)
 	defer cancel()
 	sender := ""
@@ -159,69 +154,56 @@ func checkSMTP(ctx context.Context, relay *proxy.Relay, a *proxy.Account, tok st
 			break
 		}
 	}
-	err := smtpproxy.Probe(ctx, relay, a, tok, sender)
-	s := step{ran: true, err: err}
-	var se *smtp.SMTPError
-	if errors.As(err, &se) {
-		// The enhanced code is what Microsoft's documentation is
-		// organised by (go-smtp's Error() leaves it out).
-		s.err = fmt.Errorf("%d %d.%d.%d %s", se.Code, se.EnhancedCode[0], se.EnhancedCode[1], se.EnhancedCode[2], se.Message)
-		if se.EnhancedCode == smtp.NoEnhancedCode {
-			s.err = fmt.Errorf("%d %s", se.Code, se.Message)
-		}
-		s.explain = proxy.ExplainSMTP(se.Code, se.EnhancedCode, se.Message)
-	} else if err != nil {
-		s.explain = "the upstream SMTP server " + a.ProviderRef.SMTP.Addr + " could not be reached or the TLS handshake failed"
-	}
-	return s
+	err := upstream.ProbeSMTP(ctx, a.Target(events.SMTP), a.Source, sender)
+	return upstreamStep(err, a.ProviderRef.SMTP.Addr)
 }
 
-// checkIMAP logs in with XOAUTH2 and opens INBOX read-only: Exchange may
-// accept the login and only then say "User is authenticated but not
+// checkIMAP logs in as the relay does and opens INBOX read-only: Exchange
+// may accept the login and only then say "User is authenticated but not
 // connected".
-func checkIMAP(ctx context.Context, relay *proxy.Relay, a *proxy.Account, tok string) step {
+func checkIMAP(ctx context.Context, a *proxy.Account) step {
 	ctx, cancel := context.WithTimeout(ctx, checkTimeout)
 	defer cancel()
-	err := imapLogin(ctx, relay, a, tok)
-	s := step{ran: true, err: err}
-	var ie *imap.Error
-	if errors.As(err, &ie) {
-		s.explain = proxy.ExplainIMAP(ie.Text)
-	} else if err != nil {
-		s.explain = "the upstream IMAP server " + a.ProviderRef.IMAP.Addr + " could not be reached or the TLS handshake failed"
+	s, err := upstream.IMAP(ctx, a.Target(events.IMAP), a.Source)
+	if err == nil {
+		if err = s.Examine(ctx, "INBOX"); err != nil {
+			s.Close()
+		} else {
+			err = s.Logout(ctx)
+		}
 	}
-	return s
+	return upstreamStep(err, a.ProviderRef.IMAP.Addr)
 }
 
-func imapLogin(ctx context.Context, relay *proxy.Relay, a *proxy.Account, tok string) error {
-	up := a.ProviderRef.IMAP
-	conn, err := relay.Dial(ctx, a, up)
-	if err != nil {
-		return err
+// upstreamStep turns the outcome of an upstream login into check's line and
+// explanation: an SMTP refusal is the upstream's reply with its enhanced
+// code (what Microsoft's documentation is organised by) and what it means;
+// an IMAP refusal its reason, which says what the upstream replied and what
+// it means; a token failure its AADSTS reason and fix.
+func upstreamStep(err error, addr string) step {
+	s := step{ran: true}
+	if err == nil {
+		return s
 	}
-	defer conn.Close()
-	if dl, ok := ctx.Deadline(); ok {
-		conn.SetDeadline(dl)
-	}
-	var c *imapclient.Client
-	if up.TLS == "starttls" {
-		host, _, _ := net.SplitHostPort(up.Addr)
-		c, err = imapclient.NewStartTLS(conn, &imapclient.Options{TLSConfig: a.UpstreamTLS(host)})
-		if err != nil {
-			return fmt.Errorf("STARTTLS: %w", err)
+	var e *upstream.Error
+	var oe *oauth.Error
+	switch {
+	case !errors.As(err, &e):
+		s.err = err
+	case e.Kind == upstream.Refused && e.Reply != nil:
+		s.err = errors.New(upstream.FormatReply(e.Reply))
+		s.explain = upstream.ExplainSMTP(e.Reply.Code, e.Reply.EnhancedCode, e.Reply.Message)
+	case e.Kind == upstream.Refused:
+		s.err = errors.New(e.Reason)
+	case errors.As(e.Err, &oe):
+		s.err, s.explain = tokenExplanation(oe)
+	default:
+		s.err = errors.New(e.Reason)
+		if e.Err != nil {
+			s.err = fmt.Errorf("%s: %w", e.Reason, e.Err)
 		}
-	} else {
-		c = imapclient.New(conn, nil)
+		s.explain = "the upstream " + strings.ToUpper(string(e.Proto)) + " server " + addr +
+			" could not be reached, the TLS handshake failed, or it is unavailable for now"
 	}
-	defer c.Close()
-	if err := c.WaitGreeting(); err != nil {
-		return fmt.Errorf("greeting: %w", err)
-	}
-	if err := c.Authenticate(sasl.NewXOAuth2Client(a.Mailbox, tok)); err != nil {
-		return err
-	}
-	if _, err := c.Select("INBOX", &imap.SelectOptions{ReadOnly: true}).Wait(); err != nil {
-		return err
-	}
-	return c.Logout().Wait()
+	return s
 }
