@@ -116,9 +116,8 @@ func checkAccount(ctx context.Context, a *proxy.Account) checkResult {
 	tctx, cancel := context.WithTimeout(ctx, checkTimeout)
 	_, err := a.Source.Token(tctx)
 	cancel()
-	r.token.ran = true
+	r.token = tokenStep(err)
 	if err != nil {
-		r.token.err, r.token.explain = tokenExplanation(err)
 		return r
 	}
 	if a.ProviderRef.SMTP.Addr != "" {
@@ -130,16 +129,20 @@ func checkAccount(ctx context.Context, a *proxy.Account) checkResult {
 	return r
 }
 
-func tokenExplanation(err error) (error, string) {
+// tokenStep is the outcome of a token request: for the provider's error,
+// its AADSTS code and reason, and the fix.
+func tokenStep(err error) step {
+	s := step{ran: true, err: err}
 	var oe *oauth.Error
 	if !errors.As(err, &oe) {
-		return err, ""
+		return s
 	}
 	msg := oe.Reason
 	if oe.AADSTS != 0 {
 		msg = fmt.Sprintf("AADSTS%d: %s", oe.AADSTS, msg)
 	}
-	return errors.New(msg), oe.Fix
+	s.err, s.explain = errors.New(msg), oe.Fix
+	return s
 }
 
 // checkSMTP logs in as the relay does and tries MAIL FROM with the first
@@ -196,7 +199,7 @@ func upstreamStep(err error, addr string) step {
 	case e.Kind == upstream.Refused:
 		s.err = errors.New(e.Reason)
 	case errors.As(e.Err, &oe):
-		s.err, s.explain = tokenExplanation(oe)
+		return tokenStep(oe)
 	default:
 		s.err = errors.New(e.Reason)
 		if e.Err != nil {
