@@ -80,3 +80,7 @@ var (
 func headerFromDenied(reason string) *smtp.SMTPError {
 	return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 1}, Message: reason}
 }
+
+// busyLine is written to a client the listener refuses because too many
+// connections wait before login (proxy.Listener.Busy).
+const busyLine = "421 4.7.0 Too many connections, try again later"

@@ -179,7 +179,14 @@ func (s *Server) Serve(ln net.Listener) error {
 			}()
 		})
 	}
-	err := s.smtp.Serve(wireListener{Listener: ln, srv: s})
+	pl, ok := ln.(*proxy.Listener)
+	if !ok {
+		// Accept errors are retried and unauthenticated clients capped
+		// by proxy.Listener: every listener goes through one.
+		pl = proxy.NewListener(ln, nil)
+	}
+	pl.Proto, pl.Observer, pl.Logger, pl.Busy = "smtp", s.relay.Observer(), s.log, busyLine
+	err := s.smtp.Serve(wireListener{Listener: pl, srv: s})
 	if errors.Is(err, smtp.ErrServerClosed) {
 		return nil
 	}

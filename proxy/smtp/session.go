@@ -70,6 +70,15 @@ func (s *Server) newSession(c *smtp.Conn) (smtp.Session, error) {
 	return sess, nil
 }
 
+// authenticated frees the connection's place among those waiting for a
+// login (proxy.Listener's caps): after AUTH, or when a relay_from client
+// is let in by its address.
+func (s *session) authenticated() {
+	if s.view != nil {
+		proxy.MarkAuthenticated(s.view)
+	}
+}
+
 // AuthMechanisms implements smtp.AuthSession. Nothing is offered where a
 // password would cross the network in the clear.
 func (s *session) AuthMechanisms() []string {
@@ -173,6 +182,7 @@ func (s *session) login(username, password string) error {
 	s.acct, s.token, s.up = a, token, up
 	s.log = s.log.With("account", a.Name)
 	relay.Observer().Login("smtp", a, "ok")
+	s.authenticated()
 	s.log.Info("login", "username", username, "mailbox", a.Mailbox)
 	return nil
 }
@@ -245,6 +255,7 @@ func (s *session) mail(from string, opts *smtp.MailOptions) error {
 			s.log.Info("MAIL refused: not authenticated and no relay_from account matches", "from", from)
 			return errAuthRequired
 		}
+		s.authenticated()
 		if s.up != nil && s.up.acct != a {
 			s.closeUpstream()
 		}

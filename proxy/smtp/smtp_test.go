@@ -233,9 +233,9 @@ func TestWrongPasswordIsThrottled(t *testing.T) {
 		wantCode(t, c.Auth(gosasl.NewPlainClient("", username, "wrong")), 535, "5.7.8")
 	}
 	wantCode(t, w.dial().Auth(gosasl.NewPlainClient("", "nobody", password)), 535, "5.7.8")
-	// Three failures for this user from this address: the next attempt
-	// waits before it is even checked, whatever its password. (The unknown
-	// name has a bucket of its own.)
+	// Three failures for this user from this address: the next failure is
+	// held for 1s after its check, before the reply. (The unknown name has
+	// a key of its own.)
 	c := w.dial()
 	start := time.Now()
 	wantCode(t, c.Auth(gosasl.NewPlainClient("", username, "wrong")), 535, "5.7.8")

@@ -71,6 +71,10 @@ func (v *view) SetWriteDeadline(t time.Time) error { return v.w.raw.SetWriteDead
 // TLS reports whether the connection is encrypted.
 func (v *view) TLS() bool { return v.w.TLS() }
 
+// NetConn returns the socket under the wire, so proxy.MarkAuthenticated
+// reaches the listener's connection through the view.
+func (v *view) NetConn() net.Conn { return v.w.raw }
+
 // cutShort reports whether the client ended in the middle of a message.
 func (v *view) cutShort() bool { return v.w.cut.Load() }
 
