@@ -43,16 +43,12 @@ func runServe(ctx context.Context, args []string, _ io.Reader, _, stderr io.Writ
 	return serve(ctx, *path, *addrFile, stderr)
 }
 
-// serveUntil runs the relay of the configuration at cfgPath until ctx is
-// done, logging to logOut; SIGHUP reloads the configuration. It is the body
-// of `serve` and of the Windows service. A listener that cannot be bound
-// ends it at once with an error naming the listener and the reason.
-func serveUntil(ctx context.Context, cfgPath string, logOut io.Writer) error {
-	return serve(ctx, cfgPath, "", logOut)
-}
-
-// serve is serveUntil that also writes the bound addresses to addrFile
-// (when not empty) once every listener is served, and removes it when it
+// serve runs the relay of the configuration at cfgPath until ctx is done,
+// logging to logOut; SIGHUP reloads the configuration. It is the body of
+// `serve` and of the Windows service. A listener that cannot be bound ends
+// it at once with an error naming the listener and the reason. It writes
+// the bound addresses to addrFile (when not empty) once every listener is
+// served, and removes it when it
 // returns. With port 0 in the configuration the kernel picks the ports, and
 // this is how a supervisor (oauthrelay bench, a test) learns them without
 // parsing logs or guessing a free port.

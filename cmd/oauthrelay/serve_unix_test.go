@@ -24,7 +24,7 @@ import (
 )
 
 // sighup sends SIGHUP to this process until the serve's log shows one more
-// occurrence of want than before (serveUntil registers for SIGHUP right
+// occurrence of want than before (serve registers for SIGHUP right
 // after it starts listening, so the first signal may come early).
 //
 // While it runs, the test registers for SIGHUP itself, so a signal that

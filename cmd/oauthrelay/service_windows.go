@@ -320,7 +320,9 @@ func runAsService(name, cfgPath, logPath string) error {
 		defer f.Close()
 		logOut = f
 	}
-	h := &serviceHandler{cfgPath: cfgPath, logOut: logOut, elog: elog, serve: serveUntil}
+	h := &serviceHandler{cfgPath: cfgPath, logOut: logOut, elog: elog, serve: func(ctx context.Context, cfgPath string, logOut io.Writer) error {
+		return serve(ctx, cfgPath, "", logOut)
+	}}
 	if err := svc.Run(name, h); err != nil {
 		elog.Error(eventError, fmt.Sprintf("service %s failed: %v", name, err))
 		return err

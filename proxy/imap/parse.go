@@ -317,7 +317,10 @@ func parseCommand(text []byte, lits [][]byte, litAt []int) (*command, error) {
 		}
 		a, err := p.arg(0)
 		if err != nil {
-			return bad(err.Error())
+			// The parser's error is the text of the BAD reply, which
+			// starts with a capital as IMAP servers' replies do.
+			msg := err.Error()
+			return bad(strings.ToUpper(msg[:1]) + msg[1:])
 		}
 		cmd.args = append(cmd.args, a)
 	}
@@ -359,7 +362,7 @@ func (p *parser) until(c byte) []byte {
 
 func (p *parser) arg(depth int) (arg, error) {
 	if p.done() {
-		return arg{}, errors.New("Missing argument")
+		return arg{}, errors.New("missing argument")
 	}
 	switch p.text[p.pos] {
 	case '"':
@@ -374,10 +377,10 @@ func (p *parser) arg(depth int) (arg, error) {
 		p.pos++
 	}
 	if p.pos == start {
-		return arg{}, errors.New("Invalid character in argument")
+		return arg{}, errors.New("invalid character in argument")
 	}
 	if !p.done() && p.text[p.pos] != ' ' && p.text[p.pos] != ')' {
-		return arg{}, errors.New("Invalid character in atom")
+		return arg{}, errors.New("invalid character in atom")
 	}
 	return arg{kind: atomArg, s: string(p.text[start:p.pos])}, nil
 }
@@ -397,19 +400,19 @@ func (p *parser) quoted() (arg, error) {
 				p.pos++
 				continue
 			}
-			return arg{}, errors.New("Invalid escape in quoted string")
+			return arg{}, errors.New("invalid escape in quoted string")
 		case 0:
 			return arg{}, errors.New("NUL in quoted string")
 		}
 		b = append(b, c)
 	}
-	return arg{}, errors.New("Unterminated quoted string")
+	return arg{}, errors.New("unterminated quoted string")
 }
 
 func (p *parser) literal() (arg, error) {
 	end := bytes.IndexByte(p.text[p.pos:], '}')
 	if end < 0 || p.li >= len(p.lits) || p.pos+end+1 != p.litAt[p.li] {
-		return arg{}, errors.New("Invalid literal")
+		return arg{}, errors.New("invalid literal")
 	}
 	p.pos += end + 1
 	a := arg{kind: literalArg, s: string(p.lits[p.li])}
@@ -419,7 +422,7 @@ func (p *parser) literal() (arg, error) {
 
 func (p *parser) list(depth int) (arg, error) {
 	if depth >= maxListDepth {
-		return arg{}, errors.New("Lists nested too deeply")
+		return arg{}, errors.New("lists nested too deeply")
 	}
 	p.pos++ // "("
 	a := arg{kind: listArg}
@@ -428,7 +431,7 @@ func (p *parser) list(depth int) (arg, error) {
 			return a, nil
 		}
 		if len(a.list) > 0 && !p.consume(' ') {
-			return arg{}, errors.New("Expected a space or ) in list")
+			return arg{}, errors.New("expected a space or ) in list")
 		}
 		e, err := p.arg(depth + 1)
 		if err != nil {
