@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"reflect"
@@ -12,7 +13,9 @@ import (
 	"time"
 
 	"github.com/oauthrelay/oauthrelay/config"
+	"github.com/oauthrelay/oauthrelay/internal/events"
 	"github.com/oauthrelay/oauthrelay/internal/oauth"
+	"github.com/oauthrelay/oauthrelay/internal/upstream"
 )
 
 // Account is a configured account with what the relay needs at run time.
@@ -28,6 +31,11 @@ type Account struct {
 	// and resumption skips the certificate exchange and verification.
 	sessions tls.ClientSessionCache
 
+	// dialer connects to the provider's servers (Options.Dialer).
+	dialer *net.Dialer
+	// observer is told about upstream logins.
+	observer events.Observer
+
 	runMu  sync.Mutex
 	cancel context.CancelFunc // stops Source.Run; nil when not running
 
@@ -42,7 +50,7 @@ func newAccount(ca *config.Account, prev *Account, opts Options) (*Account, erro
 	if err != nil {
 		return nil, err
 	}
-	a := &Account{Account: ca, roots: roots, sessions: tls.NewLRUClientSessionCache(64)}
+	a := &Account{Account: ca, roots: roots, sessions: tls.NewLRUClientSessionCache(64), dialer: opts.Dialer}
 	if prev != nil && sameTokenSettings(prev.Account, ca) {
 		a.Source = prev.Source
 		prev.runMu.Lock()
@@ -99,6 +107,26 @@ func loadRoots(caFile string) (*x509.CertPool, error) {
 		return nil, fmt.Errorf("ca_file %s: no PEM certificates", caFile)
 	}
 	return roots, nil
+}
+
+// Info is what events say about the account: public facts only.
+func (a *Account) Info() events.Account {
+	return events.Account{Name: a.Name, Mailbox: a.Mailbox, Provider: a.Provider}
+}
+
+// Target is the account's way to its provider's server for protocol p.
+func (a *Account) Target(p events.Proto) upstream.Target {
+	srv := a.ProviderRef.SMTP
+	if p == events.IMAP {
+		srv = a.ProviderRef.IMAP
+	}
+	return upstream.Target{
+		Account:  a.Info(),
+		Server:   srv,
+		TLS:      &tls.Config{RootCAs: a.roots, MinVersion: tls.VersionTLS12, ClientSessionCache: a.sessions},
+		Dialer:   a.dialer,
+		Observer: a.observer,
+	}
 }
 
 // UpstreamTLS is the client TLS configuration for host: always verified, TLS
