@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/oauthrelay/oauthrelay/config"
+	"github.com/oauthrelay/oauthrelay/internal/delivery"
 	"github.com/oauthrelay/oauthrelay/internal/events"
 	"github.com/oauthrelay/oauthrelay/internal/oauth"
 	"github.com/oauthrelay/oauthrelay/internal/upstream"
@@ -23,6 +24,8 @@ type Account struct {
 	*config.Account
 	// Source gets this account's access tokens.
 	Source *oauth.Source
+	// Delivery is how mail submitted for this account leaves the relay.
+	Delivery delivery.Delivery
 	// roots verify the provider's upstream servers (system roots plus
 	// ca_file).
 	roots *x509.CertPool
@@ -50,7 +53,13 @@ func newAccount(ca *config.Account, prev *Account, opts Options) (*Account, erro
 	if err != nil {
 		return nil, err
 	}
-	a := &Account{Account: ca, roots: roots, sessions: tls.NewLRUClientSessionCache(64), dialer: opts.Dialer}
+	a := &Account{Account: ca, roots: roots, sessions: tls.NewLRUClientSessionCache(64), dialer: opts.Dialer,
+		observer: opts.Observer}
+	defer func() {
+		if a.Source != nil {
+			a.Delivery = delivery.NewDirect(a.Info(), delivery.NewSender(a.Target(events.SMTP)), opts.Observer)
+		}
+	}()
 	if prev != nil && sameTokenSettings(prev.Account, ca) {
 		a.Source = prev.Source
 		prev.runMu.Lock()
@@ -63,7 +72,7 @@ func newAccount(ca *config.Account, prev *Account, opts Options) (*Account, erro
 		HTTPClient: opts.HTTPClient,
 		Logger:     opts.Logger,
 		OnRequest: func(e *oauth.Error, took time.Duration) {
-			opts.Observer.TokenRequest(a, tokenResult(e), took)
+			opts.Observer.TokenRequest(a.Info(), tokenResult(e), took)
 		},
 	})
 	if err != nil {
@@ -73,14 +82,14 @@ func newAccount(ca *config.Account, prev *Account, opts Options) (*Account, erro
 }
 
 // tokenResult names a token request's outcome for the Observer.
-func tokenResult(e *oauth.Error) string {
+func tokenResult(e *oauth.Error) events.TokenResult {
 	switch {
 	case e == nil:
-		return "ok"
+		return events.TokenOK
 	case e.Class == oauth.Transient:
-		return "transient"
+		return events.TokenTransient
 	}
-	return "needs_sign_in"
+	return events.TokenNeedsSignIn
 }
 
 // sameTokenSettings reports whether two versions of an account would get the
@@ -109,8 +118,12 @@ func loadRoots(caFile string) (*x509.CertPool, error) {
 	return roots, nil
 }
 
-// Info is what events say about the account: public facts only.
+// Info is what events say about the account: public facts only. A nil
+// Account (a user name that is no account's) is the zero events.Account.
 func (a *Account) Info() events.Account {
+	if a == nil {
+		return events.Account{}
+	}
 	return events.Account{Name: a.Name, Mailbox: a.Mailbox, Provider: a.Provider}
 }
 
@@ -145,14 +158,14 @@ func (a *Account) relaysFor(addr netip.Addr) bool {
 }
 
 // start runs the background token refresher under ctx unless it runs.
-func (a *Account) start(ctx context.Context) {
+func (a *Account) start(ctx context.Context, wg *sync.WaitGroup) {
 	a.runMu.Lock()
 	defer a.runMu.Unlock()
 	if a.cancel != nil {
 		return
 	}
 	ctx, a.cancel = context.WithCancel(ctx)
-	go a.Source.Run(ctx)
+	wg.Go(func() { a.Source.Run(ctx) })
 }
 
 func (a *Account) stop() {
@@ -163,3 +176,28 @@ func (a *Account) stop() {
 		a.cancel = nil
 	}
 }
+
+// credentials are the upstream credentials of one app session: the
+// account's token, through Relay.Token (which exchanges a password
+// passthrough account's app password and counts its failures).
+type credentials struct {
+	r        *Relay
+	addr     netip.Addr
+	a        *Account
+	password string
+}
+
+// Credentials returns the upstream credentials of a session of account a
+// from addr; password is needed only for password passthrough accounts.
+func (r *Relay) Credentials(addr netip.Addr, a *Account, password string) upstream.Credentials {
+	if !a.PasswordPassthrough {
+		password = ""
+	}
+	return &credentials{r: r, addr: addr, a: a, password: password}
+}
+
+func (c *credentials) Token(ctx context.Context) (string, error) {
+	return c.r.Token(ctx, c.addr, c.a, c.password)
+}
+
+func (c *credentials) Invalidate() { c.a.Source.Invalidate() }

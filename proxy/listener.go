@@ -11,6 +11,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/oauthrelay/oauthrelay/internal/events"
 )
 
 // Caps on connections that have not logged in yet (see Listener). A
@@ -47,8 +49,8 @@ const (
 
 // Reasons for refusing a connection, as reported to Observer.PreAuthRejected.
 const (
-	RejectListenerCap = "listener_cap"
-	RejectAddressCap  = "address_cap"
+	RejectListenerCap = events.PreAuthListenerCap
+	RejectAddressCap  = events.PreAuthAddressCap
 )
 
 // Listener is a client listener of the relay (returned by Listen). It
@@ -76,7 +78,7 @@ const (
 // for one goroutine; Err, Addr and Close are safe for concurrent use.
 type Listener struct {
 	// Proto names the protocol ("smtp", "imap") in logs and metrics.
-	Proto string
+	Proto events.Proto
 	// Observer receives the pre-authentication gauge, caps and refusals;
 	// nil: nothing is recorded.
 	Observer Observer
@@ -124,7 +126,7 @@ type Listener struct {
 
 // settings are a Listener's exported fields with their defaults applied.
 type settings struct {
-	proto            string
+	proto            events.Proto
 	obs              Observer
 	log              *slog.Logger
 	busy             string
@@ -141,7 +143,7 @@ func NewListener(ln net.Listener, tc *tls.Config) *Listener {
 func (l *Listener) start() {
 	s := settings{proto: l.Proto, obs: l.Observer, log: l.Logger, busy: l.Busy}
 	if s.obs == nil {
-		s.obs = nopObserver{}
+		s.obs = events.Nop{}
 	}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
@@ -152,7 +154,7 @@ func (l *Listener) start() {
 	l.set = s
 	name := "listener " + l.ln.Addr().String()
 	if s.proto != "" {
-		name = s.proto + " " + name
+		name = string(s.proto) + " " + name
 	}
 	l.mu.Lock()
 	l.name = name
@@ -293,7 +295,7 @@ func (l *Listener) acceptSucceeded() {
 // cap is reached.
 func (l *Listener) admit(c net.Conn) *conn {
 	key, perAddr := addrKey(AddrOf(c.RemoteAddr()))
-	reason := ""
+	var reason events.PreAuthReason
 	l.mu.Lock()
 	switch {
 	case l.set.maxConns > 0 && l.unauth >= l.set.maxConns:
@@ -321,7 +323,7 @@ func (l *Listener) admit(c net.Conn) *conn {
 }
 
 // refuse sends the busy line (not on implicit TLS) and closes c.
-func (l *Listener) refuse(c net.Conn, reason string, logIt bool, suppressed int) {
+func (l *Listener) refuse(c net.Conn, reason events.PreAuthReason, logIt bool, suppressed int) {
 	l.set.obs.PreAuthRejected(l.set.proto, reason)
 	if logIt {
 		l.set.log.Warn("connection refused: too many clients have not logged in", "reason", reason, "remote", c.RemoteAddr().String(), "max", l.set.maxConns,

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/oauthrelay/oauthrelay/config"
+	"github.com/oauthrelay/oauthrelay/internal/events"
 	"github.com/oauthrelay/oauthrelay/internal/testutil"
 )
 
@@ -29,28 +30,28 @@ const testBusy = "BUSY Too many connections, try again later"
 // preAuthRecorder is an Observer that remembers the pre-authentication
 // reports and ignores the rest.
 type preAuthRecorder struct {
-	nopObserver
+	events.Nop
 	mu       sync.Mutex
 	unauth   int
 	rejected []string // "proto:reason"
 	limits   []string // "proto:listener:address"
 }
 
-func (r *preAuthRecorder) Unauthenticated(proto string, delta int) {
+func (r *preAuthRecorder) Unauthenticated(_ events.Proto, delta int) {
 	r.mu.Lock()
 	r.unauth += delta
 	r.mu.Unlock()
 }
 
-func (r *preAuthRecorder) PreAuthRejected(proto, reason string) {
+func (r *preAuthRecorder) PreAuthRejected(proto events.Proto, reason events.PreAuthReason) {
 	r.mu.Lock()
-	r.rejected = append(r.rejected, proto+":"+reason)
+	r.rejected = append(r.rejected, string(proto)+":"+string(reason))
 	r.mu.Unlock()
 }
 
-func (r *preAuthRecorder) PreAuthLimits(proto string, perListener, perAddr int) {
+func (r *preAuthRecorder) PreAuthLimits(proto events.Proto, perListener, perAddr int) {
 	r.mu.Lock()
-	r.limits = append(r.limits, proto+":"+strconv.Itoa(perListener)+":"+strconv.Itoa(perAddr))
+	r.limits = append(r.limits, string(proto)+":"+strconv.Itoa(perListener)+":"+strconv.Itoa(perAddr))
 	r.mu.Unlock()
 }
 

@@ -13,6 +13,7 @@ import (
 
 	"golang.org/x/crypto/bcrypt"
 
+	"github.com/oauthrelay/oauthrelay/internal/events"
 	"github.com/oauthrelay/oauthrelay/internal/oauth"
 )
 
@@ -218,6 +219,19 @@ func (f Failure) String() string {
 		return "upstream_rejected"
 	}
 	return fmt.Sprintf("failure(%d)", int(f))
+}
+
+// Result is the failure as events name it (a metric label value).
+func (f Failure) Result() events.LoginResult {
+	switch f {
+	case BadCredentials:
+		return events.LoginBadCredentials
+	case NeedsAttention:
+		return events.LoginNeedsAttention
+	case UpstreamRejected:
+		return events.LoginUpstreamRejected
+	}
+	return events.LoginUnavailable
 }
 
 // LoginError is a failed login. Reason is plain words for the log; it is

@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/oauthrelay/oauthrelay/config"
+	"github.com/oauthrelay/oauthrelay/internal/events"
 	"github.com/oauthrelay/oauthrelay/internal/oauth"
 )
 
@@ -50,6 +51,9 @@ type Relay struct {
 
 	mu      sync.Mutex // serialises Reload
 	current atomic.Pointer[snapshot]
+	// refreshers counts the accounts' background token refreshers, so
+	// Run returns only when all of them have.
+	refreshers sync.WaitGroup
 }
 
 // snapshot is one configuration's accounts.
@@ -68,7 +72,7 @@ func NewRelay(cfg *config.Config, opts Options) (*Relay, error) {
 		opts.Dialer = &net.Dialer{Timeout: 15 * time.Second, KeepAlive: 30 * time.Second}
 	}
 	if opts.Observer == nil {
-		opts.Observer = nopObserver{}
+		opts.Observer = events.Nop{}
 	}
 	r := &Relay{
 		opts:     opts,
@@ -110,7 +114,9 @@ func (r *Relay) build(cfg *config.Config, prev *snapshot) (*snapshot, error) {
 
 // Reload replaces the configuration. On error the old one stays in force.
 // Background refreshers of the new sources start under ctx; those of
-// dropped or replaced sources are stopped.
+// dropped or replaced sources are stopped. The old accounts' deliveries are
+// closed: their idle upstream sessions end, and a transaction still running
+// in a live session finishes and is then closed.
 func (r *Relay) Reload(ctx context.Context, cfg *config.Config) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -122,26 +128,35 @@ func (r *Relay) Reload(ctx context.Context, cfg *config.Config) error {
 	kept := make(map[*oauth.Source]bool)
 	for _, a := range snap.accounts {
 		kept[a.Source] = true
-		a.start(ctx)
+		a.start(ctx, &r.refreshers)
 	}
+	r.current.Store(snap)
 	for _, a := range prev.accounts {
 		if !kept[a.Source] {
 			a.stop()
 		}
+		a.Delivery.Close()
 	}
-	r.current.Store(snap)
 	return nil
 }
 
 // Run starts the background token refresh of every account and blocks until
-// ctx is done.
+// ctx is done; then it stops the refreshers, waits for them and closes the
+// accounts' deliveries.
 func (r *Relay) Run(ctx context.Context) {
 	r.mu.Lock()
 	for _, a := range r.current.Load().accounts {
-		a.start(ctx)
+		a.start(ctx, &r.refreshers)
 	}
 	r.mu.Unlock()
 	<-ctx.Done()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, a := range r.current.Load().accounts {
+		a.stop()
+		a.Delivery.Close()
+	}
+	r.refreshers.Wait()
 }
 
 // Config returns the configuration in force.
@@ -149,6 +164,17 @@ func (r *Relay) Config() *config.Config { return r.current.Load().cfg }
 
 // Accounts returns the accounts in force, in configuration order.
 func (r *Relay) Accounts() []*Account { return r.current.Load().accounts }
+
+// Source returns the token source of the account called name in force, nil
+// if there is none.
+func (r *Relay) Source(name string) *oauth.Source {
+	for _, a := range r.current.Load().accounts {
+		if a.Name == name {
+			return a.Source
+		}
+	}
+	return nil
+}
 
 // Logger returns the relay's logger.
 func (r *Relay) Logger() *slog.Logger { return r.log }

@@ -17,6 +17,7 @@ import (
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/oauthrelay/oauthrelay/config"
+	"github.com/oauthrelay/oauthrelay/internal/events"
 	"github.com/oauthrelay/oauthrelay/internal/fakems"
 	"github.com/oauthrelay/oauthrelay/internal/testutil"
 	"github.com/oauthrelay/oauthrelay/internal/tokenstore"
@@ -327,9 +328,9 @@ func TestStatusPage(t *testing.T) {
 	w.waitState("alerts", "ok")
 	w.waitState("invoices", "needs_sign_in")
 	a := w.account("invoices")
-	w.metrics.Message(a, 2048)
-	w.metrics.Message(a, 1024)
-	w.metrics.Login("smtp", a, "bad_credentials")
+	w.metrics.Message(a.Info(), 2048)
+	w.metrics.Message(a.Info(), 1024)
+	w.metrics.Login("smtp", a.Info(), "bad_credentials")
 
 	resp, page := w.do(nil, "GET", "/", nil, nil)
 	if resp.StatusCode != 200 || resp.Header.Get("Content-Type") != "text/html; charset=utf-8" {
@@ -419,13 +420,13 @@ func TestMetrics(t *testing.T) {
 	m.Connection("smtp", 1)
 	m.Connection("smtp", -1)
 	m.Connection("imap", 1)
-	m.Login("smtp", inv, "ok")
-	m.Login("smtp", nil, "bad_credentials")
-	m.Upstream("smtp", inv, "ok", 120*time.Millisecond)
-	m.Upstream("imap", inv, "unavailable", 15*time.Second)
-	m.Message(inv, 1000)
-	m.Message(inv, 500)
-	m.Transferred(inv, 10, 20000)
+	m.Login("smtp", inv.Info(), "ok")
+	m.Login("smtp", events.Account{}, "bad_credentials")
+	m.Upstream("smtp", inv.Info(), "ok", 120*time.Millisecond)
+	m.Upstream("imap", inv.Info(), "unavailable", 15*time.Second)
+	m.Message(inv.Info(), 1000)
+	m.Message(inv.Info(), 500)
+	m.Transferred(inv.Info(), 10, 20000)
 
 	resp, body := w.do(nil, "GET", "/metrics", nil, nil)
 	if resp.StatusCode != 200 {
@@ -611,7 +612,7 @@ func TestWords(t *testing.T) {
 			t.Errorf("humanBytes(%d) = %q, want %q", n, got, want)
 		}
 	}
-	for _, r := range []string{"bad_credentials", "unavailable", "needs_attention", "upstream_rejected", "other"} {
+	for _, r := range []events.LoginResult{"bad_credentials", "unavailable", "needs_attention", "upstream_rejected", "other"} {
 		if s := loginWords("smtp", r); !strings.Contains(s, "SMTP") {
 			t.Errorf("loginWords(%s) = %q", r, s)
 		}

@@ -10,7 +10,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/oauthrelay/oauthrelay/internal/oauth"
-	"github.com/oauthrelay/oauthrelay/proxy"
+	"github.com/oauthrelay/oauthrelay/internal/events"
 )
 
 // Metrics records what the sessions do, for /metrics and the status page.
@@ -129,8 +129,8 @@ func NewMetrics() *Metrics {
 		m.connTotal.WithLabelValues(p)
 		m.connActive.WithLabelValues(p)
 		m.connUnauth.WithLabelValues(p)
-		m.connRefused.WithLabelValues(p, proxy.RejectListenerCap)
-		m.connRefused.WithLabelValues(p, proxy.RejectAddressCap)
+		m.connRefused.WithLabelValues(p, string(events.PreAuthListenerCap))
+		m.connRefused.WithLabelValues(p, string(events.PreAuthAddressCap))
 		m.sessions.WithLabelValues(p)
 	}
 	return m
@@ -145,7 +145,7 @@ func (m *Metrics) Handler() http.Handler {
 func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
 
 // watch makes the token collector read relay's accounts at scrape time.
-func (m *Metrics) watch(relay *proxy.Relay) { m.tokens.setRelay(relay) }
+func (m *Metrics) watch(relay Relay) { m.tokens.setRelay(relay) }
 
 // stats returns the account's record, creating it; m.mu must be held.
 func (m *Metrics) statsLocked(name string) *accountStats {
@@ -175,34 +175,34 @@ func (m *Metrics) recordError(name, words string) {
 	m.mu.Unlock()
 }
 
-// Connection implements proxy.Observer.
-func (m *Metrics) Connection(proto string, delta int) {
+// Connection implements events.Observer.
+func (m *Metrics) Connection(proto events.Proto, delta int) {
 	if delta > 0 {
-		m.connTotal.WithLabelValues(proto).Add(float64(delta))
+		m.connTotal.WithLabelValues(string(proto)).Add(float64(delta))
 	}
-	m.connActive.WithLabelValues(proto).Add(float64(delta))
+	m.connActive.WithLabelValues(string(proto)).Add(float64(delta))
 }
 
-// Login implements proxy.Observer. Failures of a known account are kept as
-// its last error.
-func (m *Metrics) Login(proto string, a *proxy.Account, result string) {
-	m.logins.WithLabelValues(proto, result).Inc()
-	if a != nil && result != "ok" {
+// Login implements events.Observer. Failures of a known account are kept
+// as its last error.
+func (m *Metrics) Login(proto events.Proto, a events.Account, result events.LoginResult) {
+	m.logins.WithLabelValues(string(proto), string(result)).Inc()
+	if a.Name != "" && result != events.LoginOK {
 		m.recordError(a.Name, loginWords(proto, result))
 	}
 }
 
-// Upstream implements proxy.Observer.
-func (m *Metrics) Upstream(proto string, a *proxy.Account, result string, took time.Duration) {
-	m.upstream.WithLabelValues(proto, result).Inc()
-	m.upstreamTime.WithLabelValues(proto, result).Observe(took.Seconds())
-	if result == "ok" {
-		m.sessions.WithLabelValues(proto).Inc()
+// Upstream implements events.Observer.
+func (m *Metrics) Upstream(proto events.Proto, a events.Account, result events.UpstreamResult, took time.Duration) {
+	m.upstream.WithLabelValues(string(proto), string(result)).Inc()
+	m.upstreamTime.WithLabelValues(string(proto), string(result)).Observe(took.Seconds())
+	if result == events.UpstreamOK {
+		m.sessions.WithLabelValues(string(proto)).Inc()
 	}
-	if a == nil {
+	if a.Name == "" {
 		return
 	}
-	if result == "ok" {
+	if result == events.UpstreamOK {
 		m.mu.Lock()
 		m.statsLocked(a.Name).lastOK = time.Now()
 		m.mu.Unlock()
@@ -211,9 +211,9 @@ func (m *Metrics) Upstream(proto string, a *proxy.Account, result string, took t
 	m.recordError(a.Name, upstreamWords(proto, result))
 }
 
-// Message implements proxy.Observer.
-func (m *Metrics) Message(a *proxy.Account, bytes int64) {
-	if a == nil {
+// Message implements events.Observer.
+func (m *Metrics) Message(a events.Account, bytes int64) {
+	if a.Name == "" {
 		return
 	}
 	m.messages.WithLabelValues(a.Name).Inc()
@@ -225,73 +225,75 @@ func (m *Metrics) Message(a *proxy.Account, bytes int64) {
 	m.mu.Unlock()
 }
 
-// Transferred implements proxy.Observer.
-func (m *Metrics) Transferred(a *proxy.Account, in, out int64) {
-	if a == nil {
+// Transferred implements events.Observer.
+func (m *Metrics) Transferred(a events.Account, in, out int64) {
+	if a.Name == "" {
 		return
 	}
 	m.imapBytes.WithLabelValues(a.Name, "in").Add(float64(in))
 	m.imapBytes.WithLabelValues(a.Name, "out").Add(float64(out))
 }
 
-// Unauthenticated implements proxy.Observer.
-func (m *Metrics) Unauthenticated(proto string, delta int) {
-	m.connUnauth.WithLabelValues(proto).Add(float64(delta))
+// Unauthenticated implements events.Observer.
+func (m *Metrics) Unauthenticated(proto events.Proto, delta int) {
+	m.connUnauth.WithLabelValues(string(proto)).Add(float64(delta))
 }
 
-// PreAuthRejected implements proxy.Observer.
-func (m *Metrics) PreAuthRejected(proto, reason string) {
-	m.connRefused.WithLabelValues(proto, reason).Inc()
+// PreAuthRejected implements events.Observer.
+func (m *Metrics) PreAuthRejected(proto events.Proto, reason events.PreAuthReason) {
+	m.connRefused.WithLabelValues(string(proto), string(reason)).Inc()
 }
 
-// PreAuthLimits implements proxy.Observer.
-func (m *Metrics) PreAuthLimits(proto string, perListener, perAddr int) {
-	m.unauthLimit.WithLabelValues(proto, "listener").Set(float64(perListener))
-	m.unauthLimit.WithLabelValues(proto, "address").Set(float64(perAddr))
+// PreAuthLimits implements events.Observer.
+func (m *Metrics) PreAuthLimits(proto events.Proto, perListener, perAddr int) {
+	m.unauthLimit.WithLabelValues(string(proto), "listener").Set(float64(perListener))
+	m.unauthLimit.WithLabelValues(string(proto), "address").Set(float64(perAddr))
 }
 
-var _ proxy.Observer = (*Metrics)(nil)
+var _ events.Observer = (*Metrics)(nil)
 
 // loginWords says what a failed client login means, for the status page.
-func loginWords(proto, result string) string {
+func loginWords(proto events.Proto, result events.LoginResult) string {
 	switch result {
-	case "bad_credentials":
+	case events.LoginBadCredentials:
 		return "the app logged in to " + protoName(proto) + " with a wrong password"
-	case "unavailable":
+	case events.LoginUnavailable:
 		return "an app login to " + protoName(proto) + " failed for a temporary reason (identity provider or Exchange unreachable); the app was told to retry"
-	case "needs_attention":
+	case events.LoginNeedsAttention:
 		return "an app login to " + protoName(proto) + " was refused because the account cannot get a token (see the token state)"
-	case "upstream_rejected":
+	case events.LoginUpstreamRejected:
 		return "Exchange refused the " + protoName(proto) + " login with the account's token (the log has its reply)"
 	}
-	return "an app login to " + protoName(proto) + " failed (" + result + ")"
+	return "an app login to " + protoName(proto) + " failed (" + string(result) + ")"
 }
 
 // upstreamWords says what a failed upstream login means.
-func upstreamWords(proto, result string) string {
+func upstreamWords(proto events.Proto, result events.UpstreamResult) string {
 	switch result {
-	case "rejected":
+	case events.UpstreamRejected:
 		return "Exchange refused the " + protoName(proto) + " login with the account's token (the log has its reply)"
-	case "unavailable":
+	case events.UpstreamUnavailable:
 		return "the " + protoName(proto) + " server could not be reached or did not answer in time"
 	}
-	return "the upstream " + protoName(proto) + " login failed (" + result + ")"
+	return "the upstream " + protoName(proto) + " login failed (" + string(result) + ")"
 }
 
-func protoName(proto string) string {
+func protoName(proto events.Proto) string {
 	switch proto {
-	case "smtp":
+	case events.SMTP:
 		return "SMTP"
-	case "imap":
+	case events.IMAP:
 		return "IMAP"
+	case events.POP3:
+		return "POP3"
 	}
-	return proto
+	return string(proto)
 }
 
 // tokenCollector reads each account's token source when scraped.
 type tokenCollector struct {
 	mu    sync.Mutex
-	relay *proxy.Relay
+	relay Relay
 
 	info, state, expiry, success, retry *prometheus.Desc
 }
@@ -314,7 +316,7 @@ func newTokenCollector() *tokenCollector {
 	}
 }
 
-func (c *tokenCollector) setRelay(r *proxy.Relay) {
+func (c *tokenCollector) setRelay(r Relay) {
 	c.mu.Lock()
 	c.relay = r
 	c.mu.Unlock()
@@ -340,7 +342,7 @@ func (c *tokenCollector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, float64(t.UnixMilli())/1e3, name)
 		}
 	}
-	for _, a := range relay.Accounts() {
+	for _, a := range accounts(relay) {
 		st := a.Source.State()
 		ch <- prometheus.MustNewConstMetric(c.info, prometheus.GaugeValue, 1, a.Name, a.Provider, st.Grant)
 		for _, s := range tokenStates {

@@ -11,7 +11,6 @@ import (
 
 	"github.com/oauthrelay/oauthrelay/config"
 	"github.com/oauthrelay/oauthrelay/internal/oauth"
-	"github.com/oauthrelay/oauthrelay/proxy"
 )
 
 // The sign-in from the status page.
@@ -78,17 +77,17 @@ func (f *flows) take(state string) *pendingFlow {
 }
 
 // account returns the account in force called name, or nil.
-func (s *Server) account(name string) *proxy.Account {
-	for _, a := range s.relay.Accounts() {
+func (s *Server) account(name string) *account {
+	for _, a := range accounts(s.relay) {
 		if a.Name == name {
-			return a
+			return &a
 		}
 	}
 	return nil
 }
 
 // canSignIn: the status page offers Sign in for this account.
-func (s *Server) canSignIn(a *proxy.Account) bool {
+func (s *Server) canSignIn(a *account) bool {
 	return s.opts.Store != nil && a.ProviderRef.Grant == config.GrantAuthorizationCode && a.ProviderRef.AuthorizeURL != ""
 }
 

@@ -37,7 +37,6 @@ import (
 
 	"github.com/oauthrelay/oauthrelay/config"
 	"github.com/oauthrelay/oauthrelay/internal/oauth"
-	"github.com/oauthrelay/oauthrelay/proxy"
 )
 
 // Options are a Server's dependencies. Nil fields have the documented
@@ -67,7 +66,7 @@ const (
 
 // Server is the admin HTTP server. Its methods are safe for concurrent use.
 type Server struct {
-	relay   *proxy.Relay
+	relay   Relay
 	metrics *Metrics
 	opts    Options
 	log     *slog.Logger
@@ -86,7 +85,7 @@ type Server struct {
 // new Metrics, whose session counters then stay at zero); its token metrics
 // start following relay's accounts. Basic auth settings are read from
 // relay.Config() now: like the listener address, they change on restart.
-func New(relay *proxy.Relay, m *Metrics, opts Options) *Server {
+func New(relay Relay, m *Metrics, opts Options) *Server {
 	if m == nil {
 		m = NewMetrics()
 	}
@@ -236,7 +235,7 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	now := time.Now()
-	for _, a := range s.relay.Accounts() {
+	for _, a := range accounts(s.relay) {
 		st := a.Source.State()
 		if !tokenUsable(a, st, now) {
 			problems = append(problems, fmt.Sprintf("account %s: token %s", a.Name, st.Status))
@@ -261,7 +260,7 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 // succeeded, or a cached token is still valid (a refresh failed but the old
 // token serves). A password passthrough account gets its tokens at login
 // and has nothing to check.
-func tokenUsable(a *proxy.Account, st oauth.State, now time.Time) bool {
+func tokenUsable(a account, st oauth.State, now time.Time) bool {
 	if a.PasswordPassthrough && a.Password == "" {
 		return true
 	}
@@ -271,6 +270,6 @@ func tokenUsable(a *proxy.Account, st oauth.State, now time.Time) bool {
 // unreachableUpstreams probes (or recalls) the mail servers of the
 // providers in use and returns those that do not accept connections.
 func (s *Server) unreachableUpstreams(ctx context.Context) []upstreamState {
-	ups := upstreamsInUse(s.relay.Config(), s.relay.Accounts())
+	ups := upstreamsInUse(s.relay.Config(), accounts(s.relay))
 	return unreachable(s.upstreams.check(ctx, ups))
 }

@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/oauthrelay/oauthrelay/internal/oauth"
-	"github.com/oauthrelay/oauthrelay/proxy"
 )
 
 //go:embed page.html
@@ -66,7 +65,7 @@ func (s *Server) renderStatus(w http.ResponseWriter, r *http.Request, code int, 
 	n = withUpstreams(n, s.unreachableUpstreams(r.Context()))
 	now := time.Now()
 	p := page{Now: now.Format("2006-01-02 15:04:05 MST"), CSRF: s.csrf, Notice: n}
-	for _, a := range s.relay.Accounts() {
+	for _, a := range accounts(s.relay) {
 		p.Rows = append(p.Rows, s.row(a, now))
 	}
 	var buf bytes.Buffer
@@ -80,7 +79,7 @@ func (s *Server) renderStatus(w http.ResponseWriter, r *http.Request, code int, 
 	w.Write(buf.Bytes())
 }
 
-func (s *Server) row(a *proxy.Account, now time.Time) row {
+func (s *Server) row(a account, now time.Time) row {
 	st := a.Source.State()
 	stats := s.metrics.accountStats(a.Name)
 	r := row{
@@ -90,7 +89,7 @@ func (s *Server) row(a *proxy.Account, now time.Time) row {
 		Grant:    strings.ReplaceAll(st.Grant, "_", " "),
 		Messages: stats.messages,
 		Bytes:    humanBytes(stats.bytes),
-		SignIn:   s.canSignIn(a),
+		SignIn:   s.canSignIn(&a),
 	}
 	if p := a.ProviderRef; p != nil && p.Type != "" {
 		r.Provider += " (" + p.Type + ")"

@@ -3,12 +3,12 @@ package admin
 import (
 	"time"
 
-	"github.com/oauthrelay/oauthrelay/proxy"
+	"github.com/oauthrelay/oauthrelay/internal/events"
 )
 
-// TokenRequest implements proxy.Observer: one request to the identity
+// TokenRequest implements events.Observer: one request to the identity
 // provider for a's token, classed by oauth (ok, transient, needs_sign_in).
-func (m *Metrics) TokenRequest(a *proxy.Account, result string, took time.Duration) {
-	m.tokenReqs.WithLabelValues(a.Name, result).Inc()
-	m.tokenTime.WithLabelValues(result).Observe(took.Seconds())
+func (m *Metrics) TokenRequest(a events.Account, result events.TokenResult, took time.Duration) {
+	m.tokenReqs.WithLabelValues(a.Name, string(result)).Inc()
+	m.tokenTime.WithLabelValues(string(result)).Observe(took.Seconds())
 }

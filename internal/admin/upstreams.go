@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/oauthrelay/oauthrelay/config"
-	"github.com/oauthrelay/oauthrelay/proxy"
 )
 
 // Reachability of the providers' mail servers, for /readyz and the status
@@ -93,7 +92,7 @@ func (c *upstreamChecker) close() { c.stop() }
 // upstreamsInUse lists the SMTP and IMAP servers of the providers that
 // accounts use, for the protocols whose listener is on (an IMAP server the
 // relay never dials does not make it unready), in a stable order.
-func upstreamsInUse(cfg *config.Config, accounts []*proxy.Account) []upstream {
+func upstreamsInUse(cfg *config.Config, accounts []account) []upstream {
 	seen := map[upstream]bool{}
 	var out []upstream
 	add := func(u upstream) {

@@ -330,12 +330,12 @@ func TestUpstreamCheckAfterClose(t *testing.T) {
 // listener is on, each once.
 func TestUpstreamsInUse(t *testing.T) {
 	p := &config.Provider{Name: "p", SMTP: config.Upstream{Addr: "smtp.example:587"}, IMAP: config.Upstream{Addr: "imap.example:993"}}
-	acc := func(name string, prov *config.Provider) *proxy.Account {
-		return &proxy.Account{Account: &config.Account{Name: name, ProviderRef: prov}}
+	acc := func(name string, prov *config.Provider) account {
+		return account{Account: &config.Account{Name: name, ProviderRef: prov}}
 	}
 	cfg := &config.Config{}
 	cfg.Listen.SMTP.Addr, cfg.Listen.IMAP.Addr = "127.0.0.1:2525", config.AddrOff
-	got := upstreamsInUse(cfg, []*proxy.Account{acc("a", p), acc("b", p)})
+	got := upstreamsInUse(cfg, []account{acc("a", p), acc("b", p)})
 	if len(got) != 1 || got[0] != (upstream{"p", "smtp", "smtp.example:587"}) {
 		t.Errorf("upstreamsInUse = %+v", got)
 	}

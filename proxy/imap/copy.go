@@ -85,7 +85,7 @@ func (s *session) pipe(acct *proxy.Account, up *upstream, log *slog.Logger) {
 	grace.Stop()
 	s.close()
 
-	s.srv.relay.Observer().Transferred(acct, appR.n, upR.n)
+	s.srv.relay.Observer().Transferred(acct.Info(), appR.n, upR.n)
 	log.Info("session ended", "bytes_in", appR.n, "bytes_out", upR.n, "closed_first", first.from,
 		"duration", time.Since(start).Round(time.Millisecond).String())
 }

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/oauthrelay/oauthrelay/internal/events"
 	"github.com/oauthrelay/oauthrelay/proxy"
 )
 
@@ -73,21 +74,21 @@ func (s *session) login(tag, method, username, password string) (done bool) {
 	up, err := s.connectUpstream(ctx, acct, tok, log)
 	took := time.Since(start)
 	if err != nil {
-		result := "unavailable"
+		result := events.UpstreamUnavailable
 		var le *proxy.LoginError
 		if errors.As(err, &le) && le.Failure == proxy.UpstreamRejected {
-			result = "rejected"
+			result = events.UpstreamRejected
 			// The upstream refused a token the identity platform gave
 			// out (revoked, expired early, permissions changed): the
 			// next login gets a fresh one instead of this one again.
 			acct.Source.Invalidate()
 		}
-		obs.Upstream("imap", acct, result, took)
+		obs.Upstream(events.IMAP, acct.Info(), result, took)
 		s.loginFailed(tag, err, log)
 		return false
 	}
-	obs.Upstream("imap", acct, "ok", took)
-	obs.Login("imap", acct, "ok")
+	obs.Upstream(events.IMAP, acct.Info(), events.UpstreamOK, took)
+	obs.Login(events.IMAP, acct.Info(), events.LoginOK)
 	log.Info("login", "result", "ok", "upstream", acct.ProviderRef.IMAP.Addr, "upstream_ms", took.Milliseconds(),
 		"upstream_text", truncate(up.text, 64))
 	// The session no longer counts against the listener's cap on
@@ -113,7 +114,7 @@ func (s *session) login(tag, method, username, password string) (done bool) {
 func (s *session) loginFailed(tag string, err error, log *slog.Logger) {
 	le := &proxy.LoginError{Failure: proxy.Unavailable, Reason: "internal error", Err: err}
 	errors.As(err, &le)
-	s.srv.relay.Observer().Login("imap", le.Account, le.Failure.String())
+	s.srv.relay.Observer().Login(events.IMAP, le.Account.Info(), le.Failure.Result())
 	attrs := []any{"result", le.Failure.String(), "reason", le.Reason}
 	if le.Err != nil {
 		attrs = append(attrs, "err", le.Err)

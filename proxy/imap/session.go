@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/oauthrelay/oauthrelay/config"
+	"github.com/oauthrelay/oauthrelay/internal/events"
 	"github.com/oauthrelay/oauthrelay/proxy"
 )
 
@@ -145,8 +146,8 @@ func (s *session) setUpstream(c net.Conn) error {
 
 func (s *session) serve() {
 	obs := s.srv.relay.Observer()
-	obs.Connection("imap", 1)
-	defer obs.Connection("imap", -1)
+	obs.Connection(events.IMAP, 1)
+	defer obs.Connection(events.IMAP, -1)
 	defer s.close()
 	defer func() {
 		if v := recover(); v != nil {

@@ -25,6 +25,7 @@ import (
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/oauthrelay/oauthrelay/config"
+	"github.com/oauthrelay/oauthrelay/internal/events"
 	"github.com/oauthrelay/oauthrelay/internal/fakems"
 	"github.com/oauthrelay/oauthrelay/internal/sasl"
 	"github.com/oauthrelay/oauthrelay/internal/testutil"
@@ -369,42 +370,42 @@ type recorder struct {
 	rejected    []string // "proto:reason" of connections refused at accept
 }
 
-func (r *recorder) Unauthenticated(proto string, delta int) {
+func (r *recorder) Unauthenticated(_ events.Proto, delta int) {
 	r.mu.Lock()
 	r.unauth += delta
 	r.mu.Unlock()
 }
 
-func (r *recorder) PreAuthRejected(proto, reason string) {
+func (r *recorder) PreAuthRejected(proto events.Proto, reason events.PreAuthReason) {
 	r.mu.Lock()
-	r.rejected = append(r.rejected, proto+":"+reason)
+	r.rejected = append(r.rejected, string(proto)+":"+string(reason))
 	r.mu.Unlock()
 }
 
-func (r *recorder) PreAuthLimits(string, int, int) {}
+func (r *recorder) PreAuthLimits(events.Proto, int, int) {}
 
-func (r *recorder) Connection(proto string, delta int) {
+func (r *recorder) Connection(_ events.Proto, delta int) {
 	r.mu.Lock()
 	r.conns += delta
 	r.mu.Unlock()
 }
 
-func (r *recorder) Login(proto string, a *proxy.Account, result string) {
+func (r *recorder) Login(_ events.Proto, a events.Account, result events.LoginResult) {
 	r.mu.Lock()
-	r.logins = append(r.logins, name(a)+":"+result)
+	r.logins = append(r.logins, name(a)+":"+string(result))
 	r.mu.Unlock()
 }
 
-func (r *recorder) Upstream(proto string, a *proxy.Account, result string, took time.Duration) {
+func (r *recorder) Upstream(_ events.Proto, a events.Account, result events.UpstreamResult, took time.Duration) {
 	r.mu.Lock()
-	r.upstreams = append(r.upstreams, name(a)+":"+result)
+	r.upstreams = append(r.upstreams, name(a)+":"+string(result))
 	r.mu.Unlock()
 }
 
-func (r *recorder) Message(*proxy.Account, int64)                      {}
-func (r *recorder) TokenRequest(*proxy.Account, string, time.Duration) {}
+func (r *recorder) Message(events.Account, int64)                                  {}
+func (r *recorder) TokenRequest(events.Account, events.TokenResult, time.Duration) {}
 
-func (r *recorder) Transferred(a *proxy.Account, in, out int64) {
+func (r *recorder) Transferred(_ events.Account, in, out int64) {
 	r.mu.Lock()
 	r.transferred[0] += in
 	r.transferred[1] += out
@@ -417,8 +418,8 @@ func (r *recorder) snapshot() (logins, upstreams []string) {
 	return append([]string(nil), r.logins...), append([]string(nil), r.upstreams...)
 }
 
-func name(a *proxy.Account) string {
-	if a == nil {
+func name(a events.Account) string {
+	if a.Name == "" {
 		return "-"
 	}
 	return a.Name

@@ -11,6 +11,7 @@ import (
 	"net/textproto"
 
 	"github.com/oauthrelay/oauthrelay/config"
+	"github.com/oauthrelay/oauthrelay/proxy"
 )
 
 // maxHeaderBytes bounds the header block read before a message is sent
@@ -20,25 +21,21 @@ const maxHeaderBytes = 64 << 10
 // checkHeaderFrom reads the header block of the message (at most
 // maxHeaderBytes) and refuses the message, before anything is sent
 // upstream, unless every address of its From header fields matches the
-// account's allowed_from. The refused transaction is reset upstream. It
+// account's allowed_from. The caller aborts the refused transaction. It
 // returns the whole message again (the header read, then the rest).
-func (s *session) checkHeaderFrom(r io.Reader) (io.Reader, error) {
+func (s *session) checkHeaderFrom(a *proxy.Account, r io.Reader) (io.Reader, error) {
 	head, complete, err := readHeaderBlock(r, maxHeaderBytes)
 	if err != nil {
-		if !s.gone() {
-			s.resetUpstream()
-		}
 		return nil, s.readFailed(err)
 	}
 	reason := ""
 	if !complete {
 		reason = fmt.Sprintf("Message header larger than %d KiB: the From header cannot be checked", maxHeaderBytes>>10)
 	} else {
-		reason = headerFromProblem(s.up.acct.Account, head)
+		reason = headerFromProblem(a.Account, head)
 	}
 	if reason != "" {
 		s.log.Warn("message refused: From header not allowed for this account", "reason", reason)
-		s.resetUpstream()
 		return nil, headerFromDenied(reason)
 	}
 	return io.MultiReader(bytes.NewReader(head), r), nil

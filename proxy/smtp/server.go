@@ -39,6 +39,8 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"github.com/oauthrelay/oauthrelay/config"
+	"github.com/oauthrelay/oauthrelay/internal/events"
+	"github.com/oauthrelay/oauthrelay/internal/upstream"
 	"github.com/oauthrelay/oauthrelay/proxy"
 )
 
@@ -73,10 +75,6 @@ const (
 	loginTimeout = 90 * time.Second
 	// probeTimeout bounds the start-up EHLO that learns the upstream SIZE.
 	probeTimeout = 10 * time.Second
-	// quitTimeout bounds the polite QUIT when a session ends.
-	quitTimeout = 10 * time.Second
-	// localName is what the relay calls itself in EHLO upstream.
-	localName = "localhost"
 	// defaultMaxMessageBytes is what Exchange Online advertises, used when
 	// no upstream answers the probe.
 	defaultMaxMessageBytes = 157286400
@@ -110,6 +108,11 @@ type Server struct {
 	handoffRun sync.Once
 	handoffWG  sync.WaitGroup
 
+	// ctx bounds every login and transaction; Close cancels it, which
+	// interrupts the upstream exchanges in progress.
+	ctx    context.Context
+	cancel context.CancelFunc
+
 	mu       sync.Mutex
 	wires    map[*wire]struct{}
 	stopping bool
@@ -132,6 +135,7 @@ func New(ctx context.Context, relay *proxy.Relay, lc config.Listener) (*Server, 
 		log:            relay.Logger().With("proto", "smtp"),
 		wires:          make(map[*wire]struct{}),
 	}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
 	size := s.probeSize(ctx)
 	s.smtp = s.newGoSMTP(size)
 	if lc.TLS == "starttls" {
@@ -244,6 +248,7 @@ func (s *Server) Close() error {
 	// hold the session until then. This also works after Shutdown, when
 	// go-smtp's Close does nothing.
 	s.closeWires()
+	s.cancel()
 	err := s.smtp.Close()
 	if s.tlsSMTP != nil {
 		s.tlsSMTP.Close()
@@ -311,7 +316,7 @@ func (s *Server) probeSize(ctx context.Context) int64 {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			size, err := probeUpstreamSize(ctx, s.relay, a)
+			size, err := upstream.SMTPSize(ctx, a.Target(events.SMTP))
 			if err != nil {
 				s.log.Warn("could not learn the upstream SMTP size limit", "provider", p.Name, "addr", p.SMTP.Addr, "err", err)
 				return

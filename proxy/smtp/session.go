@@ -5,7 +5,6 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
-	"fmt"
 	"io"
 	"log/slog"
 	"net/netip"
@@ -16,20 +15,19 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"github.com/oauthrelay/oauthrelay/internal/sasl"
+	"github.com/oauthrelay/oauthrelay/internal/delivery"
+	"github.com/oauthrelay/oauthrelay/internal/events"
 	"github.com/oauthrelay/oauthrelay/internal/smtpclient"
+	"github.com/oauthrelay/oauthrelay/internal/upstream"
 	"github.com/oauthrelay/oauthrelay/proxy"
 )
 
-// cmdCtx is the context of the commands relayed upstream. go-smtp gives
-// session methods no context; each upstream exchange is bounded by
-// smtpclient's timeouts (5 minutes a command, 30 a message), and a session
-// that ends closes its upstream connection, which interrupts any exchange.
-// A cancellable context here would cost a registration per command.
-var cmdCtx = context.Background()
-
-// session is one app connection. go-smtp calls its methods one at a time,
-// except that a BDAT message's Data runs on a goroutine of its own, beside
-// RSET's Reset and the Logout of a connection that ends: mu serialises them.
+// session is one app connection. It holds the protocol state only: who
+// logged in, and the open transaction of the account's delivery; the
+// upstream sessions belong to the delivery. go-smtp calls its methods one at
+// a time, except that a BDAT message's Data runs on a goroutine of its own,
+// beside RSET's Reset and the Logout of a connection that ends: mu
+// serialises them.
 type session struct {
 	srv    *Server
 	conn   *smtp.Conn
@@ -38,19 +36,21 @@ type session struct {
 	remote netip.Addr
 
 	mu sync.Mutex
-	// busy: a Data is running; streaming: the upstream it sends to. Logout
-	// interrupts both rather than wait on a stalled client or upstream.
-	busy      atomic.Bool
-	streaming atomic.Pointer[upstream]
+	// busy: a Data is running; stop cancels its transaction. Logout uses
+	// both rather than wait on a stalled client or upstream.
+	busy atomic.Bool
+	stop atomic.Pointer[context.CancelFunc]
 
-	// acct is set by a successful AUTH; token gets its access token again
-	// when the upstream connection has to be re-established.
-	acct  *proxy.Account
-	token func(context.Context) (string, error)
+	// acct and cred are set by a successful AUTH.
+	acct *proxy.Account
+	cred upstream.Credentials
 
-	up *upstream
-	// inTx: MAIL was accepted upstream and the transaction is open.
-	inTx bool
+	// tx is the open transaction (nil: none), of account txAcct (the
+	// AUTH account, or the relay_from account chosen at MAIL); txCancel
+	// ends its context, a child of the server's, which Close cancels.
+	tx       delivery.Tx
+	txAcct   *proxy.Account
+	txCancel context.CancelFunc
 }
 
 func (s *Server) newSession(c *smtp.Conn) (smtp.Session, error) {
@@ -65,7 +65,7 @@ func (s *Server) newSession(c *smtp.Conn) (smtp.Session, error) {
 		remote: remote,
 		log:    s.log.With("session", hex.EncodeToString(id), "remote", remote.String()),
 	}
-	s.relay.Observer().Connection("smtp", 1)
+	s.relay.Observer().Connection(events.SMTP, 1)
 	sess.log.Debug("connection opened")
 	return sess, nil
 }
@@ -104,7 +104,6 @@ func (s *session) gone() bool { return s.view != nil && s.view.w.closed.Load() }
 
 // setTx records whether a transaction is open, which Shutdown lets finish.
 func (s *session) setTx(open bool) {
-	s.inTx = open
 	if s.view != nil {
 		s.view.txOpen.Store(open)
 	}
@@ -115,11 +114,9 @@ func (s *session) setTx(open bool) {
 func (s *session) traced(cmd string, err error, args ...any) error {
 	if s.log.Enabled(context.Background(), slog.LevelDebug) {
 		reply := "250 (relay's own text)"
-		if se, ok := isReply(err); ok {
-			reply = fmt.Sprintf("%d %s", se.Code, se.Message)
-			if se.EnhancedCode != smtp.NoEnhancedCode {
-				reply = fmt.Sprintf("%d %d.%d.%d %s", se.Code, se.EnhancedCode[0], se.EnhancedCode[1], se.EnhancedCode[2], se.Message)
-			}
+		var se *smtp.SMTPError
+		if errors.As(err, &se) {
+			reply = upstream.FormatReply(se)
 		} else if err != nil {
 			reply = err.Error()
 		}
@@ -151,55 +148,35 @@ func (s *session) Auth(mech string) (gosasl.Server, error) {
 	return nil, smtp.ErrAuthUnknownMechanism
 }
 
-// login checks the local password, then logs in upstream; the app's AUTH is
-// answered with the outcome. It returns only *smtp.SMTPError values, so
-// go-smtp never echoes an internal error text to the app.
+// login checks the local password, then asks the account's delivery
+// whether it can send now (a token, and an upstream session logged in);
+// the app's AUTH is answered with the outcome. It returns only
+// *smtp.SMTPError values, so go-smtp never echoes an internal error text to
+// the app.
 func (s *session) login(username, password string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.gone() {
 		return errClientEnded
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), loginTimeout)
+	ctx, cancel := context.WithTimeout(s.srv.ctx, loginTimeout)
 	defer cancel()
 	relay := s.srv.relay
 	a, err := relay.Login(ctx, s.remote, username, password)
 	if err != nil {
 		return s.authFailed(nil, username, err)
 	}
-	// Only a passthrough account needs the password again (to redial
-	// upstream later in the session); others do not keep it.
-	pw := ""
-	if a.PasswordPassthrough {
-		pw = password
-	}
-	token := func(ctx context.Context) (string, error) { return relay.Token(ctx, s.remote, a, pw) }
-	up, err := s.dial(ctx, a, token)
-	if err != nil {
+	cred := relay.Credentials(s.remote, a, password)
+	if err := a.Delivery.Ready(ctx, cred); err != nil {
 		return s.authFailed(a, username, err)
 	}
-	s.closeUpstream()
-	s.acct, s.token, s.up = a, token, up
+	s.abortTx()
+	s.acct, s.cred = a, cred
 	s.log = s.log.With("account", a.Name)
-	relay.Observer().Login("smtp", a, "ok")
+	relay.Observer().Login(events.SMTP, a.Info(), events.LoginOK)
 	s.authenticated()
 	s.log.Info("login", "username", username, "mailbox", a.Mailbox)
 	return nil
-}
-
-// dial gets a token and connects upstream as a.
-func (s *session) dial(ctx context.Context, a *proxy.Account, token func(context.Context) (string, error)) (*upstream, error) {
-	tok, err := token(ctx)
-	if err != nil {
-		return nil, err
-	}
-	up, err := connect(ctx, s.srv.relay, a, tok)
-	if se, ok := isReply(err); ok && se.Code == 535 {
-		// The upstream refused a token the identity platform just gave
-		// out (revoked, or permissions changed): get a fresh one next time.
-		a.Source.Invalidate()
-	}
-	return up, err
 }
 
 // authFailed logs a failed login in plain words and returns the reply.
@@ -209,31 +186,37 @@ func (s *session) authFailed(a *proxy.Account, username string, err error) error
 	if a != nil {
 		log = log.With("account", a.Name)
 	}
-	if se, ok := isReply(err); ok {
-		log.Warn("upstream refused the XOAUTH2 login", "reply", se.Error(), "explanation", proxy.ExplainSMTP(se.Code, se.EnhancedCode, se.Message))
+	var ue *upstream.Error
+	if errors.As(err, &ue) && ue.Kind == upstream.Refused {
+		log.Warn("upstream refused the XOAUTH2 login", "reply", upstream.FormatReply(ue.Reply), "reason", ue.Reason)
 	} else {
 		log.Warn("login failed", "result", result, "err", err)
 	}
-	s.srv.relay.Observer().Login("smtp", a, result)
+	s.srv.relay.Observer().Login(events.SMTP, a.Info(), result)
 	return reply
 }
 
-// authReply maps a login failure to the AUTH reply and a result label.
-func authReply(err error) (*smtp.SMTPError, string) {
-	if se, ok := isReply(err); ok {
-		return se, proxy.UpstreamRejected.String()
-	}
+// authReply maps a login failure to the AUTH reply and a result label: the
+// one place the classes of proxy and upstream become SMTP replies.
+func authReply(err error) (*smtp.SMTPError, events.LoginResult) {
 	var le *proxy.LoginError
-	if errors.As(err, &le) {
-		switch le.Failure {
-		case proxy.BadCredentials:
-			return errBadCredentials, le.Failure.String()
-		case proxy.NeedsAttention:
-			return errNeedsAttention, le.Failure.String()
-		}
-		return errTempAuth, le.Failure.String()
+	if errors.As(err, &le) && le.Failure == proxy.BadCredentials {
+		return errBadCredentials, events.LoginBadCredentials
 	}
-	return errTempAuth, proxy.Unavailable.String()
+	var ue *upstream.Error
+	if errors.As(err, &ue) {
+		switch ue.Kind {
+		case upstream.Refused:
+			return ue.Reply, events.LoginUpstreamRejected
+		case upstream.NeedsSignIn:
+			return errNeedsAttention, events.LoginNeedsAttention
+		}
+		return errTempAuth, events.LoginUnavailable
+	}
+	if le != nil && le.Failure == proxy.NeedsAttention {
+		return errNeedsAttention, events.LoginNeedsAttention
+	}
+	return errTempAuth, events.LoginUnavailable
 }
 
 // Mail implements smtp.Session.
@@ -248,7 +231,7 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 }
 
 func (s *session) mail(from string, opts *smtp.MailOptions) error {
-	a := s.acct
+	a, cred := s.acct, s.cred
 	if a == nil {
 		a = s.srv.relay.AccountForRelay(s.remote, from)
 		if a == nil {
@@ -256,73 +239,62 @@ func (s *session) mail(from string, opts *smtp.MailOptions) error {
 			return errAuthRequired
 		}
 		s.authenticated()
-		if s.up != nil && s.up.acct != a {
-			s.closeUpstream()
-		}
-		s.token = func(ctx context.Context) (string, error) { return s.srv.relay.Token(ctx, s.remote, a, "") }
+		cred = s.srv.relay.Credentials(s.remote, a, "")
 	} else if !a.AllowsSender(from) {
 		s.log.Warn("MAIL FROM not in allowed_from", "from", from)
 		return errSenderDenied
 	}
-	err := s.mailUpstream(a, from, opts)
-	if err == nil {
-		s.setTx(true)
+	s.abortTx()
+	ctx, cancel := context.WithCancel(s.srv.ctx)
+	tx, err := a.Delivery.Begin(ctx, cred, from, opts)
+	if err != nil {
+		cancel()
+		return s.txFailed(a, err)
 	}
-	return err
+	s.tx, s.txAcct, s.txCancel = tx, a, cancel
+	s.setTx(true)
+	return nil
 }
 
-// mailUpstream sends MAIL on the upstream connection, (re)connecting when
-// there is none or the one kept since AUTH has died (Exchange closes idle
-// sessions): a dead kept connection is retried once on a new one.
-func (s *session) mailUpstream(a *proxy.Account, from string, opts *smtp.MailOptions) error {
-	for attempt := 0; attempt < 2; attempt++ {
-		reused := s.up != nil && !s.up.broken
-		if !reused {
-			s.closeUpstream()
-			ctx, cancel := context.WithTimeout(context.Background(), loginTimeout)
-			up, err := s.dial(ctx, a, s.token)
-			cancel()
-			if err != nil {
-				return s.txDialFailed(a, err)
-			}
-			s.up = up
-		}
-		err := s.up.c.Mail(cmdCtx, from, opts)
-		if se, ok := isReply(err); ok {
-			if se.Code == 421 {
-				s.up.broken = true
-			}
-			return se
-		}
-		if err == nil {
-			return nil
-		}
-		s.up.broken = true
-		s.log.Info("upstream connection lost before MAIL", "err", err)
-		if !reused {
-			return errUpstreamUnavailable
-		}
-	}
-	return errUpstreamUnavailable
-}
-
-// txDialFailed maps a failed (re)connection at MAIL time. Token failures
-// that need an administrator are still temporary here: the app keeps the
-// message queued until the account is signed in again, rather than bouncing
-// it.
-func (s *session) txDialFailed(a *proxy.Account, err error) error {
-	if se, ok := isReply(err); ok {
-		s.log.Warn("upstream refused the XOAUTH2 login", "account", a.Name, "reply", se.Error(),
-			"explanation", proxy.ExplainSMTP(se.Code, se.EnhancedCode, se.Message))
+// txFailed maps a failure of the delivery inside a transaction to the
+// reply. Token failures that need an administrator are temporary here:
+// the app keeps the message queued until the account is signed in again,
+// rather than bouncing it.
+func (s *session) txFailed(a *proxy.Account, err error) error {
+	var (
+		se *smtp.SMTPError
+		ue *upstream.Error
+		le *delivery.LostError
+	)
+	switch {
+	case errors.As(err, &ue) && ue.Kind == upstream.Refused:
+		s.log.Warn("upstream refused the XOAUTH2 login", "account", a.Name, "reply", upstream.FormatReply(ue.Reply), "reason", ue.Reason)
+		return ue.Reply
+	case errors.As(err, &ue) && ue.Kind == upstream.NeedsSignIn && !badPassthrough(err):
+		s.log.Error("the account cannot get a token: it needs attention", "account", a.Name, "reason", ue.Reason, "err", err)
+		return errTxNeedsAttention
+	case errors.As(err, &ue):
+		s.log.Warn("cannot reach the upstream for a transaction", "account", a.Name, "err", err)
+		return errUpstreamUnavailable
+	case errors.As(err, &le) && le.Stage == "DATA":
+		s.log.Warn("upstream connection lost during DATA: message not acknowledged", "err", err)
+		return errLostDuringData
+	case errors.As(err, &le):
+		s.log.Warn("upstream connection lost", "stage", le.Stage, "err", err)
+		return errUpstreamUnavailable
+	case errors.As(err, &se):
 		return se
 	}
-	var le *proxy.LoginError
-	if errors.As(err, &le) && le.Failure == proxy.NeedsAttention {
-		s.log.Error("the account cannot get a token: it needs attention", "account", a.Name, "reason", le.Reason, "err", err)
-		return errTxNeedsAttention
-	}
-	s.log.Warn("cannot reach the upstream for a transaction", "account", a.Name, "err", err)
+	s.log.Error("delivery failed", "account", a.Name, "err", err)
 	return errUpstreamUnavailable
+}
+
+// badPassthrough reports a password passthrough login the identity
+// provider refused: for a transaction that is the upstream being
+// unavailable to this app, not the account needing an administrator.
+func badPassthrough(err error) bool {
+	var le *proxy.LoginError
+	return errors.As(err, &le) && le.Failure == proxy.BadCredentials
 }
 
 // Rcpt implements smtp.Session.
@@ -336,20 +308,28 @@ func (s *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 }
 
 func (s *session) rcpt(to string, opts *smtp.RcptOptions) error {
-	if !s.inTx || s.up == nil {
+	if s.tx == nil {
 		return errNoTransaction
 	}
-	err := s.up.c.Rcpt(cmdCtx, to, opts)
-	if err == nil {
-		return nil
+	err := s.tx.Rcpt(to, opts)
+	var le *delivery.LostError
+	if errors.As(err, &le) {
+		// The transaction died with its upstream session.
+		s.endTx()
 	}
-	if se, ok := isReply(err); ok {
-		return se
+	if err != nil {
+		return s.txFailed(s.txAcctOr(), err)
 	}
-	s.up.broken = true
-	s.setTx(false)
-	s.log.Warn("upstream connection lost at RCPT", "err", err)
-	return errUpstreamUnavailable
+	return nil
+}
+
+// txAcctOr is the transaction's account, or the session's after the
+// transaction ended.
+func (s *session) txAcctOr() *proxy.Account {
+	if s.txAcct != nil {
+		return s.txAcct
+	}
+	return s.acct
 }
 
 // Data implements smtp.Session. The message is streamed to the upstream's
@@ -387,42 +367,35 @@ func (s *session) messageReader(r io.Reader) io.Reader {
 }
 
 func (s *session) data(r io.Reader) error {
-	if !s.inTx || s.up == nil {
+	if s.tx == nil {
 		return errNoTransaction
 	}
-	s.inTx = false
-	if s.up.acct.EnforceHeaderFrom {
-		checked, err := s.checkHeaderFrom(r)
+	tx, a := s.tx, s.txAcct
+	defer s.endTx()
+	if a.EnforceHeaderFrom {
+		checked, err := s.checkHeaderFrom(a, r)
 		if err != nil {
+			tx.Abort()
 			return err
 		}
 		r = checked
 	}
-	s.streaming.Store(s.up)
-	text, n, err := s.up.c.Data(cmdCtx, r)
-	s.streaming.Store(nil)
+	cancel := s.txCancel
+	s.stop.Store(&cancel)
+	acc, err := tx.Data(r)
+	s.stop.Store(nil)
 	if err == nil {
-		s.srv.relay.Observer().Message(s.up.acct, n)
-		s.log.Info("message relayed", "bytes", n)
+		s.log.Info("message relayed", "bytes", acc.Bytes)
 		// Pass the upstream's own 250 text (its queue id) to the app.
-		return &smtp.SMTPError{Code: 250, EnhancedCode: smtp.NoEnhancedCode, Message: text}
+		return &smtp.SMTPError{Code: 250, EnhancedCode: smtp.NoEnhancedCode, Message: acc.Reply}
 	}
+	// The delivery never sends the final dot for a message that did not
+	// arrive whole: the upstream discards it.
 	var re *smtpclient.ReadError
-	readFailed := errors.As(err, &re)
-	if se, ok := isReply(err); ok && !readFailed {
-		return se // the upstream's refusal
-	}
-	// Never let a partial message be accepted: drop the upstream
-	// connection without the final dot. (A read failure may wrap a reply,
-	// the size limit's 552, but the upstream is still in the middle of
-	// DATA.)
-	s.up.broken = true
-	s.closeUpstream()
-	if readFailed {
+	if errors.As(err, &re) {
 		return s.readFailed(re.Err)
 	}
-	s.log.Warn("upstream connection lost during DATA: message not acknowledged", "err", err)
-	return errLostDuringData
+	return s.txFailed(a, err)
 }
 
 // readFailed maps a failure to read the app's message (the upstream was
@@ -434,56 +407,59 @@ func (s *session) readFailed(err error) error {
 		return ce.reply
 	}
 	s.log.Info("message from the app ended early", "err", err)
-	if se, ok := isReply(err); ok {
+	var se *smtp.SMTPError
+	if errors.As(err, &se) {
 		return se // e.g. 552 message too big
 	}
 	return errLostDuringData
 }
 
-// Reset implements smtp.Session: RSET is relayed.
+// Reset implements smtp.Session: RSET aborts the transaction (the delivery
+// relays it).
 func (s *session) Reset() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.inTx && s.up != nil && !s.up.broken && !s.gone() {
-		s.resetUpstream()
+	if s.gone() {
+		s.endTx()
+		return
 	}
-	s.setTx(false)
+	s.abortTx()
 }
 
-// resetUpstream relays RSET.
-func (s *session) resetUpstream() {
-	if err := s.up.c.Reset(cmdCtx); err != nil {
-		if _, ok := isReply(err); !ok {
-			s.up.broken = true
-		}
-	}
-}
-
-// Logout implements smtp.Session: QUIT is relayed. A Data still running
-// (a BDAT message whose connection ended, or Server.Close) has its client
-// connection and upstream closed first: the message is not complete, and
-// Logout must not wait on either.
+// Logout implements smtp.Session: the transaction is aborted. A Data still
+// running (a BDAT message whose connection ended, or Server.Close) has its
+// client connection closed and its transaction cancelled first: the message
+// is not complete, and Logout must not wait on either.
 func (s *session) Logout() error {
 	if s.busy.Load() {
 		if s.view != nil {
 			s.view.Close()
 		}
-		if up := s.streaming.Load(); up != nil {
-			up.c.Close()
+		if stop := s.stop.Load(); stop != nil {
+			(*stop)()
 		}
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.closeUpstream()
-	s.srv.relay.Observer().Connection("smtp", -1)
+	s.abortTx()
+	s.srv.relay.Observer().Connection(events.SMTP, -1)
 	s.log.Debug("connection closed")
 	return nil
 }
 
-func (s *session) closeUpstream() {
-	if s.up != nil {
-		s.up.close()
-		s.up = nil
+// abortTx aborts the open transaction, if any.
+func (s *session) abortTx() {
+	if s.tx != nil {
+		s.tx.Abort()
 	}
+	s.endTx()
+}
+
+// endTx forgets the transaction (finished or dead).
+func (s *session) endTx() {
+	if s.txCancel != nil {
+		s.txCancel()
+	}
+	s.tx, s.txAcct, s.txCancel = nil, nil, nil
 	s.setTx(false)
 }
