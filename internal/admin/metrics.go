@@ -9,8 +9,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
-	"github.com/oauthrelay/oauthrelay/internal/oauth"
 	"github.com/oauthrelay/oauthrelay/internal/events"
+	"github.com/oauthrelay/oauthrelay/internal/oauth"
 )
 
 // Metrics records what the sessions do, for /metrics and the status page.

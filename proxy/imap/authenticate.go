@@ -5,6 +5,8 @@ import (
 	"encoding/base64"
 	"strings"
 	"time"
+
+	"github.com/oauthrelay/oauthrelay/internal/splice"
 )
 
 // handleAuthenticate is AUTHENTICATE PLAIN (RFC 9051 §6.2.2, RFC 4616),
@@ -41,7 +43,7 @@ func (s *session) handleAuthenticate(cmd *command) (done bool) {
 			s.writeLine("* BYE Server shutting down")
 			return true
 		}
-		line, err := readLine(s.br, maxLineLength)
+		line, err := splice.ReadLine(s.br, maxLineLength)
 		if err == errLineTooLong {
 			s.reply(cmd.tag, "BAD", "", "Response too long")
 			s.writeLine("* BYE Response too long")

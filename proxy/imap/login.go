@@ -8,8 +8,31 @@ import (
 	"time"
 
 	"github.com/oauthrelay/oauthrelay/internal/events"
+	"github.com/oauthrelay/oauthrelay/internal/upstream"
 	"github.com/oauthrelay/oauthrelay/proxy"
 )
+
+// loginError maps an upstream login failure to the session's classes: a
+// token failure is Relay.Token's own *proxy.LoginError; the upstream's
+// refusal is UpstreamRejected.
+func loginError(acct *proxy.Account, err error) error {
+	var le *proxy.LoginError
+	if errors.As(err, &le) {
+		return le
+	}
+	le = &proxy.LoginError{Failure: proxy.Unavailable, Account: acct, Reason: "upstream login failed", Err: err}
+	var e *upstream.Error
+	if errors.As(err, &e) {
+		le.Reason, le.Err = e.Reason, e.Err
+		switch e.Kind {
+		case upstream.Refused:
+			le.Failure = proxy.UpstreamRejected
+		case upstream.NeedsSignIn:
+			le.Failure = proxy.NeedsAttention
+		}
+	}
+	return le
+}
 
 // The replies to a failed login (RFC 5530 response codes). The reason is
 // logged, never sent: the app gets one of these fixed texts.
@@ -64,45 +87,36 @@ func (s *session) login(tag, method, username, password string) (done bool) {
 		return false
 	}
 	log = log.With("account", acct.Name)
-	tok, err := relay.Token(ctx, addr, acct, password)
-	if err != nil {
-		s.loginFailed(tag, err, log)
-		return false
-	}
 
 	start := time.Now()
-	up, err := s.connectUpstream(ctx, acct, tok, log)
+	up, err := upstream.IMAP(ctx, acct.Target(events.IMAP), relay.Credentials(addr, acct, password))
 	took := time.Since(start)
 	if err != nil {
-		result := events.UpstreamUnavailable
-		var le *proxy.LoginError
-		if errors.As(err, &le) && le.Failure == proxy.UpstreamRejected {
-			result = events.UpstreamRejected
-			// The upstream refused a token the identity platform gave
-			// out (revoked, expired early, permissions changed): the
-			// next login gets a fresh one instead of this one again.
-			acct.Source.Invalidate()
-		}
-		obs.Upstream(events.IMAP, acct.Info(), result, took)
-		s.loginFailed(tag, err, log)
+		s.loginFailed(tag, loginError(acct, err), log)
 		return false
 	}
-	obs.Upstream(events.IMAP, acct.Info(), events.UpstreamOK, took)
+	for _, w := range up.Warnings {
+		log.Warn("upstream login", "warning", w)
+	}
+	if err := s.setUpstream(up.Conn); err != nil {
+		log.Debug("session closed during login")
+		return true
+	}
 	obs.Login(events.IMAP, acct.Info(), events.LoginOK)
 	log.Info("login", "result", "ok", "upstream", acct.ProviderRef.IMAP.Addr, "upstream_ms", took.Milliseconds(),
-		"upstream_text", truncate(up.text, 64))
+		"upstream_text", truncate(up.Text, 64))
 	// The session no longer counts against the listener's cap on
 	// connections that have not logged in.
 	proxy.MarkAuthenticated(s.conn)
 
 	code := ""
-	if up.caps != "" {
-		code = "CAPABILITY " + up.caps
+	if up.Caps != "" {
+		code = "CAPABILITY " + up.Caps
 	}
 	command, _, _ := strings.Cut(method, " ")
 	s.reply(tag, "OK", code, command+" completed")
 	if s.werr != nil {
-		up.conn.Close()
+		up.Close()
 		log.Debug("client went away at login", "err", s.werr)
 		return true
 	}

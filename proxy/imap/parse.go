@@ -7,6 +7,8 @@ import (
 	"io"
 	"strconv"
 	"strings"
+
+	"github.com/oauthrelay/oauthrelay/internal/splice"
 )
 
 // Bounds on what a client may send before it has logged in. Credentials and
@@ -72,7 +74,8 @@ type cmdError struct {
 
 func (e *cmdError) Error() string { return e.status + " " + e.text }
 
-var errLineTooLong = errors.New("line too long")
+// errLineTooLong is a line over its bound (splice.ReadLine).
+var errLineTooLong = splice.ErrLineTooLong
 
 // commandReader reads client commands: the command line, and each literal
 // announced at the end of a line followed by the rest of the command.
@@ -107,7 +110,7 @@ func (r *commandReader) read() (_ *command, err error) {
 		refused *cmdError
 	)
 	for first := true; ; first = false {
-		line, err := readLine(r.br, maxLineLength)
+		line, err := splice.ReadLine(r.br, maxLineLength)
 		if err == errLineTooLong {
 			return nil, &cmdError{tag: tag, status: "BAD", text: "Command line too long", fatal: true}
 		} else if err != nil {
@@ -160,36 +163,6 @@ func (r *commandReader) read() (_ *command, err error) {
 		return nil, refused
 	}
 	return parseCommand(text, lits, litAt)
-}
-
-// readLine reads a line of at most max octets, without its CRLF (a bare LF
-// is accepted too). A longer line is errLineTooLong.
-func readLine(br *bufio.Reader, max int) ([]byte, error) {
-	var line []byte
-	for {
-		chunk, err := br.ReadSlice('\n')
-		if len(line)+len(chunk) > max+2 {
-			return nil, errLineTooLong
-		}
-		line = append(line, chunk...)
-		if err == nil {
-			break
-		}
-		if err != bufio.ErrBufferFull {
-			if err == io.EOF && len(line) > 0 {
-				err = io.ErrUnexpectedEOF
-			}
-			return nil, err
-		}
-	}
-	line = line[:len(line)-1]
-	if n := len(line); n > 0 && line[n-1] == '\r' {
-		line = line[:n-1]
-	}
-	if len(line) > max {
-		return nil, errLineTooLong
-	}
-	return line, nil
 }
 
 // peekTagName returns the tag and upper-cased command name of a command's

@@ -224,32 +224,6 @@ func TestParsePlainAndBase64(t *testing.T) {
 	}
 }
 
-func TestParseResponse(t *testing.T) {
-	r := parseResponse("* OK [CAPABILITY IMAP4rev1 AUTH=XOAUTH2 SASL-IR] Ready")
-	if r.tag != "*" || r.status != "OK" || capabilityCode(r.code) != "IMAP4rev1 AUTH=XOAUTH2 SASL-IR" || r.text != "Ready" {
-		t.Errorf("greeting: %+v", r)
-	}
-	r = parseResponse("oar2 ok AUTHENTICATE completed.")
-	if r.tag != "oar2" || r.status != "OK" || r.code != "" || r.text != "AUTHENTICATE completed." {
-		t.Errorf("tagged: %+v", r)
-	}
-	r = parseResponse("+ eyJzdGF0dXMiOiI0MDAifQ==")
-	if r.tag != "+" || r.text != "eyJzdGF0dXMiOiI0MDAifQ==" {
-		t.Errorf("continuation: %+v", r)
-	}
-	r = parseResponse("+")
-	if r.tag != "+" || r.text != "" {
-		t.Errorf("bare continuation: %+v", r)
-	}
-	r = parseResponse("* CAPABILITY IMAP4rev1 IDLE")
-	if r.status != "CAPABILITY" || r.text != "IMAP4rev1 IDLE" {
-		t.Errorf("capability: %+v", r)
-	}
-	if !hasCap("IMAP4rev1 sasl-ir", "SASL-IR") || hasCap("IMAP4rev1", "SASL-IR") {
-		t.Error("hasCap")
-	}
-}
-
 // FuzzReadCommand: whatever a client sends, the reader neither panics nor
 // returns more than the bounds allow.
 func FuzzReadCommand(f *testing.F) {

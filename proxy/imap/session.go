@@ -62,7 +62,6 @@ type session struct {
 	isTLS  bool
 	werr   error  // first write error; the session ends
 	client string // the app's ID name and version, for the log
-	upTag  int    // last upstream tag number
 	bad    int    // BAD replies sent
 
 	mu       sync.Mutex

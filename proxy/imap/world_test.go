@@ -28,6 +28,7 @@ import (
 	"github.com/oauthrelay/oauthrelay/internal/events"
 	"github.com/oauthrelay/oauthrelay/internal/fakems"
 	"github.com/oauthrelay/oauthrelay/internal/sasl"
+	"github.com/oauthrelay/oauthrelay/internal/splice"
 	"github.com/oauthrelay/oauthrelay/internal/testutil"
 	"github.com/oauthrelay/oauthrelay/proxy"
 )
@@ -473,7 +474,7 @@ func scriptedUpstream(t testing.TB, script func(c net.Conn, br *bufio.Reader)) s
 // expectLine reads a line in a scripted upstream and reports one that does
 // not start with prefix.
 func expectLine(t testing.TB, br *bufio.Reader, prefix string) string {
-	l, err := readLine(br, 1<<20)
+	l, err := splice.ReadLine(br, 1<<20)
 	if err != nil {
 		t.Errorf("upstream script: read: %v", err)
 		return ""

@@ -14,9 +14,9 @@ import (
 	gosasl "github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
 
-	"github.com/oauthrelay/oauthrelay/internal/sasl"
 	"github.com/oauthrelay/oauthrelay/internal/delivery"
 	"github.com/oauthrelay/oauthrelay/internal/events"
+	"github.com/oauthrelay/oauthrelay/internal/sasl"
 	"github.com/oauthrelay/oauthrelay/internal/smtpclient"
 	"github.com/oauthrelay/oauthrelay/internal/upstream"
 	"github.com/oauthrelay/oauthrelay/proxy"
