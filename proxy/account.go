@@ -142,12 +142,6 @@ func (a *Account) Target(p events.Proto) upstream.Target {
 	}
 }
 
-// UpstreamTLS is the client TLS configuration for host: always verified, TLS
-// 1.2 or newer.
-func (a *Account) UpstreamTLS(host string) *tls.Config {
-	return &tls.Config{ServerName: host, RootCAs: a.roots, MinVersion: tls.VersionTLS12, ClientSessionCache: a.sessions}
-}
-
 func (a *Account) relaysFor(addr netip.Addr) bool {
 	for _, p := range a.RelayNets {
 		if p.Contains(addr) {
