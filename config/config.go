@@ -17,6 +17,8 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"strings"
+	"time"
 )
 
 // The values of the enumerated keys, for the packages that switch on them.
@@ -40,6 +42,13 @@ const (
 
 	// AddrOff as a listener's addr disables that listener.
 	AddrOff = "off"
+
+	// DeliveryDirect relays each command of the app's transaction upstream
+	// as it comes, so the app sees the upstream's verdict; DeliveryQueue
+	// spools the message to state_dir before answering 250 and delivers it
+	// later.
+	DeliveryDirect = "direct"
+	DeliveryQueue  = "queue"
 )
 
 // Load reads the configuration file at path; see Parse. Environment
@@ -68,11 +77,96 @@ type Config struct {
 	// File is the path the configuration was read from (for messages).
 	File string `yaml:"-"`
 
+	// StateDir holds the token store, its key and the spool of delivery:
+	// queue. Load always sets it (the file's value, or the default of
+	// defaultStateDir), so every account may use delivery: queue.
 	StateDir  string               `yaml:"state_dir"`
 	Log       Log                  `yaml:"log"`
 	Listen    Listen               `yaml:"listen"`
+	Limits    Limits               `yaml:"limits"`
+	Queue     Queue                `yaml:"queue"`
 	Providers map[string]*Provider `yaml:"providers"`
 	Accounts  []*Account           `yaml:"accounts"`
+}
+
+// Limits are what one mailbox may do upstream, shared by every account that
+// sends as it. The defaults are Exchange Online's own limits (Microsoft's
+// "Exchange Online limits", sending limits), so that the relay keeps them
+// rather than trips them; tenants that raised a limit raise it here.
+// DefaultLimits has the values; Load fills every key the file leaves out.
+type Limits struct {
+	// Connections caps the authenticated upstream SMTP sessions at once
+	// (Exchange: 3; a 4th gets 432 4.3.2). 1 to 100.
+	Connections int `yaml:"connections"`
+	// MessagesPerMinute paces messages (Exchange: 30). 1 to 10,000.
+	MessagesPerMinute int `yaml:"messages_per_minute"`
+	// RecipientsPerDay is the rolling 24-hour recipient quota (Exchange:
+	// 10,000; then 554 5.2.0 ...SubmissionQuotaExceededException).
+	// 1 to 1,000,000.
+	RecipientsPerDay int `yaml:"recipients_per_day"`
+	// RecipientsPerMessage caps RCPT TO per message (Exchange: 500,
+	// configurable from 1 to 1,000). 1 to 1,000.
+	RecipientsPerMessage int `yaml:"recipients_per_message"`
+	// MaxWait bounds how long a message of direct delivery may wait for a
+	// connection or its slot in the pace before the app gets 451 4.7.0.
+	// Unlike the others it limits one app session, not the mailbox: an
+	// app with a short timeout wants a short wait. 0 (never wait) to 1h.
+	MaxWait time.Duration `yaml:"max_wait"`
+}
+
+// LimitsOverride is an account's limits key: the keys it sets replace the
+// top-level limits for that account; nil is a key not set.
+type LimitsOverride struct {
+	Connections          *int           `yaml:"connections"`
+	MessagesPerMinute    *int           `yaml:"messages_per_minute"`
+	RecipientsPerDay     *int           `yaml:"recipients_per_day"`
+	RecipientsPerMessage *int           `yaml:"recipients_per_message"`
+	MaxWait              *time.Duration `yaml:"max_wait"`
+}
+
+// Queue configures delivery: queue. DefaultQueue has the defaults.
+type Queue struct {
+	// MaxAge is how long a queued message is retried (after 4xx replies
+	// and lost connections) before it is bounced to its sender: 5 days by
+	// default, Postfix's maximal_queue_lifetime. 1h to 30d.
+	MaxAge time.Duration `yaml:"max_age"`
+	// KeepFailed is how long a message that failed (5xx, or MaxAge) stays
+	// in the failed area for `oauthrelay queue` (default 7 days); 0 keeps
+	// none. 0 to 90d.
+	KeepFailed time.Duration `yaml:"keep_failed"`
+}
+
+// MailboxLimits returns the limits in force for mailbox (compared without
+// regard to case): when several accounts send as it, each field is the
+// minimum of their EffectiveLimits, the most restrictive, because the
+// upstream counts the mailbox's traffic whichever account it came through.
+// MaxWait is the minimum too; a delivery serving one account's session
+// should take that account's own EffectiveLimits.MaxWait. A mailbox that no
+// account sends as gets the top-level Limits.
+func (c *Config) MailboxLimits(mailbox string) Limits {
+	var l Limits
+	found := false
+	for _, a := range c.Accounts {
+		if !strings.EqualFold(a.Mailbox, mailbox) {
+			continue
+		}
+		if !found {
+			l, found = a.EffectiveLimits, true
+			continue
+		}
+		e := a.EffectiveLimits
+		l = Limits{
+			Connections:          min(l.Connections, e.Connections),
+			MessagesPerMinute:    min(l.MessagesPerMinute, e.MessagesPerMinute),
+			RecipientsPerDay:     min(l.RecipientsPerDay, e.RecipientsPerDay),
+			RecipientsPerMessage: min(l.RecipientsPerMessage, e.RecipientsPerMessage),
+			MaxWait:              min(l.MaxWait, e.MaxWait),
+		}
+	}
+	if !found {
+		return c.Limits
+	}
+	return l
 }
 
 // Log selects the slog handler.
@@ -182,7 +276,18 @@ type Account struct {
 	EnforceHeaderFrom bool     `yaml:"enforce_header_from"`
 	RelayFrom         []string `yaml:"relay_from"` // CIDRs allowed to send without AUTH
 
+	// Delivery is DeliveryDirect (the default) or DeliveryQueue. An Account
+	// built in Go rather than by Load may leave it empty: that means direct.
+	Delivery string `yaml:"delivery"`
+	// Limits overrides the top-level limits for this account's mailbox;
+	// nil when the file has no limits key here. Read EffectiveLimits, or
+	// Config.MailboxLimits for what the mailbox as a whole may do.
+	Limits *LimitsOverride `yaml:"limits"`
+
 	// Filled in by Load.
 	ProviderRef *Provider      `yaml:"-"`
 	RelayNets   []netip.Prefix `yaml:"-"`
+	// EffectiveLimits are the top-level limits with this account's
+	// overrides applied.
+	EffectiveLimits Limits `yaml:"-"`
 }

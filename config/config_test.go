@@ -439,6 +439,9 @@ func TestDefaults(t *testing.T) {
 			IMAP:  Listener{Addr: "127.0.0.1:1143", TLS: "none"},
 			Admin: Admin{Addr: "127.0.0.1:8025"},
 		},
+		// Exchange Online's limits; Postfix's queue lifetime.
+		Limits:    Limits{Connections: 3, MessagesPerMinute: 30, RecipientsPerDay: 10000, RecipientsPerMessage: 500, MaxWait: 2 * time.Minute},
+		Queue:     Queue{MaxAge: 5 * 24 * time.Hour, KeepFailed: 7 * 24 * time.Hour},
 		Providers: c.Providers, Accounts: c.Accounts,
 	}
 	if !reflect.DeepEqual(*c, want) {
@@ -446,6 +449,9 @@ func TestDefaults(t *testing.T) {
 	}
 	if a := c.Accounts[0]; !reflect.DeepEqual(a.AllowedFrom, []string{"a@contoso.com"}) {
 		t.Errorf("allowed_from default %q", a.AllowedFrom)
+	}
+	if a := c.Accounts[0]; a.Delivery != DeliveryDirect || a.Limits != nil || a.EffectiveLimits != want.Limits {
+		t.Errorf("account defaults: delivery %q, limits %+v, effective %+v; want direct, nil, %+v", a.Delivery, a.Limits, a.EffectiveLimits, want.Limits)
 	}
 	for in, want := range map[string]string{"/run/oauthrelay": "/run/oauthrelay", "/a:/b": "/a", "": "/var/lib/oauthrelay"} {
 		if c, _ := parseIn(t.TempDir(), prov+acct, env("STATE_DIRECTORY", in)); c.StateDir != want {
@@ -533,6 +539,16 @@ func TestExample(t *testing.T) {
 	if !c.Account("invoices").EnforceHeaderFrom || c.Account("scanners").EnforceHeaderFrom {
 		t.Errorf("enforce_header_from: invoices %v, scanners %v; want true, false (the default)",
 			c.Account("invoices").EnforceHeaderFrom, c.Account("scanners").EnforceHeaderFrom)
+	}
+	if c.Limits != DefaultLimits() || c.Queue != DefaultQueue() {
+		t.Errorf("the example's limits %+v and queue %+v are not the defaults it says", c.Limits, c.Queue)
+	}
+	inv, sc := c.Account("invoices"), c.Account("scanners")
+	if inv.Delivery != DeliveryDirect || sc.Delivery != DeliveryQueue {
+		t.Errorf("delivery: invoices %q, scanners %q; want direct, queue", inv.Delivery, sc.Delivery)
+	}
+	if l := inv.EffectiveLimits; l.MessagesPerMinute != 20 || l.Connections != 3 || sc.EffectiveLimits != DefaultLimits() {
+		t.Errorf("effective limits: invoices %+v, scanners %+v", l, sc.EffectiveLimits)
 	}
 	if _, err := Parse("../config.example.yaml", data, env()); err == nil ||
 		!strings.Contains(err.Error(), "providers.contoso.client_secret: environment variable CONTOSO_SECRET is not set") {

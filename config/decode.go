@@ -3,7 +3,9 @@ package config
 import (
 	"fmt"
 	"reflect"
+	"strconv"
 	"strings"
+	"time"
 
 	"gopkg.in/yaml.v3"
 )
@@ -15,7 +17,9 @@ import (
 // checked (so `allow_insecure: ${INSECURE}` works).
 //
 // It knows the kinds the schema uses: structs, maps of and slices of
-// (pointers to) structs, []string, string and bool.
+// (pointers to) structs, []string, string, bool, int and time.Duration, and
+// pointers to them (a pointer stays nil when the key is absent or null, which
+// is how an override tells "not set" from 0).
 type decoder struct {
 	getenv func(string) (string, bool)
 	r      *report
@@ -25,14 +29,24 @@ func (d *decoder) decode(n *yaml.Node, path string, v reflect.Value, expand bool
 	if n.Kind == yaml.AliasNode {
 		n = n.Alias
 	}
+	if n.Kind == yaml.ScalarNode && n.ShortTag() == "!!null" {
+		// `key:` or `key: ~` leaves the value as it is (and so the
+		// default). A pointer to a struct (a list item `- ~`) still gets
+		// an empty struct, so that validation names its missing keys.
+		if v.Kind() == reflect.Pointer && v.IsNil() && v.Type().Elem().Kind() == reflect.Struct {
+			v.Set(reflect.New(v.Type().Elem()))
+		}
+		return
+	}
 	if v.Kind() == reflect.Pointer {
 		if v.IsNil() {
 			v.Set(reflect.New(v.Type().Elem()))
 		}
 		v = v.Elem()
 	}
-	if n.Kind == yaml.ScalarNode && n.ShortTag() == "!!null" {
-		return // `key:` or `key: ~` leaves the zero value (and so the default)
+	if v.Type() == durationType {
+		d.duration(n, path, v, expand)
+		return
 	}
 	switch v.Kind() {
 	case reflect.Struct:
@@ -55,10 +69,122 @@ func (d *decoder) decode(n *yaml.Node, path string, v reflect.Value, expand bool
 				d.r.addAt(n.Line, path, fmt.Errorf("want true or false, not %q", s))
 			}
 		}
+	case reflect.Int:
+		d.integer(n, path, v, expand)
 	default:
 		panic(fmt.Sprintf("config: decoder cannot fill %s (%s)", v.Type(), path)) // a schema bug, not user input
 	}
 }
+
+var durationType = reflect.TypeFor[time.Duration]()
+
+// integer fills an int from a decimal number. Ranges are the validator's:
+// here only the form is checked, so "-1" decodes and is then reported
+// against the key's range.
+func (d *decoder) integer(n *yaml.Node, path string, v reflect.Value, expand bool) {
+	s, ok := d.scalar(n, path, expand, "a whole number")
+	if !ok {
+		return
+	}
+	i, err := parseInt(s)
+	if err != nil {
+		d.r.addAt(n.Line, path, err)
+		return
+	}
+	v.SetInt(int64(i))
+}
+
+// duration fills a time.Duration from a Go duration string with days.
+func (d *decoder) duration(n *yaml.Node, path string, v reflect.Value, expand bool) {
+	s, ok := d.scalar(n, path, expand, durationForms)
+	if !ok {
+		return
+	}
+	dur, err := parseDuration(s)
+	if err != nil {
+		d.r.addAt(n.Line, path, err)
+		return
+	}
+	v.SetInt(int64(dur))
+}
+
+// parseInt accepts an optional sign and decimal digits, with '_' between
+// digits as YAML allows (10_000). It is always base 10: 0x10 and 0o10 are
+// refused, and 010 is ten (YAML 1.1 would read eight, which nobody writing
+// a limit means).
+func parseInt(s string) (int, error) {
+	digits := strings.TrimLeft(s, "+-")
+	if len(s)-len(digits) > 1 || !validDigits(digits) {
+		return 0, fmt.Errorf("want a whole number, not %q", s)
+	}
+	i, err := strconv.ParseInt(strings.ReplaceAll(s, "_", ""), 10, 0)
+	if err != nil {
+		return 0, fmt.Errorf("%q is too large a number", s)
+	}
+	return int(i), nil
+}
+
+// validDigits: one or more decimal digits, '_' only between two digits.
+func validDigits(s string) bool {
+	for i := range len(s) {
+		switch c := s[i]; {
+		case c >= '0' && c <= '9':
+		case c == '_' && i > 0 && i+1 < len(s) && s[i-1] != '_':
+		default:
+			return false
+		}
+	}
+	return s != ""
+}
+
+// durationForms is what a duration key accepts, for error messages.
+const durationForms = `a duration such as "90s", "2m", "120h", "5d" or "1d12h"`
+
+// day is the unit of the "d" suffix: 24 hours, as Postfix and systemd count
+// it (calendar days, with daylight saving time, are not what a retry age
+// means).
+const day = 24 * time.Hour
+
+// parseDuration reads a Go duration (time.ParseDuration: "90s", "2m",
+// "1h30m") that may start with a whole number of days ("5d", "1d12h").
+func parseDuration(s string) (time.Duration, error) {
+	bad := fmt.Errorf("want %s, not %q", durationForms, s)
+	days, rest, hasDays := strings.Cut(s, "d")
+	if !hasDays {
+		dur, err := time.ParseDuration(s)
+		if err != nil {
+			return 0, bad
+		}
+		return dur, nil
+	}
+	if !validDigits(days) || strings.Contains(days, "_") {
+		return 0, bad
+	}
+	n, err := strconv.ParseInt(days, 10, 64)
+	if err != nil || n > maxDays {
+		return 0, bad
+	}
+	dur := time.Duration(n) * day
+	if rest == "" {
+		return dur, nil
+	}
+	// What follows the days has no sign of its own: "1d-2h" is a typo.
+	if c := rest[0]; c < '0' || c > '9' {
+		return 0, bad
+	}
+	r, err := time.ParseDuration(rest)
+	if err != nil || r > maxDuration-dur {
+		return 0, bad
+	}
+	return dur + r, nil
+}
+
+// maxDuration is the largest time.Duration (about 292 years), and maxDays
+// the most whole days it holds.
+const (
+	maxDuration = time.Duration(1<<63 - 1)
+	maxDays     = int64(maxDuration / day)
+)
 
 // structure fills a struct from a mapping, by yaml tag.
 func (d *decoder) structure(n *yaml.Node, path string, v reflect.Value) {

@@ -4,12 +4,57 @@ import (
 	"net/url"
 	"runtime"
 	"strings"
+	"time"
 )
 
-// applyDefaults fills every key the file left out; it is the one place that
-// knows the defaults. It runs before validation, so validation sees the
-// values the daemon will use. Providers of an unknown type or cloud get no
-// endpoint defaults (validation reports the type or cloud).
+// Exchange Online's sending limits per mailbox, the defaults of Limits.
+const (
+	defaultConnections          = 3      // a 4th concurrent SMTP AUTH session gets 432 4.3.2
+	defaultMessagesPerMinute    = 30     // message rate limit
+	defaultRecipientsPerDay     = 10_000 // recipient rate limit (24 hours)
+	defaultRecipientsPerMessage = 500    // recipient limit per message
+	// defaultMaxWait is short of the 5 minutes an SMTP client waits for
+	// the reply to MAIL (RFC 5321 §4.5.3.2.2), so the app hears 451 4.7.0
+	// from the relay rather than timing out itself.
+	defaultMaxWait = 2 * time.Minute
+
+	defaultMaxAge     = 5 * day // Postfix's maximal_queue_lifetime
+	defaultKeepFailed = 7 * day
+)
+
+// DefaultLimits returns the limits used for every key the file leaves out:
+// Exchange Online's (3 connections, 30 messages a minute, 10,000 recipients
+// a day, 500 recipients a message) and a wait of at most 2 minutes.
+func DefaultLimits() Limits {
+	return Limits{
+		Connections:          defaultConnections,
+		MessagesPerMinute:    defaultMessagesPerMinute,
+		RecipientsPerDay:     defaultRecipientsPerDay,
+		RecipientsPerMessage: defaultRecipientsPerMessage,
+		MaxWait:              defaultMaxWait,
+	}
+}
+
+// DefaultQueue returns the queue settings used for every key the file
+// leaves out: retry for 5 days, keep failed messages for 7.
+func DefaultQueue() Queue {
+	return Queue{MaxAge: defaultMaxAge, KeepFailed: defaultKeepFailed}
+}
+
+// newConfig is the Config the file is decoded into. The numbers are filled
+// in before decoding, not after as the strings are, because their zero is a
+// value a user may write (max_wait: 0, keep_failed: 0) and must keep, or
+// must hear is out of range (connections: 0); an absent or null key leaves
+// the default.
+func newConfig(file string) *Config {
+	return &Config{File: file, Limits: DefaultLimits(), Queue: DefaultQueue()}
+}
+
+// applyDefaults fills every key the file left out; with newConfig it is the
+// one place that knows the defaults. It runs before validation, so
+// validation sees the values the daemon will use. Providers of an unknown
+// type or cloud get no endpoint defaults (validation reports the type or
+// cloud).
 func applyDefaults(c *Config, getenv func(string) (string, bool)) {
 	if c.StateDir == "" {
 		c.StateDir = defaultStateDir(runtime.GOOS, getenv)
@@ -31,7 +76,29 @@ func applyDefaults(c *Config, getenv func(string) (string, bool)) {
 		if len(a.AllowedFrom) == 0 && isAddress(a.Mailbox) {
 			a.AllowedFrom = []string{a.Mailbox}
 		}
+		setDefault(&a.Delivery, DeliveryDirect)
+		a.EffectiveLimits = c.Limits.with(a.Limits)
 	}
+}
+
+// with returns l with the keys o sets replaced.
+func (l Limits) with(o *LimitsOverride) Limits {
+	if o == nil {
+		return l
+	}
+	set := func(dst *int, src *int) {
+		if src != nil {
+			*dst = *src
+		}
+	}
+	set(&l.Connections, o.Connections)
+	set(&l.MessagesPerMinute, o.MessagesPerMinute)
+	set(&l.RecipientsPerDay, o.RecipientsPerDay)
+	set(&l.RecipientsPerMessage, o.RecipientsPerMessage)
+	if o.MaxWait != nil {
+		l.MaxWait = *o.MaxWait
+	}
+	return l
 }
 
 // defaultStateDir is systemd's StateDirectory= when it is set (a

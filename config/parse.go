@@ -32,7 +32,7 @@ func Parse(file string, data []byte, getenv func(string) (string, bool)) (*Confi
 		r.yamlError(err, data)
 		return nil, r.err()
 	}
-	c := &Config{File: file}
+	c := newConfig(file)
 	if root != nil {
 		d := decoder{getenv: getenv, r: r}
 		d.decode(root, "", reflect.ValueOf(c).Elem(), true)

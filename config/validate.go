@@ -8,8 +8,24 @@ import (
 	"net/url"
 	"slices"
 	"strings"
+	"time"
 
 	"golang.org/x/crypto/bcrypt"
+)
+
+// The ranges of the limits and queue keys. The upper bounds are far above
+// what a provider allows (they catch a value with a digit too many, not a
+// tenant's raised limit), except recipients_per_message, where Exchange
+// allows 1 to 1,000.
+const (
+	maxConnections          = 100
+	maxMessagesPerMinute    = 10_000
+	maxRecipientsPerDay     = 1_000_000
+	maxRecipientsPerMessage = 1000
+	maxMaxWait              = time.Hour
+	minMaxAge               = time.Hour
+	maxMaxAge               = 30 * day
+	maxKeepFailed           = 90 * day
 )
 
 // validate reports every problem of a decoded, defaulted Config. It fills
@@ -20,6 +36,9 @@ func validate(c *Config, r *report) {
 	validateListener(r, "listen.smtp", &c.Listen.SMTP)
 	validateListener(r, "listen.imap", &c.Listen.IMAP)
 	validateAdmin(r, &c.Listen.Admin)
+	validateLimits(r, "limits", limitsOverride(c.Limits))
+	checkDuration(r, "queue.max_age", c.Queue.MaxAge, minMaxAge, maxMaxAge)
+	checkDuration(r, "queue.keep_failed", c.Queue.KeepFailed, 0, maxKeepFailed)
 	for _, name := range slices.Sorted(maps.Keys(c.Providers)) {
 		validateProvider(r, "providers."+name, c.Providers[name])
 	}
@@ -57,6 +76,68 @@ func oneOf(r *report, key, value, what string, have ...string) bool {
 		r.add(key, "%q is not a %s (have: %s)", value, what, list)
 	}
 	return false
+}
+
+// validateLimits checks the keys o sets, at path (limits, or an account's
+// limits). An account's override is checked only for what it sets, so a bad
+// top-level value is reported once, where it is written.
+func validateLimits(r *report, path string, o *LimitsOverride) {
+	if o == nil {
+		return
+	}
+	ints := []struct {
+		key string
+		v   *int
+		max int
+	}{
+		{"connections", o.Connections, maxConnections},
+		{"messages_per_minute", o.MessagesPerMinute, maxMessagesPerMinute},
+		{"recipients_per_day", o.RecipientsPerDay, maxRecipientsPerDay},
+		{"recipients_per_message", o.RecipientsPerMessage, maxRecipientsPerMessage},
+	}
+	for _, k := range ints {
+		if k.v != nil && (*k.v < 1 || *k.v > k.max) {
+			r.add(path+"."+k.key, "want 1 to %d, not %d", k.max, *k.v)
+		}
+	}
+	if o.MaxWait != nil {
+		checkDuration(r, path+".max_wait", *o.MaxWait, 0, maxMaxWait)
+	}
+}
+
+// limitsOverride is l with every key set, for validateLimits.
+func limitsOverride(l Limits) *LimitsOverride {
+	return &LimitsOverride{&l.Connections, &l.MessagesPerMinute, &l.RecipientsPerDay, &l.RecipientsPerMessage, &l.MaxWait}
+}
+
+func checkDuration(r *report, key string, d, lo, hi time.Duration) {
+	if d < lo || d > hi {
+		r.add(key, "want %s to %s, not %s", formatDuration(lo), formatDuration(hi), formatDuration(d))
+	}
+}
+
+// formatDuration writes d as the file would: whole days as "5d", and no
+// zero units ("1h", not "1h0m0s").
+func formatDuration(d time.Duration) string {
+	if d < 0 {
+		return "-" + formatDuration(-d)
+	}
+	var b strings.Builder
+	if days := d / day; days > 0 {
+		fmt.Fprintf(&b, "%dd", days)
+		d -= days * day
+		if d == 0 {
+			return b.String()
+		}
+	}
+	s := d.String()
+	if strings.HasSuffix(s, "m0s") {
+		s = strings.TrimSuffix(s, "0s")
+	}
+	if strings.HasSuffix(s, "h0m") {
+		s = strings.TrimSuffix(s, "0m")
+	}
+	return b.String() + s
 }
 
 func validateListener(r *report, path string, l *Listener) {
@@ -243,6 +324,12 @@ func validateAccount(r *report, path string, a *Account, c *Config) {
 	if oneOf(r, path+".provider", a.Provider, "provider", slices.Sorted(maps.Keys(c.Providers))...) {
 		validateGrantUse(r, path, a)
 	}
+	if oneOf(r, path+".delivery", a.Delivery, "delivery mode", DeliveryDirect, DeliveryQueue) &&
+		a.Delivery == DeliveryQueue && a.PasswordPassthrough {
+		r.add(path+".delivery", "queue is not possible with password_passthrough: "+
+			"a queued message is delivered after the session that brought the password has ended")
+	}
+	validateLimits(r, path+".limits", a.Limits)
 	if a.Mailbox == "" {
 		r.add(path+".mailbox", "required")
 	} else if !isAddress(a.Mailbox) {
