@@ -8,6 +8,7 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"github.com/oauthrelay/oauthrelay/internal/events"
+	"github.com/oauthrelay/oauthrelay/internal/oauth"
 	"github.com/oauthrelay/oauthrelay/internal/smtpclient"
 	"github.com/oauthrelay/oauthrelay/internal/upstream"
 )
@@ -32,14 +33,15 @@ func NewDirect(a events.Account, sender *Sender, obs events.Observer) *Direct {
 // Ready implements Delivery: the token must come (for a password
 // passthrough account that checks the app's password) and a session must
 // be logged in; one is dialled and kept for the next message when none
-// waits.
+// waits. A token failure is an *upstream.Error either way.
 func (d *Direct) Ready(ctx context.Context, cred upstream.Credentials) error {
-	if _, err := cred.Token(ctx); err != nil {
-		return err
-	}
 	if d.sender.hasIdle() {
+		if _, err := cred.Token(ctx); err != nil {
+			return tokenError(d.sender.target, err)
+		}
 		return nil
 	}
+	// upstream.SMTP asks for the token first and classifies its failure.
 	c, err := upstream.SMTP(ctx, d.sender.target, cred)
 	if err != nil {
 		return err
@@ -48,8 +50,25 @@ func (d *Direct) Ready(ctx context.Context, cred upstream.Credentials) error {
 	return nil
 }
 
+// tokenError classifies a failure of Credentials.Token as upstream.SMTP
+// does, so Ready fails alike whether or not a session waits.
+func tokenError(t upstream.Target, err error) *upstream.Error {
+	e := &upstream.Error{Kind: upstream.Unavailable, Proto: events.SMTP, Addr: t.Server.Addr,
+		Reason: "token request failed", Err: err}
+	var oe *oauth.Error
+	if errors.As(err, &oe) {
+		e.Reason = oe.Reason
+		if oe.Class == oauth.NeedsSignIn {
+			e.Kind = upstream.NeedsSignIn
+		}
+	}
+	return e
+}
+
 // Begin implements Delivery. A kept session that died while idle
-// (Exchange closes idle sessions) is replaced once by a new one.
+// (Exchange closes idle sessions) is replaced by a new one: one that fails
+// at MAIL, or answers it 421 (RFC 5321 §3.8: a server closing an idle
+// session says 421 first, and the relay reads it as the reply to MAIL).
 func (d *Direct) Begin(ctx context.Context, cred upstream.Credentials, from string, opts *smtp.MailOptions) (Tx, error) {
 	for {
 		c, reused, err := d.sender.get(ctx, cred)
@@ -57,22 +76,24 @@ func (d *Direct) Begin(ctx context.Context, cred upstream.Credentials, from stri
 			return nil, err
 		}
 		err = c.Mail(ctx, from, opts)
-		var se *smtp.SMTPError
-		switch {
-		case err == nil:
+		if err == nil {
 			return &directTx{d: d, ctx: ctx, c: c}, nil
-		case errors.As(err, &se):
-			if se.Code == 421 {
-				c.Close()
-			} else {
-				d.sender.put(c)
-			}
+		}
+		var se *smtp.SMTPError
+		if errors.As(err, &se) && se.Code != 421 {
+			// The upstream answered: the session is still in step.
+			d.sender.put(c)
 			return nil, se
 		}
+		// The session is gone, or closing (421): never usable again.
 		c.Close()
-		if !reused {
-			return nil, &LostError{Stage: "MAIL", Err: err}
+		if reused {
+			continue // it died while parked: the next one, or a new one
 		}
+		if se != nil {
+			return nil, se
+		}
+		return nil, &LostError{Stage: "MAIL", Err: err}
 	}
 }
 
@@ -142,13 +163,14 @@ func isReadError(err error) bool {
 }
 
 // Abort resets the upstream transaction and keeps the session for reuse.
+// A session whose RSET is not answered 250 is closed instead: a 421 says
+// the server is closing it, and after any other reply what it still holds
+// of the transaction is not known (RFC 5321 §4.1.1.5: RSET must succeed).
 func (t *directTx) Abort() {
 	if t.c == nil {
 		return
 	}
-	err := t.c.Reset(t.ctx)
-	var se *smtp.SMTPError
-	if err != nil && !errors.As(err, &se) {
+	if err := t.c.Reset(t.ctx); err != nil {
 		t.drop()
 		return
 	}

@@ -29,7 +29,10 @@ type Sender struct {
 	idle   []*idleSession // oldest first
 	timer  *time.Timer    // closes expired idle sessions; nil when none wait
 	closed bool
-	now    func() time.Time
+	// idleTimeout (the constant) and now (time.Now) as NewSender sets
+	// them; tests shorten the one and move the other.
+	idleTimeout time.Duration
+	now         func() time.Time
 	// timers counts an armed timer whose callback has not finished, so
 	// Close can wait for it.
 	timers sync.WaitGroup
@@ -42,7 +45,7 @@ type idleSession struct {
 
 // NewSender returns a Sender for t.
 func NewSender(t upstream.Target) *Sender {
-	return &Sender{target: t, now: time.Now}
+	return &Sender{target: t, idleTimeout: idleTimeout, now: time.Now}
 }
 
 // get returns an idle session (reused true) or logs in a new one.
@@ -85,7 +88,7 @@ func (s *Sender) put(c *smtpclient.Client) {
 	}
 	s.idle = append(s.idle, &idleSession{c: c, since: s.now()})
 	if s.timer == nil {
-		s.armLocked(idleTimeout)
+		s.armLocked(s.idleTimeout)
 	}
 	s.mu.Unlock()
 }
@@ -104,7 +107,7 @@ func (s *Sender) expire() {
 	s.timer = nil
 	s.expireLocked()
 	if len(s.idle) > 0 && !s.closed {
-		s.armLocked(idleTimeout - s.now().Sub(s.idle[0].since))
+		s.armLocked(s.idleTimeout - s.now().Sub(s.idle[0].since))
 	}
 }
 
@@ -113,7 +116,7 @@ func (s *Sender) expire() {
 func (s *Sender) expireLocked() {
 	now := s.now()
 	n := 0
-	for n < len(s.idle) && now.Sub(s.idle[n].since) >= idleTimeout {
+	for n < len(s.idle) && now.Sub(s.idle[n].since) >= s.idleTimeout {
 		s.idle[n].c.Close()
 		n++
 	}
