@@ -8,7 +8,6 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"github.com/oauthrelay/oauthrelay/internal/events"
-	"github.com/oauthrelay/oauthrelay/internal/oauth"
 	"github.com/oauthrelay/oauthrelay/internal/smtpclient"
 	"github.com/oauthrelay/oauthrelay/internal/upstream"
 )
@@ -37,7 +36,7 @@ func NewDirect(a events.Account, sender *Sender, obs events.Observer) *Direct {
 func (d *Direct) Ready(ctx context.Context, cred upstream.Credentials) error {
 	if d.sender.hasIdle() {
 		if _, err := cred.Token(ctx); err != nil {
-			return tokenError(d.sender.target, err)
+			return upstream.TokenError(d.sender.target, events.SMTP, err)
 		}
 		return nil
 	}
@@ -48,21 +47,6 @@ func (d *Direct) Ready(ctx context.Context, cred upstream.Credentials) error {
 	}
 	d.sender.put(c)
 	return nil
-}
-
-// tokenError classifies a failure of Credentials.Token as upstream.SMTP
-// does, so Ready fails alike whether or not a session waits.
-func tokenError(t upstream.Target, err error) *upstream.Error {
-	e := &upstream.Error{Kind: upstream.Unavailable, Proto: events.SMTP, Addr: t.Server.Addr,
-		Reason: "token request failed", Err: err}
-	var oe *oauth.Error
-	if errors.As(err, &oe) {
-		e.Reason = oe.Reason
-		if oe.Class == oauth.NeedsSignIn {
-			e.Kind = upstream.NeedsSignIn
-		}
-	}
-	return e
 }
 
 // Begin implements Delivery. A kept session that died while idle

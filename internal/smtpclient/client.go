@@ -87,8 +87,19 @@ func (c *Client) deadline(ctx context.Context, d time.Duration) (stop func()) {
 	if ctx.Done() == nil {
 		return func() {}
 	}
-	unhook := context.AfterFunc(ctx, func() { c.conn.SetDeadline(time.Unix(1, 0)) })
-	return func() { unhook() }
+	done := make(chan struct{})
+	unhook := context.AfterFunc(ctx, func() {
+		defer close(done)
+		c.conn.SetDeadline(time.Unix(1, 0))
+	})
+	return func() {
+		if !unhook() {
+			// The cancellation already ran or runs now: wait for it, so
+			// its deadline cannot land on a later exchange of a session
+			// that was handed on.
+			<-done
+		}
+	}
 }
 
 func (c *Client) ehlo(localName string) error {
@@ -317,6 +328,11 @@ func (c *Client) Data(ctx context.Context, r io.Reader) (string, int64, error) {
 	st := &stuffer{w: c.bw, bol: true}
 	n, err := copyMessage(st, r, c.buf)
 	if err != nil {
+		return "", n, err
+	}
+	// A cancelled exchange never sends the final dot: the message was not
+	// meant to be delivered any more.
+	if err := ctx.Err(); err != nil {
 		return "", n, err
 	}
 	if err := st.finish(); err != nil {

@@ -90,13 +90,13 @@ func (r *imapResponse) String() string {
 // token (NO, BAD, or an error challenge, which is answered with an empty line
 // and fails the login whatever the tagged reply says), and the token is then
 // invalidated so the next login fetches a new one; the token's own failures
-// as tokenError classifies them. The observer hears about every attempt that
+// as TokenError classifies them. The observer hears about every attempt that
 // got a token. ctx bounds the whole login and interrupts pending I/O when it
 // ends.
 func IMAP(ctx context.Context, t Target, cred Credentials) (*IMAPSession, error) {
 	tok, err := cred.Token(ctx)
 	if err != nil {
-		return nil, tokenError(t, events.IMAP, err)
+		return nil, TokenError(t, events.IMAP, err)
 	}
 	start := time.Now()
 	s, err := imapLogin(ctx, t, tok)

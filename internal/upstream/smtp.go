@@ -22,7 +22,7 @@ import (
 func SMTP(ctx context.Context, t Target, cred Credentials) (*smtpclient.Client, error) {
 	tok, err := cred.Token(ctx)
 	if err != nil {
-		return nil, tokenError(t, events.SMTP, err)
+		return nil, TokenError(t, events.SMTP, err)
 	}
 	start := time.Now()
 	c, err := smtpLogin(ctx, t, tok)

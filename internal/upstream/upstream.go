@@ -119,8 +119,10 @@ func (e *Error) Error() string {
 
 func (e *Error) Unwrap() error { return e.Err }
 
-// tokenError classifies a failure of Credentials.Token.
-func tokenError(t Target, p events.Proto, err error) *Error {
+// TokenError classifies a failure of Credentials.Token for a login to t
+// over p, as the logins here do: a caller that checks the token without
+// logging in (a delivery that reuses a session) fails alike.
+func TokenError(t Target, p events.Proto, err error) *Error {
 	e := &Error{Kind: Unavailable, Proto: p, Addr: t.Server.Addr, Reason: "token request failed", Err: err}
 	var oe *oauth.Error
 	if errors.As(err, &oe) {
