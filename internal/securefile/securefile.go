@@ -136,3 +136,13 @@ func writeSync(f *os.File, b []byte) error {
 	}
 	return f.Close()
 }
+
+// SyncDir makes the renames, links and removals in dir durable (a no-op on
+// Windows, whose moves are written through): for callers that move files
+// within private directories themselves (the spool moves bodies).
+func SyncDir(dir string) error {
+	if err := syncDir(dir); err != nil {
+		return fmt.Errorf("securefile: sync %s: %w", dir, err)
+	}
+	return nil
+}

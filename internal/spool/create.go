@@ -153,7 +153,7 @@ func (s *Spool) commit(ctx context.Context, e *Envelope, tmp string) error {
 		os.Remove(tmp)
 		return storageErr("move body file", err)
 	}
-	if err := syncDir(s.path(dirBody, "")); err != nil {
+	if err := securefile.SyncDir(s.path(dirBody, "")); err != nil {
 		os.Remove(body)
 		return storageErr("sync body directory", err)
 	}

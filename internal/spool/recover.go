@@ -157,7 +157,7 @@ func (s *Spool) quarantine(rec *Recovery, dir, name, id, reason string) error {
 		return storageErr("quarantine envelope", err)
 	}
 	for _, d := range []string{qdir, s.path(dirBody, ""), s.path(dir, "")} {
-		if err := syncDir(d); err != nil {
+		if err := securefile.SyncDir(d); err != nil {
 			return storageErr("sync "+d, err)
 		}
 	}

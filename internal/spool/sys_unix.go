@@ -56,21 +56,6 @@ func flock(f *os.File, how int) error {
 	return nil
 }
 
-// syncDir makes renames and links in dir durable. securefile does the same
-// for its own writes; the spool needs it for the one move securefile does
-// not make, the body's from tmp/ into body/.
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil && !errors.Is(err, errors.ErrUnsupported) {
-		return err
-	}
-	return nil
-}
-
 // noSpace reports a full file system (ENOSPC) or an exhausted quota
 // (EDQUOT).
 func noSpace(err error) bool {

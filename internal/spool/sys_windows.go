@@ -71,8 +71,6 @@ func unlock(f *os.File) error {
 // through a handle. NTFS journals the body's rename, and the envelope's
 // move that follows is written through by securefile, which flushes the
 // journal up to it.
-func syncDir(string) error { return nil }
-
 // noSpace reports a full disk or an exhausted quota.
 func noSpace(err error) bool {
 	return errors.Is(err, windows.ERROR_DISK_FULL) || errors.Is(err, windows.ERROR_HANDLE_DISK_FULL) ||
