@@ -9,7 +9,6 @@ import (
 	"os"
 	"slices"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"testing/iotest"
@@ -237,8 +236,9 @@ func TestIdle421Replaced(t *testing.T) {
 		})
 	var dials *atomic.Int32
 	tgt.Dialer, dials = countingDialer()
-	d := NewDirect(testAccount, NewSender(tgt), nil)
-	t.Cleanup(d.Close)
+	sender := NewSender(tgt)
+	d := NewDirect(testAccount, sender, nil)
+	t.Cleanup(sender.Close)
 	ctx := testCtx(t)
 	cred := &staticCreds{token: "scripted-token"}
 	if err := d.Ready(ctx, cred); err != nil {
@@ -248,7 +248,7 @@ func TestIdle421Replaced(t *testing.T) {
 	if n := dials.Load(); n != 2 {
 		t.Errorf("upstream connections dialled: %d, want 2", n)
 	}
-	d.Close() // QUIT on the second, while its script waits for it
+	sender.Close() // QUIT on the second, while its script waits for it
 }
 
 // A recipient the upstream refuses is its reply, as is, and the
@@ -292,7 +292,7 @@ func TestAbortRefusedDrops(t *testing.T) {
 	})
 	s := NewSender(tgt)
 	d := NewDirect(testAccount, s, nil)
-	t.Cleanup(d.Close)
+	t.Cleanup(s.Close)
 	begin(t, testCtx(t), d, &staticCreds{token: "scripted-token"}).Abort()
 	if s.hasIdle() {
 		t.Error("a session whose RSET failed was parked")
@@ -374,7 +374,7 @@ func TestCloseQuitsIdle(t *testing.T) {
 	tx := begin(t, ctx, w.direct, w.cred)
 	wantDials(t, w, 2)
 
-	w.direct.Close()
+	w.sender.Close()
 	w.link.waitEnded(t, 0)
 	if open := w.link.open(); !slices.Equal(open, []int{1}) {
 		t.Fatalf("open connections %v after Close, want [1]: the one in use, parked last", open)
@@ -387,38 +387,11 @@ func TestCloseQuitsIdle(t *testing.T) {
 	}
 }
 
-// fakeClock is the Sender's clock in tests.
-type fakeClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *fakeClock) advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
-}
-
-// useClock gives w's Sender a clock the test moves; call it before the
-// Sender is used.
-func useClock(w *world) *fakeClock {
-	c := &fakeClock{now: time.Date(2024, 3, 1, 9, 0, 0, 0, time.UTC)}
-	w.sender.now = c.Now
-	return c
-}
-
 // A session parked for idleTimeout is closed and not handed out; one
-// parked for less is reused. With the real timer's default of a minute,
-// only the clock decides here.
+// parked for less is reused. Only the Sender's clock decides here.
 func TestIdleExpiryAtBegin(t *testing.T) {
-	w := newWorld(t)
-	clock := useClock(w)
+	clock := newTestClock()
+	w := newWorldWith(t, worldOptions{clock: clock})
 	ctx := testCtx(t)
 	if err := w.direct.Ready(ctx, w.cred); err != nil {
 		t.Fatalf("Ready: %v", err)
@@ -437,13 +410,13 @@ func TestIdleExpiryAtBegin(t *testing.T) {
 // transaction to notice.
 func TestIdleExpiryTimer(t *testing.T) {
 	const idle = 20 * time.Millisecond
-	w := newWorld(t)
+	clock := newTestClock()
+	w := newWorldWith(t, worldOptions{clock: clock})
 	w.sender.idleTimeout = idle
-	clock := useClock(w)
 	ctx := testCtx(t)
 	tx0 := begin(t, ctx, w.direct, w.cred)
 	tx1 := begin(t, ctx, w.direct, w.cred)
-	tx0.Abort() // parked at 0; the timer fires within idle and re-arms
+	tx0.Abort() // parked at 0; the timer is armed for 20ms
 	clock.advance(15 * time.Millisecond)
 	tx1.Abort() // parked at 15ms
 
@@ -456,6 +429,9 @@ func TestIdleExpiryTimer(t *testing.T) {
 	w.link.waitEnded(t, 1)
 	if w.sender.hasIdle() {
 		t.Error("an expired session is still parked")
+	}
+	if n := clock.pending(); n != 0 {
+		t.Errorf("%d timers armed with no session parked and nobody waiting", n)
 	}
 	begin(t, ctx, w.direct, w.cred).Abort()
 	wantDials(t, w, 3)
@@ -485,8 +461,9 @@ func TestDataCancelledWaitingForUpstream(t *testing.T) {
 			waitClosed(t, c) // and never answer
 		}
 	})
-	d := NewDirect(testAccount, NewSender(tgt), nil)
-	t.Cleanup(d.Close)
+	sender := NewSender(tgt)
+	d := NewDirect(testAccount, sender, nil)
+	t.Cleanup(sender.Close)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	tx := begin(t, ctx, d, &staticCreds{token: "scripted-token"})

@@ -14,7 +14,9 @@ import (
 	"crypto/tls"
 	"errors"
 	"io"
+	"log/slog"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -52,11 +54,21 @@ type world struct {
 	sender *Sender
 	direct *Direct
 	cred   *fakeCreds
+	clock  *testClock // nil: the Sender runs on the system clock
 }
 
-func newWorld(t *testing.T) *world {
+// worldOptions change newWorld's defaults.
+type worldOptions struct {
+	fake   fakems.Options
+	limits config.Limits // zero: config.DefaultLimits()
+	clock  *testClock
+}
+
+func newWorld(t *testing.T) *world { return newWorldWith(t, worldOptions{}) }
+
+func newWorldWith(t *testing.T, o worldOptions) *world {
 	t.Helper()
-	fake, err := fakems.Start(context.Background(), fakems.Options{})
+	fake, err := fakems.Start(context.Background(), o.fake)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -64,21 +76,141 @@ func newWorld(t *testing.T) *world {
 	fake.AddApp(fakems.App{ClientID: testClientID, Secret: testSecret})
 	fake.AddMailbox(testMailbox, "mailbox-pw")
 	fake.GrantApp(testClientID, testMailbox)
-	w := &world{fake: fake, link: startLink(t, fake.SMTPAddr), obs: &recorder{}}
-	tgt := upstream.Target{
-		Account: testAccount,
-		// The link is on 127.0.0.1 too, so the fake's certificate for
-		// 127.0.0.1 verifies through it.
-		Server: config.Upstream{Addr: w.link.addr(), TLS: config.TLSStartTLS},
-		TLS:    &tls.Config{RootCAs: fake.CAPool},
-	}
+	w := &world{fake: fake, link: startLink(t, fake.SMTPAddr), obs: &recorder{}, clock: o.clock}
+	tgt := w.target()
 	tgt.Dialer, w.dials = countingDialer()
-	w.sender = NewSender(tgt)
+	so := SenderOptions{Limits: o.limits, Logger: testLogger(t)}
+	if o.clock != nil {
+		so.Clock = o.clock
+	}
+	w.sender = NewSender(tgt, so)
 	w.direct = NewDirect(testAccount, w.sender, w.obs)
 	// Close before the fake goes (cleanups run last first).
 	t.Cleanup(w.direct.Close)
 	w.cred = &fakeCreds{fake: fake, mailbox: testMailbox}
 	return w
+}
+
+// target is the fake's SMTP server through the link, with the fake's CA.
+func (w *world) target() upstream.Target {
+	return upstream.Target{
+		Account: testAccount,
+		// The link is on 127.0.0.1 too, so the fake's certificate for
+		// 127.0.0.1 verifies through it.
+		Server: config.Upstream{Addr: w.link.addr(), TLS: config.TLSStartTLS},
+		TLS:    &tls.Config{RootCAs: w.fake.CAPool},
+	}
+}
+
+// testLogger sends a Sender's log to the test's.
+func testLogger(t *testing.T) *slog.Logger {
+	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+type tWriter struct{ t *testing.T }
+
+func (w tWriter) Write(p []byte) (int, error) {
+	w.t.Helper()
+	w.t.Log(strings.TrimSuffix(string(p), "\n"))
+	return len(p), nil
+}
+
+// testClock is a Clock that moves only when the test advances it. Its
+// timers fire, in time order, on the goroutine that advances it.
+type testClock struct {
+	mu     sync.Mutex
+	now    time.Time
+	timers []*testTimer
+}
+
+type testTimer struct {
+	c  *testClock
+	at time.Time
+	f  func()
+}
+
+func newTestClock() *testClock {
+	return &testClock{now: time.Date(2024, 3, 1, 9, 0, 0, 0, time.UTC)}
+}
+
+func (c *testClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *testClock) AfterFunc(d time.Duration, f func()) Timer {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	t := &testTimer{c: c, at: c.now.Add(d), f: f}
+	c.timers = append(c.timers, t)
+	return t
+}
+
+func (t *testTimer) Stop() bool {
+	t.c.mu.Lock()
+	defer t.c.mu.Unlock()
+	n := len(t.c.timers)
+	t.c.timers = slices.DeleteFunc(t.c.timers, func(x *testTimer) bool { return x == t })
+	return len(t.c.timers) < n
+}
+
+// maxTimerRounds bounds the timers one advance fires that arm timers
+// already due.
+const maxTimerRounds = 1000
+
+// advance moves the clock by d and runs the timers due, earliest first,
+// without holding the clock's lock (a callback may arm or stop timers).
+func (c *testClock) advance(d time.Duration) {
+	c.mu.Lock()
+	c.now = c.now.Add(d)
+	c.mu.Unlock()
+	for range maxTimerRounds {
+		c.mu.Lock()
+		var next *testTimer
+		for _, t := range c.timers {
+			if !t.at.After(c.now) && (next == nil || t.at.Before(next.at)) {
+				next = t
+			}
+		}
+		if next == nil {
+			c.mu.Unlock()
+			return
+		}
+		c.timers = slices.DeleteFunc(c.timers, func(x *testTimer) bool { return x == next })
+		c.mu.Unlock()
+		next.f()
+	}
+	panic("testClock: timers keep arming due timers")
+}
+
+// pending returns how many timers are armed.
+func (c *testClock) pending() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.timers)
+}
+
+// waitStats waits until cond holds for s's Stats (re-checked at every
+// change of the Sender's state), failing the test after testLimit.
+func waitStats(t *testing.T, s *Sender, what string, cond func(Stats) bool) Stats {
+	t.Helper()
+	limit := time.NewTimer(testLimit)
+	defer limit.Stop()
+	for {
+		s.mu.Lock()
+		changed := s.changed
+		s.mu.Unlock()
+		st := s.Stats()
+		if cond(st) {
+			return st
+		}
+		select {
+		case <-changed:
+		case <-limit.C:
+			t.Fatalf("waiting for %s: not within %v; stats %+v", what, testLimit, st)
+		}
+	}
 }
 
 // countingDialer is the target's dialer: a plain net.Dialer whose Control

@@ -2,9 +2,12 @@ package delivery
 
 import (
 	"context"
+	"log/slog"
 	"sync"
 	"time"
 
+	"github.com/oauthrelay/oauthrelay/config"
+	"github.com/oauthrelay/oauthrelay/internal/events"
 	"github.com/oauthrelay/oauthrelay/internal/smtpclient"
 	"github.com/oauthrelay/oauthrelay/internal/upstream"
 )
@@ -19,127 +22,294 @@ const (
 	quitTimeout = 10 * time.Second
 )
 
-// Sender hands out authenticated upstream SMTP sessions of one mailbox and
-// keeps the idle ones for reuse (most recently used first), closing each
-// after idleTimeout. It sets no limit on how many are open at once.
+// Sender is the upstream side of one mailbox, shared by every account and
+// app session that sends as it: the pool of its authenticated upstream
+// SMTP sessions and the keeper of its limits (config.Limits), so that the
+// relay keeps Exchange's limits rather than trips them.
+//
+//   - Connections: at most Limits.Connections sessions are open at once,
+//     idle or in use or logging in. Idle ones are reused (most recently
+//     parked first) with RSET between messages, closed after idleTimeout,
+//     and not handed out once maxSessionAge after their login.
+//   - Pace: at most Limits.MessagesPerMinute messages in any paceWindow
+//     (see window). A message takes its slot before MAIL goes upstream.
+//   - Recipients: at most Limits.RecipientsPerMessage per message, and
+//     Limits.RecipientsPerDay in any rolling dayWindow (see dayLog).
+//
+// A message that finds no session and no free slot, or no room in the
+// pace, waits in line (first come, first served) for at most its max wait,
+// then gets errSendingLimit. When Exchange says a limit was hit anyway, the
+// reply reaches that message's app as it is, and later messages wait: see
+// learn.
+//
+// All methods are safe for concurrent use. Close ends it.
 type Sender struct {
 	target upstream.Target
+	clock  Clock
+	log    *slog.Logger
+	// idleTimeout and maxAge are the constants as NewSender sets them;
+	// tests shorten them.
+	idleTimeout, maxAge time.Duration
 
 	mu     sync.Mutex
-	idle   []*idleSession // oldest first
-	timer  *time.Timer    // closes expired idle sessions; nil when none wait
+	limits config.Limits
 	closed bool
-	// idleTimeout (the constant) and now (time.Now) as NewSender sets
-	// them; tests shorten the one and move the other.
-	idleTimeout time.Duration
-	now         func() time.Time
-	// timers counts an armed timer whose callback has not finished, so
-	// Close can wait for it.
-	timers sync.WaitGroup
+	// changed is closed and replaced at every change a waiter or an
+	// observer may wait for (see notifyLocked).
+	changed chan struct{}
+
+	idle    []*session // parked, oldest first
+	open    int        // sessions counted against Connections: idle, in use, logging in
+	logging int        // of open, the logins in progress
+
+	connQ, paceQ []*waiter // the messages waiting in line, first first
+	pace         window
+	day          dayLog
+	learned      learned
+	stats        counters
+
+	idleTimer, wakeTimer timerSlot
+	// timers counts timer callbacks armed or running, waiting the Begins
+	// in a wait, bg the QUITs of sessions closed while in use: Close joins
+	// all three.
+	timers, waiting, bg sync.WaitGroup
 }
 
-type idleSession struct {
-	c     *smtpclient.Client
-	since time.Time
+// learned is what Exchange's replies taught: limits lower than the
+// configured ones, for a while.
+type learned struct {
+	conns      int       // the connection limit in force until connsUntil
+	connsUntil time.Time //
+	loginAfter time.Time // no new login before (after a 432 at login)
+	paceUntil  time.Time // the pace counts as full until (after throttling)
+	quotaUntil time.Time // the day's quota counts as used up until
 }
 
-// NewSender returns a Sender for t.
-func NewSender(t upstream.Target) *Sender {
-	return &Sender{target: t, idleTimeout: idleTimeout, now: time.Now}
+type counters struct {
+	waits          uint64
+	waitTime       time.Duration
+	limitReplies   uint64
+	exchangeLimits uint64
 }
 
-// get returns an idle session (reused true) or logs in a new one.
-func (s *Sender) get(ctx context.Context, cred upstream.Credentials) (c *smtpclient.Client, reused bool, err error) {
-	if c := s.takeIdle(); c != nil {
-		return c, true, nil
+// session is one authenticated upstream session.
+type session struct {
+	c       *smtpclient.Client
+	loginAt time.Time
+	since   time.Time // parked at (when idle)
+}
+
+// waiter is a message's place in a line; only its identity matters.
+type waiter struct{ _ byte }
+
+// SenderOptions are a Sender's settings.
+type SenderOptions struct {
+	// Limits are the mailbox's limits (config.Config.MailboxLimits); the
+	// zero value is config.DefaultLimits(). Values below their minimum
+	// are raised to it (1; 0 for MaxWait).
+	Limits config.Limits
+	// Clock is the time the limits are kept by; nil is the system clock.
+	Clock Clock
+	// Logger hears about limits Exchange enforced and messages turned
+	// away; nil discards.
+	Logger *slog.Logger
+}
+
+// NewSender returns the Sender of t's mailbox. Without options it keeps
+// config.DefaultLimits() on the system clock; only the first options are
+// used. t.Account names the mailbox in replies and logs.
+func NewSender(t upstream.Target, opts ...SenderOptions) *Sender {
+	var o SenderOptions
+	if len(opts) > 0 {
+		o = opts[0]
 	}
-	c, err = upstream.SMTP(ctx, s.target, cred)
-	return c, false, err
+	if o.Limits == (config.Limits{}) {
+		o.Limits = config.DefaultLimits()
+	}
+	if o.Clock == nil {
+		o.Clock = realClock{}
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	return &Sender{
+		target:      t,
+		clock:       o.Clock,
+		log:         o.Logger.With("mailbox", t.Account.Mailbox),
+		idleTimeout: idleTimeout,
+		maxAge:      maxSessionAge,
+		limits:      sane(o.Limits),
+		changed:     make(chan struct{}),
+	}
+}
+
+// SetLimits puts l in force (a reload): the next Begin and the messages
+// waiting now are held to it; transactions already past their wait go on.
+// Idle sessions over a lowered connection limit are closed.
+func (s *Sender) SetLimits(l config.Limits) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.limits = sane(l)
+	now := s.clock.Now()
+	for s.open > s.connLimitLocked(now) && len(s.idle) > 0 {
+		s.idle[0].c.Close()
+		s.idle = s.idle[1:]
+		s.open--
+	}
+	s.rearmIdleLocked(now)
+	s.notifyLocked()
+}
+
+// Ready reports whether the account of cred can send now. A session of
+// the mailbox that is logged in (idle or in use) shows the upstream takes
+// the mailbox's logins, so then only cred's token is asked for (a password
+// passthrough account's password is checked that way). With none, one is
+// logged in with cred and parked for the next message — if a connection
+// is free now: Ready never waits, and never opens one over the limit. A
+// login that Exchange answers 432 (its connection limit) is learned from
+// and not the app's failure: its token came.
+func (s *Sender) Ready(ctx context.Context, cred upstream.Credentials) error {
+	s.mu.Lock()
+	now := s.clock.Now()
+	s.expireIdleLocked(now)
+	login := !s.closed && s.open == s.logging && s.canLoginLocked(now)
+	if login {
+		s.open++
+		s.logging++
+		s.notifyLocked()
+	}
+	s.mu.Unlock()
+	if !login {
+		if _, err := cred.Token(ctx); err != nil {
+			return upstream.TokenError(s.target, events.SMTP, err)
+		}
+		return nil
+	}
+	ss, limited, err := s.login(ctx, cred)
+	if limited {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	s.put(ss)
+	return nil
 }
 
 // hasIdle reports whether a logged-in session waits for reuse.
 func (s *Sender) hasIdle() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.expireLocked()
+	s.expireIdleLocked(s.clock.Now())
 	return len(s.idle) > 0
 }
 
-func (s *Sender) takeIdle() *smtpclient.Client {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.expireLocked()
-	n := len(s.idle)
-	if n == 0 {
-		return nil
-	}
-	is := s.idle[n-1]
-	s.idle = s.idle[:n-1]
-	return is.c
-}
-
-// put keeps a healthy session (ready for MAIL) for reuse.
-func (s *Sender) put(c *smtpclient.Client) {
-	s.mu.Lock()
-	if s.closed {
-		s.mu.Unlock()
-		quit(c)
-		return
-	}
-	s.idle = append(s.idle, &idleSession{c: c, since: s.now()})
-	if s.timer == nil {
-		s.armLocked(s.idleTimeout)
-	}
-	s.mu.Unlock()
-}
-
-func (s *Sender) armLocked(d time.Duration) {
-	s.timers.Add(1)
-	s.timer = time.AfterFunc(d, s.expire)
-}
-
-// expire closes the sessions idle for idleTimeout and re-arms the timer
-// for the next one.
-func (s *Sender) expire() {
-	defer s.timers.Done()
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.timer = nil
-	s.expireLocked()
-	if len(s.idle) > 0 && !s.closed {
-		s.armLocked(s.idleTimeout - s.now().Sub(s.idle[0].since))
-	}
-}
-
-// expireLocked drops the sessions idle for idleTimeout. They are closed
-// without QUIT: this runs on paths that must not wait on the network.
-func (s *Sender) expireLocked() {
-	now := s.now()
-	n := 0
-	for n < len(s.idle) && now.Sub(s.idle[n].since) >= s.idleTimeout {
-		s.idle[n].c.Close()
-		n++
-	}
-	s.idle = s.idle[n:]
-}
-
-// Close closes the idle sessions; sessions handed out are closed when they
-// come back.
+// Close wakes the messages waiting (their Begin returns ErrClosed), stops
+// the timers and closes the idle sessions; sessions in use are closed when
+// they come back. It returns once everything it started has ended.
 func (s *Sender) Close() {
 	s.mu.Lock()
 	idle := s.idle
 	s.idle, s.closed = nil, true
-	if s.timer != nil && s.timer.Stop() {
-		s.timers.Done()
-	}
-	s.timer = nil
+	s.open -= len(idle)
+	s.stopLocked(&s.idleTimer)
+	s.stopLocked(&s.wakeTimer)
+	s.notifyLocked()
 	s.mu.Unlock()
+	s.waiting.Wait()
 	s.timers.Wait()
+	s.bg.Wait()
 	var wg sync.WaitGroup
-	for _, is := range idle {
-		wg.Go(func() { quit(is.c) })
+	for _, ss := range idle {
+		wg.Go(func() { quit(ss.c) })
 	}
 	wg.Wait()
+}
+
+// Stats is a snapshot of a Sender, for metrics and the status page.
+type Stats struct {
+	// At is the time of the snapshot on the Sender's clock.
+	At time.Time
+	// Open is the sessions counted against the connection limit: Idle
+	// ones and InUse ones (in a transaction or logging in).
+	Open, Idle, InUse int
+	// WaitingSession and WaitingPace are the messages waiting now for a
+	// session and for their slot in the pace.
+	WaitingSession, WaitingPace int
+	// Waits is how many times a message had to wait, and WaitTime how
+	// long they waited in all (on the Sender's clock).
+	Waits    uint64
+	WaitTime time.Duration
+	// LimitReplies counts the 451 4.7.0 replies the relay gave because
+	// a limit was reached (max wait passed, daily recipients);
+	// ExchangeLimitReplies the replies in which Exchange said a limit
+	// was hit (432 4.3.2, 554 5.2.0 quota).
+	LimitReplies, ExchangeLimitReplies uint64
+	// MessagesInWindow is the messages counting against the pace now
+	// (sent in the last minute, or in flight).
+	MessagesInWindow int
+	// RecipientsToday is the recipients of messages sent in the last
+	// 24 hours; PendingRecipients those of open transactions.
+	RecipientsToday, PendingRecipients int
+	// Limits are the configured limits; Effective the ones in force
+	// (Connections lowered after Exchange's 432).
+	Limits, Effective config.Limits
+	// ConnectionsLoweredUntil, LoginsPausedUntil, PaceBlockedUntil and
+	// QuotaBlockedUntil are the ends of what Exchange's replies imposed;
+	// zero when not in force.
+	ConnectionsLoweredUntil, LoginsPausedUntil, PaceBlockedUntil, QuotaBlockedUntil time.Time
+}
+
+// BackingOff reports whether anything Exchange's replies imposed is in
+// force.
+func (st Stats) BackingOff() bool {
+	return !st.ConnectionsLoweredUntil.IsZero() || !st.LoginsPausedUntil.IsZero() ||
+		!st.PaceBlockedUntil.IsZero() || !st.QuotaBlockedUntil.IsZero()
+}
+
+// Stats returns a snapshot.
+func (s *Sender) Stats() Stats {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now := s.clock.Now()
+	s.day.expire(now)
+	st := Stats{
+		At:                   now,
+		Open:                 s.open,
+		Idle:                 len(s.idle),
+		InUse:                s.open - len(s.idle),
+		WaitingSession:       len(s.connQ),
+		WaitingPace:          len(s.paceQ),
+		Waits:                s.stats.waits,
+		WaitTime:             s.stats.waitTime,
+		LimitReplies:         s.stats.limitReplies,
+		ExchangeLimitReplies: s.stats.exchangeLimits,
+		MessagesInWindow:     s.pace.count(now),
+		RecipientsToday:      s.day.counted,
+		PendingRecipients:    s.day.pending,
+		Limits:               s.limits,
+		Effective:            s.limits,
+	}
+	st.Effective.Connections = s.connLimitLocked(now)
+	future := func(t time.Time) time.Time {
+		if now.Before(t) {
+			return t
+		}
+		return time.Time{}
+	}
+	if st.Effective.Connections < s.limits.Connections {
+		st.ConnectionsLoweredUntil = s.learned.connsUntil
+	}
+	st.LoginsPausedUntil = future(s.learned.loginAfter)
+	st.PaceBlockedUntil = future(s.learned.paceUntil)
+	st.QuotaBlockedUntil = future(s.learned.quotaUntil)
+	return st
+}
+
+// notifyLocked wakes everything waiting on changed.
+func (s *Sender) notifyLocked() {
+	close(s.changed)
+	s.changed = make(chan struct{})
 }
 
 // quit ends a healthy session politely.
