@@ -55,11 +55,6 @@ func newAccount(ca *config.Account, prev *Account, opts Options) (*Account, erro
 	}
 	a := &Account{Account: ca, roots: roots, sessions: tls.NewLRUClientSessionCache(64), dialer: opts.Dialer,
 		observer: opts.Observer}
-	defer func() {
-		if a.Source != nil {
-			a.Delivery = delivery.NewDirect(a.Info(), delivery.NewSender(a.Target(events.SMTP)), opts.Observer)
-		}
-	}()
 	if prev != nil && sameTokenSettings(prev.Account, ca) {
 		a.Source = prev.Source
 		prev.runMu.Lock()

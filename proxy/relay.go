@@ -23,8 +23,10 @@ import (
 	"time"
 
 	"github.com/oauthrelay/oauthrelay/config"
+	"github.com/oauthrelay/oauthrelay/internal/delivery"
 	"github.com/oauthrelay/oauthrelay/internal/events"
 	"github.com/oauthrelay/oauthrelay/internal/oauth"
+	"github.com/oauthrelay/oauthrelay/internal/spool"
 )
 
 // Options are a Relay's dependencies. Nil fields have the documented default.
@@ -54,6 +56,12 @@ type Relay struct {
 	// refreshers counts the accounts' background token refreshers, so
 	// Run returns only when all of them have.
 	refreshers sync.WaitGroup
+
+	// deliveryMu guards the mailboxes' senders and the spool (see
+	// delivery.go), which outlive a reload.
+	deliveryMu sync.Mutex
+	senders    map[senderKey]*delivery.Sender
+	spool      *spool.Spool
 }
 
 // snapshot is one configuration's accounts.
@@ -79,6 +87,7 @@ func NewRelay(cfg *config.Config, opts Options) (*Relay, error) {
 		log:      opts.Logger,
 		observer: opts.Observer,
 		throttle: NewThrottle(),
+		senders:  make(map[senderKey]*delivery.Sender),
 	}
 	snap, err := r.build(cfg, nil)
 	if err != nil {
@@ -102,6 +111,9 @@ func (r *Relay) build(cfg *config.Config, prev *snapshot) (*snapshot, error) {
 	for _, ca := range cfg.Accounts {
 		a, err := newAccount(ca, old[ca.Name], r.opts)
 		if err != nil {
+			return nil, fmt.Errorf("account %s: %w", ca.Name, err)
+		}
+		if err := r.attachDelivery(cfg, a); err != nil {
 			return nil, fmt.Errorf("account %s: %w", ca.Name, err)
 		}
 		snap.accounts = append(snap.accounts, a)
@@ -137,6 +149,7 @@ func (r *Relay) Reload(ctx context.Context, cfg *config.Config) error {
 		}
 		a.Delivery.Close()
 	}
+	r.closeUnusedSenders(snap)
 	return nil
 }
 
@@ -157,6 +170,7 @@ func (r *Relay) Run(ctx context.Context) {
 		a.Delivery.Close()
 	}
 	r.refreshers.Wait()
+	r.closeDelivery()
 }
 
 // Config returns the configuration in force.

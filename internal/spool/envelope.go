@@ -89,6 +89,10 @@ type Envelope struct {
 	// Failed and FailReason are set by Fail.
 	Failed     time.Time `json:"failed,omitzero"`
 	FailReason string    `json:"fail_reason,omitzero"`
+	// Notification marks a delivery status notification the relay wrote
+	// itself: when it fails, no notification is sent about it (RFC 3461
+	// §6.2: no DSN about a DSN).
+	Notification bool `json:"dsn,omitzero"`
 }
 
 // Pending counts the recipients still to be delivered.

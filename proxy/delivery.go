@@ -1,0 +1,118 @@
+package proxy
+
+import (
+	"fmt"
+	"net/netip"
+	"path/filepath"
+	"strings"
+
+	"github.com/oauthrelay/oauthrelay/config"
+	"github.com/oauthrelay/oauthrelay/internal/delivery"
+	"github.com/oauthrelay/oauthrelay/internal/events"
+	"github.com/oauthrelay/oauthrelay/internal/spool"
+)
+
+// queueMaxSize is the largest message `delivery: queue` spools: what
+// Exchange Online accepts at most (EHLO SIZE 157286400).
+const queueMaxSize = 157286400
+
+// senderKey names a mailbox's sender: Exchange's limits are per mailbox,
+// so every account that sends as one shares its Sender (and its pool and
+// limits); a mailbox reached through two providers' servers gets one per
+// server.
+type senderKey struct {
+	mailbox string // lower case
+	server  string // the provider's SMTP address
+}
+
+// attachDelivery gives a its Delivery: direct over the mailbox's Sender,
+// or a queue in the spool that delivers over the same Sender.
+func (r *Relay) attachDelivery(cfg *config.Config, a *Account) error {
+	sender := r.sender(a)
+	direct := delivery.NewDirect(a.Info(), sender, r.observer)
+	if a.Account.Delivery != config.DeliveryQueue {
+		a.Delivery = direct
+		return nil
+	}
+	sp, err := r.openSpool(cfg)
+	if err != nil {
+		return err
+	}
+	a.Delivery = delivery.NewQueue(delivery.QueueOptions{
+		Account:              a.Info(),
+		Spool:                sp,
+		Sender:               direct,
+		Credentials:          r.Credentials(netip.Addr{}, a, ""),
+		MaxAge:               cfg.Queue.MaxAge,
+		MaxSize:              queueMaxSize,
+		RecipientsPerMessage: a.EffectiveLimits.RecipientsPerMessage,
+		Logger:               r.log,
+		Observer:             r.observer,
+	})
+	return nil
+}
+
+// sender returns the Sender of a's mailbox, making it on first use.
+func (r *Relay) sender(a *Account) *delivery.Sender {
+	k := senderKey{mailbox: strings.ToLower(a.Mailbox), server: a.ProviderRef.SMTP.Addr}
+	r.deliveryMu.Lock()
+	defer r.deliveryMu.Unlock()
+	s := r.senders[k]
+	if s == nil {
+		s = delivery.NewSender(a.Target(events.SMTP))
+		r.senders[k] = s
+	}
+	return s
+}
+
+// openSpool opens the spool in state_dir on first use; quarantined
+// messages are logged one by one.
+func (r *Relay) openSpool(cfg *config.Config) (*spool.Spool, error) {
+	r.deliveryMu.Lock()
+	defer r.deliveryMu.Unlock()
+	if r.spool != nil {
+		return r.spool, nil
+	}
+	sp, rec, err := spool.Open(filepath.Join(cfg.StateDir, "queue"), spool.Options{})
+	if err != nil {
+		return nil, fmt.Errorf("open the queue: %w", err)
+	}
+	for _, q := range rec.Quarantined {
+		r.log.Error("queued message is corrupt: moved to quarantine, not delivered", "id", q.ID, "reason", q.Reason, "dir", q.Dir)
+	}
+	if rec.NotPrivate != nil {
+		r.log.Warn("the queue directory is readable by others", "err", rec.NotPrivate)
+	}
+	r.spool = sp
+	return sp, nil
+}
+
+// closeUnusedSenders closes the senders no account of snap uses any more.
+func (r *Relay) closeUnusedSenders(snap *snapshot) {
+	used := make(map[senderKey]bool)
+	for _, a := range snap.accounts {
+		used[senderKey{mailbox: strings.ToLower(a.Mailbox), server: a.ProviderRef.SMTP.Addr}] = true
+	}
+	r.deliveryMu.Lock()
+	defer r.deliveryMu.Unlock()
+	for k, s := range r.senders {
+		if !used[k] {
+			s.Close()
+			delete(r.senders, k)
+		}
+	}
+}
+
+// closeDelivery closes every sender and the spool.
+func (r *Relay) closeDelivery() {
+	r.deliveryMu.Lock()
+	defer r.deliveryMu.Unlock()
+	for k, s := range r.senders {
+		s.Close()
+		delete(r.senders, k)
+	}
+	if r.spool != nil {
+		r.spool.Close()
+		r.spool = nil
+	}
+}
