@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/oauthrelay/oauthrelay/config"
 	"github.com/oauthrelay/oauthrelay/internal/delivery"
@@ -15,6 +16,10 @@ import (
 // queueMaxSize is the largest message `delivery: queue` spools: what
 // Exchange Online accepts at most (EHLO SIZE 157286400).
 const queueMaxSize = 157286400
+
+// queueMaxWait bounds how long the queue's worker waits for the mailbox's
+// connection and pace; a message past it is deferred and retried.
+const queueMaxWait = 10 * time.Minute
 
 // senderKey names a mailbox's sender: Exchange's limits are per mailbox,
 // so every account that sends as one shares its Sender (and its pool and
@@ -28,12 +33,17 @@ type senderKey struct {
 // attachDelivery gives a its Delivery: direct over the mailbox's Sender,
 // or a queue in the spool that delivers over the same Sender.
 func (r *Relay) attachDelivery(cfg *config.Config, a *Account) error {
-	sender := r.sender(a)
-	direct := delivery.NewDirect(a.Info(), sender, r.observer)
+	sender := r.sender(cfg, a)
 	if a.Account.Delivery != config.DeliveryQueue {
-		a.Delivery = direct
+		a.Delivery = delivery.NewDirect(a.Info(), sender, r.observer,
+			delivery.DirectOptions{MaxWait: a.EffectiveLimits.MaxWait, SharedSender: true})
 		return nil
 	}
+	// The worker waits longer than an app would for the mailbox's pace:
+	// no one is waiting on the other end, and a message past it is only
+	// deferred.
+	direct := delivery.NewDirect(a.Info(), sender, r.observer,
+		delivery.DirectOptions{MaxWait: queueMaxWait, SharedSender: true})
 	sp, err := r.openSpool(cfg)
 	if err != nil {
 		return err
@@ -52,15 +62,20 @@ func (r *Relay) attachDelivery(cfg *config.Config, a *Account) error {
 	return nil
 }
 
-// sender returns the Sender of a's mailbox, making it on first use.
-func (r *Relay) sender(a *Account) *delivery.Sender {
+// sender returns the Sender of a's mailbox, making it on first use, with
+// the mailbox's limits in cfg (the most restrictive of every account that
+// sends as it); a reload puts changed limits in force.
+func (r *Relay) sender(cfg *config.Config, a *Account) *delivery.Sender {
 	k := senderKey{mailbox: strings.ToLower(a.Mailbox), server: a.ProviderRef.SMTP.Addr}
+	limits := cfg.MailboxLimits(a.Mailbox)
 	r.deliveryMu.Lock()
 	defer r.deliveryMu.Unlock()
 	s := r.senders[k]
 	if s == nil {
-		s = delivery.NewSender(a.Target(events.SMTP))
+		s = delivery.NewSender(a.Target(events.SMTP), delivery.SenderOptions{Limits: limits, Logger: r.log})
 		r.senders[k] = s
+	} else {
+		s.SetLimits(limits)
 	}
 	return s
 }

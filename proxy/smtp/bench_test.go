@@ -31,7 +31,7 @@ func BenchmarkSMTP(b *testing.B) {
 }
 
 func benchSMTP(b *testing.B, path string, size, clients int) {
-	w := newWorld(b, worldOptions{ms: fakems.Options{DiscardData: true}, quiet: true})
+	w := newWorld(b, worldOptions{ms: fakems.Options{DiscardData: true}, quiet: true, unlimited: true})
 	msg := []byte("Subject: bench\r\n\r\n" + strings.Repeat(strings.Repeat("x", 76)+"\r\n", size/78+1))
 	dial := func() (*smtp.Client, error) {
 		c, err := smtp.Dial(w.addr)

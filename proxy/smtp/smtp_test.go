@@ -425,7 +425,7 @@ func TestFiftyMegabyteMessage(t *testing.T) {
 }
 
 func TestFiftyConcurrentClients(t *testing.T) {
-	w := newWorld(t, worldOptions{})
+	w := newWorld(t, worldOptions{unlimited: true})
 	const clients = 50
 	var wg sync.WaitGroup
 	errs := make(chan error, clients)

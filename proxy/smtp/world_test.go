@@ -55,6 +55,12 @@ type worldOptions struct {
 	enforceHeaderFrom bool
 	// tune changes the server (its timeouts) before it serves.
 	tune func(*Server)
+	// unlimited raises the relay's per-mailbox limits (Exchange's 30
+	// messages a minute by default) for tests of something else, such as
+	// many concurrent clients, against a fake that enforces none.
+	unlimited bool
+	// wrapLog wraps the relay's log handler.
+	wrapLog func(slog.Handler) slog.Handler
 }
 
 type world struct {
@@ -105,7 +111,11 @@ func newWorld(t testing.TB, o worldOptions) *world {
 	if o.secret == "" {
 		o.secret = secret
 	}
-	yaml := fmt.Sprintf(`
+	limits := ""
+	if o.unlimited {
+		limits = "limits: {connections: 100, messages_per_minute: 10000}\n"
+	}
+	yaml := limits + fmt.Sprintf(`
 state_dir: %s
 listen:
   smtp: {addr: "127.0.0.1:0", tls: %s, cert_file: %s, key_file: %s}
@@ -167,11 +177,19 @@ accounts:
 	if o.quiet {
 		logger = slog.New(slog.NewTextHandler(buf, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	}
+	if o.wrapLog != nil {
+		logger = slog.New(o.wrapLog(logger.Handler()))
+	}
 	w.relay, err = proxy.NewRelay(cfg, proxy.Options{Logger: logger, HTTPClient: o.httpClient})
 	if err != nil {
 		t.Fatal(err)
 	}
-	go w.relay.Run(ctx)
+	runCtx, stopRelay := context.WithCancel(ctx)
+	ran := make(chan struct{})
+	go func() { defer close(ran); w.relay.Run(runCtx) }()
+	// The relay stops after the server and before the fake: Run closes the
+	// deliveries, whose idle upstream sessions say QUIT to the fake.
+	t.Cleanup(func() { stopRelay(); <-ran })
 	w.srv, err = New(ctx, w.relay, cfg.Listen.SMTP)
 	if err != nil {
 		t.Fatal(err)
@@ -184,8 +202,14 @@ accounts:
 		t.Fatal(err)
 	}
 	w.addr = ln.Addr().String()
-	go w.srv.Serve(ln)
-	t.Cleanup(func() { w.srv.Close() })
+	served := make(chan error, 1)
+	go func() { served <- w.srv.Serve(ln) }()
+	t.Cleanup(func() {
+		w.srv.Close()
+		if err := <-served; err != nil {
+			t.Errorf("Serve: %v", err)
+		}
+	})
 	return w
 }
 
