@@ -9,14 +9,21 @@
 // Direct is the first implementation: every command is relayed at once over
 // an authenticated upstream session, so the app sees the upstream's own
 // reply to each, and a message is acknowledged only with the upstream's
-// 250. Upstream sessions come from a Sender, which keeps the idle ones of a
-// mailbox for reuse.
+// 250. Upstream sessions come from the mailbox's Sender, shared by every
+// account that sends as it: the pool of its sessions, which keeps
+// Exchange Online's limits (connections, messages a minute, recipients a
+// message and a day) by making messages wait, within a max wait, instead
+// of tripping them (see Sender).
 //
 // Errors a Delivery returns:
-//   - *smtp.SMTPError: the upstream's reply, to be passed to the app as is;
+//   - *smtp.SMTPError: the upstream's reply, to be passed to the app as is,
+//     or the relay's own for a limit (451 4.7.0 in plain words, 452 4.5.3
+//     for too many recipients) or a closed Sender (ErrClosed);
 //   - *upstream.Error: logging in upstream failed (see its Kind);
 //   - *LostError: the upstream connection failed mid-transaction;
-//   - *smtpclient.ReadError (from Data): reading the app's message failed.
+//   - *smtpclient.ReadError (from Data): reading the app's message failed;
+//   - ctx's error, wrapped, when it ended while the message waited for the
+//     mailbox's limits.
 package delivery
 
 import (

@@ -23,14 +23,21 @@ type window struct {
 	inFlight int
 }
 
-// expire drops the messages sent paceWindow or longer ago.
+// expire drops the messages sent paceWindow or longer ago. The log is
+// resliced from the front and compacted only once half of its array is
+// dropped, so a mailbox allowed thousands a minute does not copy them all
+// for every message.
 func (w *window) expire(now time.Time) {
 	n := 0
 	for n < len(w.sent) && now.Sub(w.sent[n]) >= paceWindow {
 		n++
 	}
-	if n > 0 {
-		w.sent = append(w.sent[:0], w.sent[n:]...)
+	if n == 0 {
+		return
+	}
+	w.sent = w.sent[n:]
+	if len(w.sent) < cap(w.sent)/2 {
+		w.sent = append(make([]time.Time, 0, 2*len(w.sent)+1), w.sent...)
 	}
 }
 
