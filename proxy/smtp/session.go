@@ -284,6 +284,10 @@ func (s *session) txFailed(a *proxy.Account, err error) error {
 		return errUpstreamUnavailable
 	case errors.As(err, &se):
 		return se
+	case errors.Is(err, context.Canceled):
+		// The session or the server ended while the message waited.
+		s.log.Info("transaction cancelled", "account", a.Name)
+		return errUpstreamUnavailable
 	}
 	s.log.Error("delivery failed", "account", a.Name, "err", err)
 	return errUpstreamUnavailable
