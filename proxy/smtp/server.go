@@ -113,9 +113,21 @@ type Server struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 
-	mu       sync.Mutex
-	wires    map[*wire]struct{}
-	stopping bool
+	// stopOnce starts the one call of each go-smtp server's Shutdown: it
+	// is the only go-smtp call that waits for the server's connection
+	// goroutines (its Close does not, and does nothing after a Shutdown).
+	// stopped is closed when every connection goroutine of both servers
+	// has returned; stopErr is then what closing their listeners returned.
+	// Close waits for stopped: that is what joins the connections.
+	stopOnce sync.Once
+	stopped  chan struct{}
+	stopErr  error
+
+	mu        sync.Mutex
+	wires     map[*wire]struct{}
+	listeners []net.Listener // those Serve was given, closed by stop
+	stopping  bool
+	closed    bool // closeWires ran: a connection accepted now is closed at once
 }
 
 // New builds the server for listener lc. It asks each provider's SMTP
@@ -134,6 +146,7 @@ func New(ctx context.Context, relay *proxy.Relay, lc config.Listener) (*Server, 
 		lc:             lc,
 		log:            relay.Logger().With("proto", "smtp"),
 		wires:          make(map[*wire]struct{}),
+		stopped:        make(chan struct{}),
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	size := s.probeSize(ctx)
@@ -190,18 +203,43 @@ func (s *Server) Serve(ln net.Listener) error {
 		pl = proxy.NewListener(ln, nil)
 	}
 	pl.Proto, pl.Observer, pl.Logger, pl.Busy = "smtp", s.relay.Observer(), s.log, busyLine
+	if !s.register(pl) {
+		return nil
+	}
 	err := s.smtp.Serve(wireListener{Listener: pl, srv: s})
-	if errors.Is(err, smtp.ErrServerClosed) {
+	if errors.Is(err, smtp.ErrServerClosed) || errors.Is(err, net.ErrClosed) && s.stopRequested() {
 		return nil
 	}
 	return err
+}
+
+// register records ln for stop to close: go-smtp closes only the listeners
+// its Serve has registered, so a Shutdown or Close that ran first would
+// leave this Serve accepting for ever. Once stopping it closes ln instead
+// and returns false.
+func (s *Server) register(ln net.Listener) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.stopping || s.closed {
+		ln.Close()
+		return false
+	}
+	s.listeners = append(s.listeners, ln)
+	return true
+}
+
+// stopRequested reports whether Shutdown or Close was called.
+func (s *Server) stopRequested() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.stopping || s.closed
 }
 
 // Shutdown stops accepting and tells idle sessions (waiting for a command
 // outside a transaction) 421 errShuttingDown at once; sessions in the middle
 // of a command or a transaction finish it, and are told after
 // shutdownIdleGrace without a next command. At ctx's end the rest are
-// closed.
+// closed and ctx's error is returned; Close then waits for them.
 //
 // New connections cannot be told anything: go-smtp closes the listener,
 // so the kernel refuses them. Only a connection accepted in the moment
@@ -213,56 +251,78 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		w.shutdown()
 	}
 	s.mu.Unlock()
-	servers := []*smtp.Server{s.smtp}
-	if s.tlsSMTP != nil {
-		servers = append(servers, s.tlsSMTP)
-	}
-	errs := make([]error, len(servers))
-	var wg sync.WaitGroup
-	for i, srv := range servers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			errs[i] = srv.Shutdown(ctx)
-			if errors.Is(errs[i], smtp.ErrServerClosed) {
-				errs[i] = nil
-			}
-		}()
-	}
-	wg.Wait()
-	if err := errors.Join(errs...); err != nil {
-		// go-smtp's Close does nothing after its Shutdown: close the
-		// connections left here.
-		s.closeWires()
+	s.stop()
+	select {
+	case <-s.stopped:
 		s.handoffWG.Wait()
-		return err
+		return s.stopErr
+	case <-ctx.Done():
+		// go-smtp's Close does nothing after its Shutdown: close the
+		// connections left here. Close joins them.
+		s.closeWires()
+		return ctx.Err()
 	}
-	s.handoffWG.Wait()
-	return nil
 }
 
-// Close closes the listener and every connection at once.
+// Close closes the listener and every connection at once, and returns when
+// every connection goroutine has.
 func (s *Server) Close() error {
-	// The sockets first: go-smtp's Close calls each session's Logout
-	// before it closes the connection, and a Data reading the client would
-	// hold the session until then. This also works after Shutdown, when
-	// go-smtp's Close does nothing.
+	// The sockets first, so that every session's read fails now; then the
+	// upstream exchanges in progress are interrupted. go-smtp's Close is
+	// not used: it would not wait for the connection goroutines.
 	s.closeWires()
 	s.cancel()
-	err := s.smtp.Close()
-	if s.tlsSMTP != nil {
-		s.tlsSMTP.Close()
-	}
+	s.stop()
+	<-s.stopped
 	s.handoffWG.Wait()
-	if errors.Is(err, smtp.ErrServerClosed) {
-		return nil
-	}
-	return err
+	return s.stopErr
 }
 
-// closeWires closes every client connection still open.
+// stop closes the listeners Serve was given and the handoff listener (the
+// STARTTLS server's Serve may not have registered it yet), then runs, once,
+// go-smtp's Shutdown of both servers in the background, which waits for
+// their connection goroutines. s.stopped is closed when both returned.
+// Shutdown and Close set stopping or closed first, so no Serve registers a
+// listener after this.
+func (s *Server) stop() {
+	s.stopOnce.Do(func() {
+		var closeErrs []error
+		s.mu.Lock()
+		for _, ln := range s.listeners {
+			closeErrs = append(closeErrs, ln.Close())
+		}
+		s.mu.Unlock()
+		servers := []*smtp.Server{s.smtp}
+		if s.tlsSMTP != nil {
+			servers = append(servers, s.tlsSMTP)
+			s.handoff.Close()
+		}
+		go func() {
+			defer close(s.stopped)
+			errs := make([]error, len(servers))
+			var wg sync.WaitGroup
+			for i, srv := range servers {
+				wg.Go(func() {
+					// Not bounded: Shutdown and Close bound the wait, by
+					// closing the connections and cancelling s.ctx.
+					errs[i] = srv.Shutdown(context.Background())
+					// It closes the listeners again.
+					if errors.Is(errs[i], smtp.ErrServerClosed) || errors.Is(errs[i], net.ErrClosed) {
+						errs[i] = nil
+					}
+				})
+			}
+			wg.Wait()
+			s.stopErr = errors.Join(append(closeErrs, errs...)...)
+		}()
+	})
+}
+
+// closeWires closes every client connection still open, and any accepted
+// from now on.
 func (s *Server) closeWires() {
 	s.mu.Lock()
+	s.closed = true
 	ws := make([]*wire, 0, len(s.wires))
 	for w := range s.wires {
 		ws = append(ws, w)
@@ -277,10 +337,17 @@ func (s *Server) closeWires() {
 // shutting down is told so at its first command.
 func (s *Server) track(w *wire) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.wires[w] = struct{}{}
-	if s.stopping {
-		w.shutdown()
+	closed := s.closed
+	if !closed {
+		s.wires[w] = struct{}{}
+		if s.stopping {
+			w.shutdown()
+		}
+	}
+	s.mu.Unlock()
+	if closed {
+		// Accepted as Close ran: its go-smtp connection ends at once.
+		w.closeTransport()
 	}
 }
 
