@@ -357,12 +357,15 @@ func TestDeviceCode(t *testing.T) {
 	if da.VerificationURI != s.DeviceLoginURL || da.Interval != 1 || da.UserCode == "" {
 		t.Errorf("device auth = %+v", da)
 	}
+	approved := make(chan struct{})
 	go func() {
+		defer close(approved)
 		time.Sleep(1500 * time.Millisecond) // at least one authorization_pending
 		if err := s.ApproveDevice(da.UserCode, alice); err != nil {
 			t.Error(err)
 		}
 	}()
+	defer func() { <-approved }()
 	tok, err := cfg.DeviceAccessToken(ctx, da)
 	if err != nil {
 		t.Fatal(err)

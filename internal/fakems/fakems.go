@@ -143,12 +143,17 @@ type Server struct {
 	// listeners are closed by Close as well: a Serve that has not yet
 	// registered its listener with its server would otherwise never return.
 	listeners []net.Listener
-	wg        sync.WaitGroup
+	wg        sync.WaitGroup // the Serve goroutines
+	conns     *connSet       // the connections being served (lifetime.go)
 
 	closeOnce sync.Once
 	closed    chan struct{}
 	closeErr  error
+	// stopCtx stops the AfterFunc that closes the fake when Start's ctx
+	// ends; if that has begun, Close waits for afterDone, its end.
 	stopCtx   func() bool
+	stopOnce  sync.Once
+	afterDone chan struct{}
 
 	// mu guards dir, the tenant and organisation state, which the HTTP,
 	// SMTP and IMAP handlers and the test-facing methods all share. It is
@@ -181,11 +186,13 @@ func Start(ctx context.Context, opts Options) (_ *Server, err error) {
 	}
 
 	s := &Server{
-		Tenant: opts.Tenant,
-		opts:   opts,
-		log:    logger,
-		closed: make(chan struct{}),
-		dir:    newDir(),
+		Tenant:    opts.Tenant,
+		opts:      opts,
+		log:       logger,
+		closed:    make(chan struct{}),
+		afterDone: make(chan struct{}),
+		conns:     newConnSet(),
+		dir:       newDir(),
 	}
 	defer func() {
 		if err != nil {
@@ -234,6 +241,7 @@ func Start(ctx context.Context, opts Options) (_ *Server, err error) {
 		Handler:           s.entraHandler(),
 		ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
+		ConnState:         s.conns.httpState,
 	}
 	s.goServe("http", func() error { return s.httpSrv.Serve(httpLn) })
 
@@ -253,7 +261,10 @@ func Start(ctx context.Context, opts Options) (_ *Server, err error) {
 	s.imapSrv = s.newIMAPServer()
 	s.goServe("imap", func() error { return s.imapSrv.Serve(s.wrapIMAPListener(imapLn)) })
 
-	s.stopCtx = context.AfterFunc(ctx, func() { s.Close() })
+	s.stopCtx = context.AfterFunc(ctx, func() {
+		defer close(s.afterDone)
+		s.shutdown()
+	})
 	logger.Info("fakems started", "base_url", s.BaseURL, "smtp", s.SMTPAddr, "imap", s.IMAPAddr, "tenant", s.Tenant)
 	return s, nil
 }
@@ -274,29 +285,44 @@ func (s *Server) goServe(name string, serve func() error) {
 }
 
 // Close stops the listeners, drops every connection and removes CAFile. It is
-// idempotent.
+// idempotent, and returns when every goroutine of the fake has: the Serve
+// goroutines, each connection's, and the one that closes the fake when
+// Start's ctx ends.
 func (s *Server) Close() error {
+	s.stopOnce.Do(func() {
+		if s.stopCtx != nil && !s.stopCtx() {
+			<-s.afterDone // ctx ended first: its shutdown is running or ran
+		}
+	})
+	return s.shutdown()
+}
+
+// shutdown is Close but for the AfterFunc goroutine, which runs it.
+func (s *Server) shutdown() error {
 	s.closeOnce.Do(func() {
 		close(s.closed)
-		if s.stopCtx != nil {
-			s.stopCtx()
-		}
 		var errs []error
 		if s.httpSrv != nil {
 			errs = append(errs, s.httpSrv.Close())
 		}
+		for _, ln := range s.listeners {
+			_ = ln.Close() // the SMTP and IMAP Serve loops end
+		}
+		s.conns.closeAll()
 		if s.smtpSrv != nil {
-			if err := s.smtpSrv.Close(); !errors.Is(err, smtp.ErrServerClosed) {
+			// The one go-smtp call that waits for its connection
+			// goroutines; their sockets are closed, so they end now. It
+			// closes the listener again.
+			if err := s.smtpSrv.Shutdown(context.Background()); err != nil && !errors.Is(err, smtp.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
 				errs = append(errs, err)
 			}
 		}
+		s.wg.Wait()
+		s.conns.wait()
 		if s.imapSrv != nil {
+			// Nothing is left to close; it marks the server closed.
 			errs = append(errs, s.imapSrv.Close())
 		}
-		for _, ln := range s.listeners {
-			_ = ln.Close() // mostly closed already
-		}
-		s.wg.Wait()
 		if s.tmpDir != "" {
 			errs = append(errs, os.RemoveAll(s.tmpDir))
 		}

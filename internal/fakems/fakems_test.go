@@ -42,9 +42,20 @@ var delegatedScopes = []string{
 // t.Log until the test ends.
 func newWorld(t *testing.T, opts Options) *Server {
 	t.Helper()
+	return newWorldLog(t, opts, nil)
+}
+
+// newWorldLog is newWorld with the fake's log handler wrapped by wrap
+// (nil: as it is).
+func newWorldLog(t *testing.T, opts Options, wrap func(slog.Handler) slog.Handler) *Server {
+	t.Helper()
 	lw := &testLogWriter{t: t}
 	t.Cleanup(lw.stop) // runs last: cleanups are LIFO
-	opts.Logger = slog.New(slog.NewTextHandler(lw, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	var h slog.Handler = slog.NewTextHandler(lw, &slog.HandlerOptions{Level: slog.LevelDebug})
+	if wrap != nil {
+		h = wrap(h)
+	}
+	opts.Logger = slog.New(h)
 	s, err := Start(t.Context(), opts)
 	if err != nil {
 		t.Fatal(err)

@@ -18,9 +18,11 @@ import (
 func (s *Server) newIMAPServer() *imapserver.Server {
 	return imapserver.New(&imapserver.Options{
 		NewSession: func(c *imapserver.Conn) (imapserver.Session, *imapserver.GreetingData, error) {
+			ic, _ := c.NetConn().(*imapConn)
 			return &imapSession{
-				s:   s,
-				log: s.log.With("server", "imap", "cid", randString(8), "remote", c.NetConn().RemoteAddr().String()),
+				s:    s,
+				conn: ic,
+				log:  s.log.With("server", "imap", "cid", randString(8), "remote", c.NetConn().RemoteAddr().String()),
 			}, nil, nil
 		},
 		Caps: imap.CapSet{
@@ -40,6 +42,7 @@ func (s *Server) newIMAPServer() *imapserver.Server {
 // for the "authenticated but not connected" state first.
 type imapSession struct {
 	s            *Server
+	conn         *imapConn // its Close is told when the session ends (lifetime.go)
 	log          *slog.Logger
 	mem          *imapmemserver.UserSession // nil until AUTHENTICATE succeeds
 	notConnected bool
@@ -93,6 +96,10 @@ func (is *imapSession) Login(username, _ string) error {
 }
 
 func (is *imapSession) Close() error {
+	is.log.Debug("imap: session ended")
+	if is.conn != nil && is.conn.track != nil {
+		is.conn.track.sessionEnded()
+	}
 	if is.mem != nil {
 		return is.mem.Close()
 	}

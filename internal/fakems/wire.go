@@ -30,6 +30,7 @@ type smtpConn struct {
 	net.Conn // the current transport: the TCP socket, then the *tls.Conn
 	raw      net.Conn
 	cfg      *tls.Config
+	conns    *connSet
 
 	mu       sync.Mutex // guards isTLS and the write side
 	isTLS    bool
@@ -41,7 +42,8 @@ type smtpConn struct {
 
 type smtpListener struct {
 	net.Listener
-	cfg *tls.Config
+	cfg   *tls.Config
+	conns *connSet
 }
 
 func (l smtpListener) Accept() (net.Conn, error) {
@@ -49,11 +51,14 @@ func (l smtpListener) Accept() (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &smtpConn{Conn: c, raw: c, cfg: l.cfg, ehloHost: exchangeHost}, nil
+	if !l.conns.add(c, false) {
+		return nil, net.ErrClosed
+	}
+	return &smtpConn{Conn: c, raw: c, cfg: l.cfg, conns: l.conns, ehloHost: exchangeHost}, nil
 }
 
 func (s *Server) wrapSMTPListener(ln net.Listener) net.Listener {
-	return smtpListener{Listener: ln, cfg: s.pki.serverTLSConfig()}
+	return smtpListener{Listener: ln, cfg: s.pki.serverTLSConfig(), conns: s.conns}
 }
 
 // TLS reports whether STARTTLS has completed.
@@ -124,7 +129,10 @@ func (c *smtpConn) startTLS(early []byte) error {
 
 // Close, and the deadlines, act on the socket, which also ends or times out
 // TLS on top of it; this avoids racing with the switch of transport.
-func (c *smtpConn) Close() error                       { return c.raw.Close() }
+func (c *smtpConn) Close() error {
+	c.conns.remove(c.raw, false)
+	return c.raw.Close()
+}
 func (c *smtpConn) SetDeadline(t time.Time) error      { return c.raw.SetDeadline(t) }
 func (c *smtpConn) SetReadDeadline(t time.Time) error  { return c.raw.SetReadDeadline(t) }
 func (c *smtpConn) SetWriteDeadline(t time.Time) error { return c.raw.SetWriteDeadline(t) }
@@ -218,6 +226,7 @@ type imapConn struct {
 	done    bool   // logged in: no more rewriting
 	outLine []byte // partial reply line
 	pending []byte // input read but not yet handed to go-imap
+	track   *imapTracking
 }
 
 // Read hands go-imap the client's input a line at a time until login,
@@ -280,18 +289,28 @@ func (c *imapConn) writeRaw(s string) error {
 	return err
 }
 
-type imapListener struct{ net.Listener }
+// imapListener accepts on the TCP listener and wraps each connection in
+// TLS and an imapConn (tls.NewListener would hide the socket, which Close
+// must reach).
+type imapListener struct {
+	net.Listener
+	cfg   *tls.Config
+	conns *connSet
+}
 
 func (l imapListener) Accept() (net.Conn, error) {
 	c, err := l.Listener.Accept()
 	if err != nil {
 		return nil, err
 	}
-	return &imapConn{Conn: c}, nil
+	if !l.conns.add(c, true) {
+		return nil, net.ErrClosed
+	}
+	return &imapConn{Conn: tls.Server(c, l.cfg), track: &imapTracking{set: l.conns, sock: c}}, nil
 }
 
 func (s *Server) wrapIMAPListener(ln net.Listener) net.Listener {
-	return imapListener{tls.NewListener(ln, s.pki.serverTLSConfig())}
+	return imapListener{Listener: ln, cfg: s.pki.serverTLSConfig(), conns: s.conns}
 }
 
 func (c *imapConn) Write(p []byte) (int, error) {
