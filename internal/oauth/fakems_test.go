@@ -178,10 +178,9 @@ func TestFakeMSAuthCodeLogin(t *testing.T) {
 			store := openStore(t, t.TempDir(), 2)
 			acct := w.account(app, grantAuthCode)
 			out := newURLWriter()
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			defer cancel()
-			errc := make(chan error, 1)
-			go func() { errc <- LoginAuthCode(ctx, acct, w.opts(t, store), LoginAuthCodeOptions{Out: out}) }()
+			errc := startLogin(t, func(ctx context.Context) error {
+				return LoginAuthCode(ctx, acct, w.opts(t, store), LoginAuthCodeOptions{Out: out})
+			})
 			var authURL string
 			select {
 			case authURL = <-out.urls:
@@ -213,11 +212,16 @@ func TestFakeMSDeviceLogin(t *testing.T) {
 	store := openStore(t, t.TempDir(), 3)
 	acct := w.account(appPublic, grantDeviceCode)
 	pr, pw := io.Pipe()
+	ctx, cancel := context.WithCancel(context.Background())
 	errc := make(chan error, 1)
+	ended := make(chan struct{})
 	go func() {
-		errc <- LoginDevice(context.Background(), acct, w.opts(t, store), pw)
+		defer close(ended)
+		errc <- LoginDevice(ctx, acct, w.opts(t, store), pw)
 		pw.Close()
 	}()
+	// On a failure before it ends, the sign-in is stopped and its writes fail.
+	t.Cleanup(func() { cancel(); pr.Close(); <-ended })
 	var printed strings.Builder
 	codeRE := regexp.MustCompile(`enter the code (\S+) `)
 	buf := make([]byte, 4096)
@@ -228,7 +232,7 @@ func TestFakeMSDeviceLogin(t *testing.T) {
 		}
 		printed.Write(buf[:n])
 	}
-	go io.Copy(io.Discard, pr)
+	drain(t, pr)
 	code := codeRE.FindStringSubmatch(printed.String())[1]
 	time.Sleep(1500 * time.Millisecond) // let it poll while pending
 	if err := w.ms.ApproveDevice(code, msMailbox); err != nil {
@@ -251,14 +255,19 @@ func TestFakeMSDeviceLoginDenied(t *testing.T) {
 	w := newMSWorld(t, fakems.Options{})
 	acct := w.account(appPublic, grantDeviceCode)
 	pr, pw := io.Pipe()
+	ctx, cancel := context.WithCancel(context.Background())
 	errc := make(chan error, 1)
+	ended := make(chan struct{})
 	go func() {
-		errc <- LoginDevice(context.Background(), acct, w.opts(t, openStore(t, t.TempDir(), 3)), pw)
+		defer close(ended)
+		errc <- LoginDevice(ctx, acct, w.opts(t, openStore(t, t.TempDir(), 3)), pw)
 		pw.Close()
 	}()
+	// On a failure before it ends, the sign-in is stopped and its writes fail.
+	t.Cleanup(func() { cancel(); pr.Close(); <-ended })
 	line := make([]byte, 4096)
 	n, _ := pr.Read(line)
-	go io.Copy(io.Discard, pr)
+	drain(t, pr)
 	code := regexp.MustCompile(`enter the code (\S+) `).FindSubmatch(line[:n])
 	if code == nil {
 		t.Fatalf("no code in %q", line[:n])
@@ -457,4 +466,15 @@ func TestFakeMSRunWithShortTokens(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// drain reads the rest of what LoginDevice prints, until it closes pw (or the
+// test ends, which closes pr).
+func drain(t *testing.T, pr *io.PipeReader) {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		io.Copy(io.Discard, pr)
+	}()
+	t.Cleanup(func() { pr.Close(); <-done })
 }

@@ -1,6 +1,7 @@
 package oauth
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
@@ -290,3 +291,21 @@ func testLogger(t *testing.T) *slog.Logger {
 }
 
 var secretRE = regexp.MustCompile(`s3cret|mailbox-pw|wrong-pw|\b(at|rt|code)-\d|client_assertion=|eyJ`)
+
+// loginLimit bounds an interactive sign-in run by startLogin.
+const loginLimit = 10 * time.Second
+
+// startLogin runs login on a goroutine under a context bounded by
+// loginLimit and returns its result; at the test's end (on a failure too)
+// the context is cancelled and the goroutine waited for.
+func startLogin(t *testing.T, login func(ctx context.Context) error) <-chan error {
+	ctx, cancel := context.WithTimeout(context.Background(), loginLimit)
+	errc := make(chan error, 1)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		errc <- login(ctx)
+	}()
+	t.Cleanup(func() { cancel(); <-done })
+	return errc
+}

@@ -50,13 +50,9 @@ func TestLoginAuthCodeLoopback(t *testing.T) {
 	store := newMemStore()
 	acct := testAccount(f, "authorization_code")
 	out := newURLWriter()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-
-	errc := make(chan error, 1)
-	go func() {
-		errc <- LoginAuthCode(ctx, acct, Options{Store: store, Logger: testLogger(t)}, LoginAuthCodeOptions{Out: out})
-	}()
+	errc := startLogin(t, func(ctx context.Context) error {
+		return LoginAuthCode(ctx, acct, Options{Store: store, Logger: testLogger(t)}, LoginAuthCodeOptions{Out: out})
+	})
 	var authURL string
 	select {
 	case authURL = <-out.urls:
@@ -115,11 +111,10 @@ func TestLoginAuthCodePaste(t *testing.T) {
 	out := newURLWriter()
 	pr, pw := io.Pipe()
 	defer pw.Close()
-	errc := make(chan error, 1)
-	go func() {
-		errc <- LoginAuthCode(context.Background(), acct, Options{Store: store, Logger: testLogger(t)},
+	errc := startLogin(t, func(ctx context.Context) error {
+		return LoginAuthCode(ctx, acct, Options{Store: store, Logger: testLogger(t)},
 			LoginAuthCodeOptions{RedirectURL: "https://relay.example.com/oauth2/callback", Out: out, Paste: pr})
-	}()
+	})
 	authURL := <-out.urls
 	// The browser is elsewhere: get the redirect location without following it.
 	c := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}

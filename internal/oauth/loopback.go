@@ -88,7 +88,11 @@ func LoginAuthCode(ctx context.Context, acct *config.Account, opts Options, lo L
 			Handler:           callbackHandler(ctx, flow, path, done),
 			ReadHeaderTimeout: 10 * time.Second,
 		}
-		go srv.Serve(ln)
+		served := make(chan struct{})
+		go func() {
+			defer close(served)
+			srv.Serve(ln)
+		}()
 		defer func() {
 			// Let the callback page reach the browser before closing.
 			sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
@@ -96,6 +100,7 @@ func LoginAuthCode(ctx context.Context, acct *config.Account, opts Options, lo L
 			if srv.Shutdown(sctx) != nil {
 				srv.Close()
 			}
+			<-served // Shutdown and Close end Serve
 		}()
 	}
 	if lo.Paste != nil {

@@ -17,8 +17,11 @@ const (
 // retried with exponential backoff capped at five minutes (Retry-After is
 // honoured); NeedsSignIn failures are retried at the cap, which also picks up
 // a sign-in written to the store by another process. A failed refresh never
-// discards a cached token that is still valid. Run returns when ctx is done.
+// discards a cached token that is still valid. Run returns when ctx is done
+// and every token request in progress (its own or a caller's, detached
+// from them) has ended: a refresher that stopped leaves nothing running.
 func (s *Source) Run(ctx context.Context) {
+	defer s.waitFlights()
 	if s.grant == grantPassword && s.acct.Password == "" {
 		<-ctx.Done() // passthrough: there is nothing to refresh with
 		return

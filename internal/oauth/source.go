@@ -99,6 +99,16 @@ type Source struct {
 	sf        singleflight.Group
 	wake      chan struct{} // tells Run that the token or the store changed
 
+	// flights counts the goroutines of shared (one per caller that found
+	// no fresh token, waiting on the request it shares); flightsIdle (L:
+	// &flightMu) is broadcast when it drops to zero. Run waits for zero
+	// before it returns, so that no token request, nor the save of a
+	// rotated refresh token, outlives the refresher; flightTimeout bounds
+	// the wait.
+	flightMu    sync.Mutex
+	flights     int
+	flightsIdle sync.Cond
+
 	mu          sync.Mutex
 	access      string
 	expiry      time.Time
@@ -137,6 +147,7 @@ func NewSource(acct *config.Account, opts Options) (*Source, error) {
 		onRequest: opts.OnRequest,
 		pwKey:     make([]byte, 32),
 	}
+	s.flightsIdle.L = &s.flightMu
 	if s.client == nil {
 		s.client = DefaultHTTPClient()
 	}
@@ -276,17 +287,27 @@ func (s *Source) Reload() {
 // shared runs fn once for all concurrent callers with the same key. fn gets a
 // context detached from the callers' (values kept, cancellation dropped) with
 // flightTimeout: a caller whose context ends gets its ctx error at once while
-// the request continues for the others.
+// the request continues for the others. The wait is on a goroutine counted
+// in flights (counted here, before it starts, so waitFlights cannot miss
+// it), which singleflight's DoChan would not let us count.
 func (s *Source) shared(ctx context.Context, key string, fn func(context.Context) (string, *Error)) (string, error) {
-	ch := s.sf.DoChan(key, func() (any, error) {
-		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), flightTimeout)
-		defer cancel()
-		tok, err := fn(fctx)
-		if err != nil {
-			return "", err
-		}
-		return tok, nil
-	})
+	ch := make(chan singleflight.Result, 1)
+	s.flightMu.Lock()
+	s.flights++
+	s.flightMu.Unlock()
+	go func() {
+		defer s.flightDone()
+		v, err, shared := s.sf.Do(key, func() (any, error) {
+			fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), flightTimeout)
+			defer cancel()
+			tok, err := fn(fctx)
+			if err != nil {
+				return "", err
+			}
+			return tok, nil
+		})
+		ch <- singleflight.Result{Val: v, Err: err, Shared: shared}
+	}()
 	select {
 	case r := <-ch:
 		if r.Err != nil {
@@ -295,6 +316,25 @@ func (s *Source) shared(ctx context.Context, key string, fn func(context.Context
 		return r.Val.(string), nil
 	case <-ctx.Done():
 		return "", classify(ctx.Err(), s.grant, s.now())
+	}
+}
+
+// flightDone uncounts a goroutine of shared that has its result.
+func (s *Source) flightDone() {
+	s.flightMu.Lock()
+	defer s.flightMu.Unlock()
+	s.flights--
+	if s.flights == 0 {
+		s.flightsIdle.Broadcast()
+	}
+}
+
+// waitFlights returns when no goroutine of shared is running.
+func (s *Source) waitFlights() {
+	s.flightMu.Lock()
+	defer s.flightMu.Unlock()
+	for s.flights > 0 {
+		s.flightsIdle.Wait()
 	}
 }
 
