@@ -149,7 +149,12 @@ accounts:
 	if err != nil {
 		t.Fatal(err)
 	}
-	go relay.Run(ctx)
+	runCtx, stopRelay := context.WithCancel(ctx)
+	ran := make(chan struct{})
+	go func() { defer close(ran); relay.Run(runCtx) }()
+	// After the server's Shutdown (registered below, so run first) and
+	// before the fake closes.
+	t.Cleanup(func() { stopRelay(); <-ran })
 	srv := New(relay, m, Options{Store: store, Ready: o.ready})
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(ln) }()

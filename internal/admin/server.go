@@ -79,6 +79,8 @@ type Server struct {
 	// upstreams probes the providers' mail servers for /readyz and the
 	// status page.
 	upstreams *upstreamChecker
+	// conns lets Close and Shutdown wait for the connections' goroutines.
+	conns *httpConns
 }
 
 // New returns the admin server of relay. m is the relay's Observer (nil: a
@@ -106,6 +108,7 @@ func New(relay Relay, m *Metrics, opts Options) *Server {
 		tmpl:    mustParsePage(),
 
 		upstreams: newUpstreamChecker(),
+		conns:     newHTTPConns(),
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", s.healthz)
@@ -121,6 +124,7 @@ func New(relay Relay, m *Metrics, opts Options) *Server {
 		WriteTimeout:      writeTimeout,
 		IdleTimeout:       idleTimeout,
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
+		ConnState:         s.conns.state,
 	}
 	return s
 }
@@ -133,7 +137,7 @@ func (s *Server) Serve(ln net.Listener) error {
 	if host, _, err := net.SplitHostPort(ln.Addr().String()); err == nil && !config.IsLoopbackHost(host) {
 		s.log.Warn("admin listener reachable from other hosts", "addr", ln.Addr().String(), "basic_auth", s.authConfigured())
 	}
-	err := s.httpSrv.Serve(ln)
+	err := s.conns.serve(func() error { return s.httpSrv.Serve(ln) })
 	if errors.Is(err, http.ErrServerClosed) {
 		return nil
 	}
@@ -141,16 +145,27 @@ func (s *Server) Serve(ln net.Listener) error {
 }
 
 // Shutdown stops accepting and waits for requests in progress until ctx
-// ends. Upstream probes in progress are cut short.
+// ends (then it returns ctx's error, and Close ends them). Upstream probes
+// in progress are cut short. When it returns nil, Serve and every
+// connection's goroutine have returned.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.upstreams.close()
-	return s.httpSrv.Shutdown(ctx)
+	if err := s.httpSrv.Shutdown(ctx); err != nil {
+		return err
+	}
+	s.conns.wait()
+	return nil
 }
 
-// Close stops at once.
+// Close stops at once: the connections are closed (which cancels their
+// requests' contexts) and upstream probes cut short. It returns when Serve
+// and every connection's goroutine, and so every handler, have.
 func (s *Server) Close() error {
 	s.upstreams.close()
-	return s.httpSrv.Close()
+	s.conns.close()
+	err := s.httpSrv.Close()
+	s.conns.wait()
+	return err
 }
 
 // guard adds the headers every answer gets, and refuses a Host that is not
