@@ -159,7 +159,10 @@ accounts:
 	if err != nil {
 		t.Fatal(err)
 	}
-	go w.relay.Run(ctx)
+	runCtx, stopRelay := context.WithCancel(ctx)
+	ran := make(chan struct{})
+	go func() { defer close(ran); w.relay.Run(runCtx) }()
+	t.Cleanup(func() { stopRelay(); <-ran })
 	w.srv, err = New(w.relay, cfg.Listen.IMAP)
 	if err != nil {
 		t.Fatal(err)

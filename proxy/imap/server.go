@@ -167,6 +167,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		return nil
 	case <-ctx.Done():
 		s.Close()
+		<-done // Close waited for the sessions: the waiter is ending
 		return ctx.Err()
 	}
 }
