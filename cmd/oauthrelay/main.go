@@ -8,6 +8,7 @@
 //	oauthrelay check -config FILE [ACCOUNT]
 //	oauthrelay login -config FILE ACCOUNT
 //	oauthrelay token -config FILE ACCOUNT
+//	oauthrelay queue -config FILE list|show|retry|delete|export [ARGS]
 //	oauthrelay hash-password < password
 //	oauthrelay demo
 //	oauthrelay bench
@@ -42,6 +43,7 @@ func commands() []command {
 		{"check", "check -config FILE [ACCOUNT]  get a token and log in over SMTP and IMAP for each account", runCheck},
 		{"login", "login -config FILE [-replace] ACCOUNT  sign an account in (authorization code or device code)", runLogin},
 		{"token", "token -config FILE ACCOUNT    print a fresh access token", runToken},
+		{"queue", "queue -config FILE list|show|retry|delete|export [ARGS]  see and steer delivery: queue (queue -h)", runQueue},
 		{"hash-password", "hash-password                 read a password on stdin, print its bcrypt hash", runHashPassword},
 		{"demo", "demo                          run the relay against a fake Microsoft 365 on loopback", runDemo},
 		{"bench", "bench                         measure relay vs direct throughput against the fake", runBench},
