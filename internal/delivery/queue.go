@@ -28,6 +28,13 @@ const (
 	// 4000 s; Exchange's throttling lifts within minutes).
 	minBackoff = time.Minute
 	maxBackoff = time.Hour
+	// defaultMaxAge is MaxAge when QueueOptions leave it zero: the
+	// configuration's default (queue.max_age), Postfix's
+	// maximal_queue_lifetime. Zero must not mean "give up at once".
+	defaultMaxAge = 5 * 24 * time.Hour
+	// defaultReportingMTA names the relay in notifications when the host
+	// name cannot be read.
+	defaultReportingMTA = "oauthrelay"
 )
 
 // QueueObserver is told what a Queue does, when the delivery's Observer
@@ -57,9 +64,11 @@ type QueueOptions struct {
 	// Credentials are the account's own (a queued message outlives the
 	// app session that submitted it).
 	Credentials upstream.Credentials
-	// MaxAge is how long a message is retried before it is given up.
+	// MaxAge is how long a message is retried before it is given up;
+	// zero is 5 days (config's default).
 	MaxAge time.Duration
-	// MaxSize is the largest message accepted (the SIZE advertised).
+	// MaxSize is the largest message accepted (the SIZE advertised); 0
+	// accepts any size.
 	MaxSize int64
 	// RecipientsPerMessage caps RCPT per message (452 4.5.3 past it).
 	RecipientsPerMessage int
@@ -101,8 +110,14 @@ func NewQueue(o QueueOptions) *Queue {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
+	if o.MaxAge <= 0 {
+		o.MaxAge = defaultMaxAge
+	}
 	if o.ReportingMTA == "" {
 		o.ReportingMTA, _ = os.Hostname()
+	}
+	if o.ReportingMTA == "" {
+		o.ReportingMTA = defaultReportingMTA
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	q := &Queue{
@@ -121,8 +136,12 @@ func NewQueue(o QueueOptions) *Queue {
 // app's own credentials were checked by the local login.
 func (q *Queue) Ready(context.Context, upstream.Credentials) error { return nil }
 
-// Begin implements Delivery.
+// Begin implements Delivery. A SIZE= over MaxSize is refused at once (RFC
+// 1870 §6.1: 552 at MAIL), before the app sends the message.
 func (q *Queue) Begin(ctx context.Context, _ upstream.Credentials, from string, opts *smtp.MailOptions) (Tx, error) {
+	if opts != nil && q.o.MaxSize > 0 && opts.Size > q.o.MaxSize {
+		return nil, errQueueTooBig
+	}
 	return &queueTx{q: q, ctx: ctx, env: spool.Envelope{
 		Account: q.o.Account.Name,
 		Mailbox: q.o.Account.Mailbox,
@@ -176,8 +195,7 @@ func (t *queueTx) Data(r io.Reader) (*Accepted, error) {
 	case errors.As(err, &re):
 		return nil, &smtpclient.ReadError{Err: re.Err}
 	case errors.Is(err, spool.ErrTooBig):
-		return nil, &smtp.SMTPError{Code: 552, EnhancedCode: smtp.EnhancedCode{5, 3, 4},
-			Message: "Message size exceeds fixed maximum message size"}
+		return nil, errQueueTooBig
 	case errors.Is(err, spool.ErrNoSpace), errors.Is(err, spool.ErrUnavailable):
 		t.q.log.Error("cannot write a message to the spool: it was refused with 452", "err", err)
 		return nil, errSpoolFull
@@ -194,6 +212,11 @@ func (t *queueTx) Data(r io.Reader) (*Accepted, error) {
 }
 
 func (t *queueTx) Abort() {}
+
+// errQueueTooBig: the message is larger than MaxSize (RFC 5321
+// §4.5.3.1.10, RFC 3463 5.3.4: message too big for system).
+var errQueueTooBig = &smtp.SMTPError{Code: 552, EnhancedCode: smtp.EnhancedCode{5, 3, 4},
+	Message: "Message size exceeds fixed maximum message size"}
 
 // errSpoolFull: the message could not be made durable (RFC 3463 4.3.1:
 // mail system full).
@@ -226,14 +249,14 @@ func (q *Queue) run(ctx context.Context) {
 }
 
 // deliverDue attempts every due message of the account and returns when
-// the next one is due.
+// the next one is due. An envelope that cannot be read is logged and left
+// out; it does not hold up the others (List returns them either way).
 func (q *Queue) deliverDue(ctx context.Context) time.Time {
 	now := q.o.Now()
 	next := now.Add(pollInterval)
 	envs, err := q.o.Spool.List()
 	if err != nil {
-		q.log.Error("cannot list the spool", "err", err)
-		return next
+		q.log.Error("cannot read every message of the spool", "err", err)
 	}
 	for _, e := range envs {
 		if e.Account != q.o.Account.Name {
@@ -253,51 +276,96 @@ func (q *Queue) deliverDue(ctx context.Context) time.Time {
 	return next
 }
 
-// attempt delivers message id once; it returns when to try it again (ok
-// false: it is finished, or not this worker's to try).
+// attempt delivers message id once if it is due; it returns when to try
+// it again (ok false: it is finished, or not this worker's to try).
 func (q *Queue) attempt(ctx context.Context, id string) (again time.Time, ok bool) {
 	release, err := q.o.Spool.Claim(id)
 	if err != nil {
-		return time.Time{}, false // another process has it, or it is gone
+		if !errors.Is(err, spool.ErrClaimed) && !errors.Is(err, spool.ErrNotFound) {
+			q.log.Error("cannot claim a queued message", "id", id, "err", err)
+		}
+		return time.Time{}, false // another worker has it, or it is gone
 	}
 	defer release()
+	// Another worker (a second process, or this account's Queue before a
+	// reload) may have tried it since this one listed the spool: whether
+	// it is due is decided on the envelope read under the claim.
+	cur, err := q.o.Spool.Get(id)
+	if err != nil || !cur.Failed.IsZero() {
+		return time.Time{}, false
+	}
+	if cur.NextAttempt.After(q.o.Now()) {
+		return cur.NextAttempt, true
+	}
 	env, interrupted, err := q.o.Spool.BeginAttempt(id)
 	if err != nil {
+		q.log.Error("cannot record the start of a delivery attempt", "id", id, "err", err)
 		return time.Time{}, false
 	}
 	log := q.log.With("id", id, "attempt", env.Attempts)
 	if interrupted {
-		log.Warn("the previous attempt was interrupted before its outcome was recorded: the message may be delivered twice",
+		log.Warn("the previous attempt ended before its outcome was recorded: the message may be delivered twice",
 			"message_id", env.MessageID)
 		if qo, ok := q.o.Observer.(QueueObserver); ok {
 			qo.QueueDuplicate(q.o.Account)
 		}
 	}
-	body, err := q.o.Spool.OpenBody(id)
+	out := q.sendBody(ctx, env, log)
+	return q.finish(ctx, env, out, log)
+}
+
+// sendBody opens the message's body and makes one delivery attempt. A body
+// gone from the spool can never be delivered: its recipients are given up.
+func (q *Queue) sendBody(ctx context.Context, env *spool.Envelope, log *slog.Logger) outcome {
+	if env.Pending() == 0 {
+		return outcomeKnown // a crash after its last recipient's outcome was recorded
+	}
+	body, err := q.o.Spool.OpenBody(env.ID)
+	if errors.Is(err, spool.ErrNotFound) {
+		log.Error("the queued message's content is missing from the spool", "err", err)
+		giveUp(env, "the message's content was lost from the relay's queue")
+		return outcomeKnown
+	}
 	if err != nil {
 		log.Error("cannot read the queued message", "err", err)
-		return q.finish(ctx, env, log, "cannot read the queued message")
+		env.LastError = "the message could not be read from the relay's queue"
+		return outcomeKnown
 	}
 	defer body.Close()
-	if q.o.Now().Sub(env.Created) > q.o.MaxAge {
-		giveUp(env, fmt.Sprintf("not delivered within %s: %s", q.o.MaxAge, orDefault(env.LastError, "no attempt succeeded")))
-		return q.finish(ctx, env, log, "")
-	}
-	q.send(ctx, env, body, log)
-	return q.finish(ctx, env, log, "")
+	return q.send(ctx, env, body, log)
 }
+
+// outcome says whether an attempt knows what the upstream did with the
+// message.
+type outcome int
+
+const (
+	outcomeKnown outcome = iota
+	// outcomeUnknown: the connection was lost after the message was sent,
+	// perhaps with its final dot: the upstream may have it, and the next
+	// attempt may deliver it twice.
+	outcomeUnknown
+)
 
 // send makes one delivery attempt of env's pending recipients and records
 // each recipient's outcome in env.
-func (q *Queue) send(ctx context.Context, env *spool.Envelope, body io.Reader, log *slog.Logger) {
+func (q *Queue) send(ctx context.Context, env *spool.Envelope, body io.Reader, log *slog.Logger) outcome {
 	tx, err := q.o.Sender.Begin(ctx, q.o.Credentials, env.From, mailOptions(env))
 	if err != nil {
 		env.LastError = describe(err)
-		if permanent(err) {
-			giveUp(env, env.LastError)
+		switch {
+		case permanent(err):
+			failPending(env, env.LastError)
+		case isReply(err):
+			// The reply is every pending recipient's last one.
+			for i := range env.Recipients {
+				if r := &env.Recipients[i]; r.State == spool.Pending {
+					r.Reply = env.LastError
+				}
+			}
 		}
-		log.Info("delivery deferred", "reason", env.LastError)
-		return
+		log.Info("delivery attempt failed at MAIL", "reason", env.LastError, "err", err)
+		return outcomeKnown
 	}
 	var accepted []int
 	for i := range env.Recipients {
@@ -310,19 +378,21 @@ func (q *Queue) send(ctx context.Context, env *spool.Envelope, body io.Reader, l
 			accepted = append(accepted, i)
 			continue
 		}
-		r.Reply = describe(err)
 		var se *smtp.SMTPError
 		if !errors.As(err, &se) {
-			env.LastError = r.Reply // the session died: the rest wait
+			env.LastError = describe(err) // the session died: the rest wait
+			log.Info("delivery attempt failed at RCPT", "reason", env.LastError, "err", err)
 			break
 		}
+		r.Reply = describe(err)
+		env.LastError = r.Reply
 		if permanent(err) {
 			r.State = spool.Failed
 		}
 	}
 	if len(accepted) == 0 {
 		tx.Abort()
-		return
+		return outcomeKnown
 	}
 	acc, err := tx.Data(body)
 	for _, i := range accepted {
@@ -336,27 +406,55 @@ func (q *Queue) send(ctx context.Context, env *spool.Envelope, body io.Reader, l
 			r.Reply = describe(err)
 		}
 	}
+	out := outcomeKnown
 	if err != nil {
 		env.LastError = describe(err)
+		var se *smtp.SMTPError
+		if !errors.As(err, &se) && !isReadError(err) {
+			out = outcomeUnknown
+		}
 	}
 	log.Info("delivery attempt", "delivered", count(env, spool.Delivered), "failed", count(env, spool.Failed),
-		"pending", env.Pending(), "reply", orDefault(replyOf(acc), env.LastError))
+		"pending", env.Pending(), "reply", orDefault(replyOf(acc), env.LastError), "err", err)
+	return out
 }
 
 // finish records the attempt's outcome: the message stays for a retry
 // with backoff, or it is done — deleted when every recipient got it,
-// moved to the failed area after a notification otherwise.
-func (q *Queue) finish(ctx context.Context, env *spool.Envelope, log *slog.Logger, failReason string) (time.Time, bool) {
-	env.InFlight = time.Time{}
+// moved to the failed area after a notification otherwise. A message
+// still pending once MaxAge has passed since it was queued is given up
+// after this attempt; retries are never scheduled past that moment, so
+// the give-up is on time.
+//
+// An attempt interrupted by Close leaves the message due at once (the
+// next worker, after a reload or a restart, takes it without backoff);
+// one whose outcome is unknown keeps its InFlight mark, so the next
+// attempt is counted as a possible duplicate.
+func (q *Queue) finish(ctx context.Context, env *spool.Envelope, out outcome, log *slog.Logger) (time.Time, bool) {
+	if out == outcomeKnown {
+		env.InFlight = time.Time{}
+	}
 	obs, _ := q.o.Observer.(QueueObserver)
-	if failReason != "" {
-		giveUp(env, failReason)
+	now := q.o.Now()
+	deadline := env.Created.Add(q.o.MaxAge)
+	if env.Pending() > 0 && ctx.Err() != nil {
+		env.NextAttempt = now
+		if err := q.o.Spool.Update(env); err != nil {
+			log.Error("cannot record the interrupted attempt", "err", err)
+		}
+		log.Info("delivery attempt interrupted: the queue is closing; the message stays due")
+		return now, true
+	}
+	expired := env.Pending() > 0 && !now.Before(deadline)
+	if expired {
+		giveUp(env, expiredReason(q.o.MaxAge, env.LastError))
 	}
 	if env.Pending() > 0 {
-		env.NextAttempt = q.o.Now().Add(backoff(env.Attempts))
+		env.NextAttempt = minTime(now.Add(backoff(env.Attempts)), deadline)
 		if err := q.o.Spool.Update(env); err != nil {
 			log.Error("cannot record the attempt", "err", err)
 		}
+		log.Info("delivery deferred", "pending", env.Pending(), "next_attempt", env.NextAttempt, "reason", env.LastError)
 		if obs != nil {
 			obs.QueueAttempt(q.o.Account, "deferred")
 		}
@@ -367,6 +465,7 @@ func (q *Queue) finish(ctx context.Context, env *spool.Envelope, log *slog.Logge
 		if err := q.o.Spool.Delete(env.ID); err != nil {
 			log.Error("cannot remove a delivered message from the spool: it may be delivered again", "err", err)
 		}
+		log.Info("message delivered", "message_id", env.MessageID)
 		if obs != nil {
 			obs.QueueAttempt(q.o.Account, "delivered")
 		}
@@ -375,8 +474,12 @@ func (q *Queue) finish(ctx context.Context, env *spool.Envelope, log *slog.Logge
 	if err := q.o.Spool.Update(env); err != nil {
 		log.Error("cannot record the attempt", "err", err)
 	}
-	q.notify(ctx, env, failed, log)
-	reason := fmt.Sprintf("%d of %d recipients failed: %s", len(failed), len(env.Recipients), orDefault(failed[0].Reply, env.LastError))
+	giveUpStatus := statusUndefined
+	if expired {
+		giveUpStatus = statusExpired
+	}
+	q.notify(ctx, env, failed, giveUpStatus, log)
+	reason := fmt.Sprintf("%d of %d recipients failed: %s", len(failed), len(env.Recipients), recipientReason(env, failed[0]))
 	if err := q.o.Spool.Fail(env.ID, reason); err != nil {
 		log.Error("cannot move a failed message to the failed area", "err", err)
 	}
@@ -387,72 +490,26 @@ func (q *Queue) finish(ctx context.Context, env *spool.Envelope, log *slog.Logge
 	return time.Time{}, false
 }
 
-// notify queues a delivery status notification to env's sender about the
-// failed recipients: none for the null sender, for a notification, or for
-// recipients that asked for none (NOTIFY=NEVER, RFC 3461 §4.1).
-func (q *Queue) notify(ctx context.Context, env *spool.Envelope, failed []spool.Recipient, log *slog.Logger) {
-	var want []spool.Recipient
-	for _, r := range failed {
-		if !wantsNotify(r, "FAILURE") {
-			continue
+// failPending marks every pending recipient failed with the upstream's
+// permanent reply (to MAIL, or to the final dot).
+func failPending(env *spool.Envelope, reply string) {
+	for i := range env.Recipients {
+		if r := &env.Recipients[i]; r.State == spool.Pending {
+			r.State, r.Reply = spool.Failed, reply
 		}
-		want = append(want, r)
 	}
-	if env.From == "" || env.Notification || len(want) == 0 {
-		return
-	}
-	head := []byte{}
-	if body, err := q.o.Spool.OpenBody(env.ID); err == nil {
-		head = readHead(body)
-		body.Close()
-	}
-	dsn := buildDSN(env, want, head, q.o.ReportingMTA, q.o.Now())
-	n, err := q.o.Spool.Create(ctx, spool.Envelope{
-		Account: env.Account, Mailbox: env.Mailbox, From: env.Mailbox,
-		Recipients:   []spool.Recipient{{Addr: env.From, Notify: []string{"NEVER"}}},
-		Notification: true,
-	}, strings.NewReader(string(dsn)), 0)
-	if err != nil {
-		log.Error("cannot queue the delivery status notification", "to", env.From, "err", err)
-		return
-	}
-	log.Info("delivery status notification queued", "to", env.From, "dsn_id", n.ID)
 }
 
-// giveUp marks every pending recipient failed with reason.
+// giveUp marks every pending recipient failed for reason, in plain words,
+// which becomes the message's LastError; each keeps the upstream's last
+// reply to it, for the DSN's Diagnostic-Code.
 func giveUp(env *spool.Envelope, reason string) {
 	env.LastError = reason
 	for i := range env.Recipients {
 		if r := &env.Recipients[i]; r.State == spool.Pending {
 			r.State = spool.Failed
-			r.Reply = orDefault(r.Reply, reason)
-			if !strings.HasPrefix(r.Reply, "5") {
-				r.Reply = reason
-			}
 		}
 	}
-}
-
-func failedRecipients(env *spool.Envelope) []spool.Recipient {
-	var out []spool.Recipient
-	for _, r := range env.Recipients {
-		if r.State == spool.Failed {
-			out = append(out, r)
-		}
-	}
-	return out
-}
-
-func wantsNotify(r spool.Recipient, what string) bool {
-	if len(r.Notify) == 0 {
-		return what == "FAILURE" // RFC 3461 §4.1: FAILURE (and DELAY) by default
-	}
-	for _, n := range r.Notify {
-		if strings.EqualFold(n, what) {
-			return true
-		}
-	}
-	return false
 }
 
 func count(env *spool.Envelope, s spool.State) int {
@@ -465,32 +522,63 @@ func count(env *spool.Envelope, s spool.State) int {
 	return n
 }
 
-// permanent reports a refusal that retrying will not change: a 5xx reply.
-// A login refusal (535) is the account's problem, not the message's: it
-// is retried until an administrator fixes it or the message ages out.
+// permanent reports a refusal that retrying will not change: a 5xx reply,
+// except Exchange's daily quota (554 5.2.0 SubmissionQuotaExceededException),
+// which frees within a day: a queued message waits for it. A login refusal
+// (535) is the account's problem, not the message's: it is retried until
+// an administrator fixes it or the message ages out.
 func permanent(err error) bool {
 	var ue *upstream.Error
 	if errors.As(err, &ue) {
 		return false
 	}
 	var se *smtp.SMTPError
-	return errors.As(err, &se) && se.Code >= 500
+	return errors.As(err, &se) && permanentReply(se)
 }
 
-// describe is an error in the words of the message log and the DSN.
-func describe(err error) string {
+// isReply reports an error that is the upstream's reply (to MAIL, or to
+// the login).
+func isReply(err error) bool {
 	var ue *upstream.Error
 	if errors.As(err, &ue) {
-		if ue.Reply != nil {
-			return upstream.FormatReply(ue.Reply)
-		}
-		return ue.Kind.String() + ": " + ue.Reason
+		return ue.Reply != nil
 	}
 	var se *smtp.SMTPError
-	if errors.As(err, &se) {
+	return errors.As(err, &se)
+}
+
+func permanentReply(se *smtp.SMTPError) bool {
+	return se.Code >= 500 && classify(se) != limitQuota
+}
+
+// describe is an error in the words of the message log and the DSN: the
+// upstream's own reply when there is one, plain words otherwise. The
+// details (addresses, network errors) go to the log line beside it.
+func describe(err error) string {
+	var (
+		ue *upstream.Error
+		se *smtp.SMTPError
+		le *LostError
+	)
+	switch {
+	case errors.As(err, &ue) && ue.Reply != nil:
+		return upstream.FormatReply(ue.Reply)
+	case errors.As(err, &ue) && ue.Kind == upstream.NeedsSignIn:
+		return "the account cannot get a token and must be signed in again by an administrator (" + ue.Reason + ")"
+	case errors.As(err, &ue):
+		return "the upstream server was not available (" + ue.Reason + ")"
+	case errors.As(err, &se):
 		return upstream.FormatReply(se)
+	case isReadError(err):
+		return "the message could not be read from the relay's queue"
+	case errors.Is(err, context.Canceled):
+		return "the attempt was interrupted: the relay was stopping"
+	case errors.As(err, &le):
+		return "the connection to the upstream server was lost during " + le.Stage
+	case errors.Is(err, context.DeadlineExceeded):
+		return "the attempt timed out"
 	}
-	return err.Error()
+	return "the attempt failed (the relay's log has the details)"
 }
 
 func replyOf(a *Accepted) string {
