@@ -61,6 +61,11 @@ type worldOptions struct {
 	unlimited bool
 	// wrapLog wraps the relay's log handler.
 	wrapLog func(slog.Handler) slog.Handler
+	// queue gives the invoices account delivery: queue; its spool is
+	// <stateDir>/queue.
+	queue bool
+	// stateDir is the relay's state_dir; "" is a new temporary one.
+	stateDir string
 }
 
 type world struct {
@@ -111,6 +116,9 @@ func newWorld(t testing.TB, o worldOptions) *world {
 	if o.secret == "" {
 		o.secret = secret
 	}
+	if o.stateDir == "" {
+		o.stateDir = t.TempDir()
+	}
 	limits := ""
 	if o.unlimited {
 		limits = "limits: {connections: 100, messages_per_minute: 10000}\n"
@@ -139,8 +147,11 @@ accounts:
     password_hash: %q
     allowed_from: ["invoices@contoso.com", "*@billing.contoso.com"]
     enforce_header_from: %v
-`, t.TempDir(), o.listenTLS, w.cert.CertFile, w.cert.KeyFile, ms.Tenant, clientID, o.secret, ms.TokenURL,
+`, o.stateDir, o.listenTLS, w.cert.CertFile, w.cert.KeyFile, ms.Tenant, clientID, o.secret, ms.TokenURL,
 		o.smtpAddr, ms.IMAPAddr, ms.CAFile, mailbox, username, testHash, o.enforceHeaderFrom)
+	if o.queue {
+		yaml += "    delivery: queue\n"
+	}
 	if o.passthrough {
 		ms.AddApp(fakems.App{ClientID: publicID, PublicClient: true})
 		yaml = strings.Replace(yaml, "accounts:\n", fmt.Sprintf(`  ropc:
