@@ -150,8 +150,10 @@ func (q *Queue) Begin(ctx context.Context, _ upstream.Credentials, from string, 
 	}}, nil
 }
 
-// Close stops the worker and waits for it; a delivery in progress is
-// interrupted and retried later (it may then be delivered twice).
+// Close stops the worker and waits for it. A delivery in progress is
+// interrupted and its message left due at once for the next worker (after
+// a reload or a restart); if its final dot may have reached the upstream,
+// that next attempt is counted as a possible duplicate (see finish).
 func (q *Queue) Close() {
 	q.once.Do(q.cancel)
 	<-q.done
