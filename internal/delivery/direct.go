@@ -22,6 +22,8 @@ type Direct struct {
 	observer events.Observer
 	maxWait  time.Duration
 	shared   bool
+	// logs is the observer's message log, nil when it keeps none.
+	logs MessageLogger
 }
 
 // DirectOptions are an account's settings of its direct delivery.
@@ -48,7 +50,8 @@ func NewDirect(a events.Account, sender *Sender, obs events.Observer, opts ...Di
 	if len(opts) > 0 {
 		o = opts[0]
 	}
-	return &Direct{sender: sender, account: a, observer: obs, maxWait: o.MaxWait, shared: o.SharedSender}
+	logs, _ := obs.(MessageLogger)
+	return &Direct{sender: sender, account: a, observer: obs, maxWait: o.MaxWait, shared: o.SharedSender, logs: logs}
 }
 
 // Ready implements Delivery (see Sender.Ready): the token must come (for a
@@ -64,7 +67,11 @@ func (d *Direct) Begin(ctx context.Context, cred upstream.Credentials, from stri
 	if err != nil {
 		return nil, err
 	}
-	return &directTx{Submission: m, d: d}, nil
+	t := &directTx{Submission: m, d: d}
+	if d.logs != nil && !isQueueAttempt(ctx) {
+		t.log = &messageEntry{from: from}
+	}
+	return t, nil
 }
 
 // Close implements Delivery: it closes the Sender unless it is shared.
@@ -78,12 +85,36 @@ func (d *Direct) Close() {
 type directTx struct {
 	*Submission
 	d *Direct
+	// log collects the message log's record; nil when none is kept.
+	log *messageEntry
+}
+
+// messageEntry is what a transaction keeps for its MessageRecord.
+type messageEntry struct {
+	from  string
+	rcpts []string // accepted by the upstream
+}
+
+func (t *directTx) Rcpt(to string, opts *smtp.RcptOptions) error {
+	err := t.Submission.Rcpt(to, opts)
+	if err == nil && t.log != nil {
+		t.log.rcpts = append(t.log.rcpts, to)
+	}
+	return err
 }
 
 func (t *directTx) Data(r io.Reader) (*Accepted, error) {
+	var head *headerSniffer
+	if t.log != nil {
+		head = &headerSniffer{r: r}
+		r = head
+	}
 	acc, err := t.Submission.Data(r)
 	if err == nil {
 		t.d.observer.Message(t.d.account, acc.Bytes)
+	}
+	if t.log != nil {
+		logMessage(t.d.observer, t.d.account, directRecord(t.log.from, t.log.rcpts, head, acc, err))
 	}
 	return acc, err
 }

@@ -209,6 +209,7 @@ func (t *queueTx) Data(r io.Reader) (*Accepted, error) {
 	if qo, ok := t.q.o.Observer.(QueueObserver); ok {
 		qo.Queued(t.q.o.Account, e.Size)
 	}
+	logMessage(t.q.o.Observer, t.q.o.Account, queueRecord(e, e.Created, OutcomeQueued, "250 2.0.0 OK queued as "+e.ID))
 	t.q.wake()
 	return &Accepted{Reply: "2.0.0 OK queued as " + e.ID, Bytes: e.Size}, nil
 }
@@ -352,7 +353,7 @@ const (
 // send makes one delivery attempt of env's pending recipients and records
 // each recipient's outcome in env.
 func (q *Queue) send(ctx context.Context, env *spool.Envelope, body io.Reader, log *slog.Logger) outcome {
-	tx, err := q.o.Sender.Begin(ctx, q.o.Credentials, env.From, mailOptions(env))
+	tx, err := q.o.Sender.Begin(forQueue(ctx), q.o.Credentials, env.From, mailOptions(env))
 	if err != nil {
 		env.LastError = describe(err)
 		switch {
@@ -436,7 +437,7 @@ func (q *Queue) finish(ctx context.Context, env *spool.Envelope, out outcome, lo
 	if out == outcomeKnown {
 		env.InFlight = time.Time{}
 	}
-	obs, _ := q.o.Observer.(QueueObserver)
+	obs := q.attemptObserver(env)
 	now := q.o.Now()
 	deadline := env.Created.Add(q.o.MaxAge)
 	if env.Pending() > 0 && ctx.Err() != nil {
