@@ -84,8 +84,9 @@ type mailbox struct {
 
 	imap *imapmemserver.User
 
-	smtpConns int         // authenticated SMTP sessions (SMTPLimits)
-	sent      []time.Time // acceptance times in the last minute (SMTPLimits)
+	smtpConns int      // authenticated SMTP sessions (SMTPLimits)
+	sent      limitLog // messages accepted in the last minute (SMTPLimits)
+	day       limitLog // messages accepted in the last 24 hours (SMTPLimits)
 }
 
 // resource is the audience of an access token. Exchange accepts only its own.

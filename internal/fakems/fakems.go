@@ -48,9 +48,6 @@ const (
 	defaultMaxMessageBytes = 157286400 // EHLO SIZE of smtp.office365.com
 	defaultAuthLineLimit   = 16 << 10
 	defaultRefreshGrace    = time.Minute
-	maxConnsPerMailbox     = 3
-	maxMessagesPerMinute   = 30
-	maxRecipients          = 500
 )
 
 // Options configures a fake. The zero value is a usable Microsoft 365.
@@ -94,12 +91,47 @@ type Options struct {
 	// 157286400, as smtp.office365.com announces.
 	SMTPMaxMessageBytes int64
 
-	// SMTPLimits enforces Exchange Online's SMTP AUTH limits per mailbox: 3
-	// concurrent authenticated connections (the 4th AUTH gets "432 4.3.2
-	// Concurrent connections limit exceeded") and 30 messages per minute (the
-	// 31st DATA gets "432 4.3.2 STOREDRV.ClientSubmit; sender thread limit
-	// exceeded").
+	// SMTPLimits enforces Exchange Online's SMTP AUTH limits per mailbox
+	// (limits.go), on Clock: 3 concurrent authenticated connections (the
+	// 4th AUTH gets "432 4.3.2 Concurrent connections limit exceeded"),
+	// 30 messages in any minute (the 31st DATA gets "432 4.3.2
+	// STOREDRV.ClientSubmit; sender thread limit exceeded") and
+	// RecipientsPerDay recipients in any 24 hours (the message that would
+	// pass it gets "554 5.2.0
+	// STOREDRV.Submission.Exception:SubmissionQuotaExceededException").
+	// LimitReplies counts the refusals.
 	SMTPLimits bool
+
+	// RecipientsPerDay is the daily recipient quota SMTPLimits keeps. Zero
+	// means 10,000, Exchange Online's.
+	RecipientsPerDay int
+
+	// RecipientsPerMessage is how many RCPTs one message may have; the
+	// next gets "452 4.5.3 Too many recipients" (counted in LimitReplies),
+	// with or without SMTPLimits. Zero means 500, Exchange Online's default
+	// (tenants may set 1 to 1,000).
+	RecipientsPerMessage int
+
+	// Clock is the time SMTPLimits are kept by; nil is the system clock.
+	// Benchmarks pass a clock that runs faster than real time (a
+	// *delivery.ScaledClock), so a burst against 30 messages a minute
+	// drains in seconds; the relay under test must keep its own limits on
+	// a clock of the same speed.
+	Clock Clock
+
+	// SMTPLoginLatency delays the greeting and the reply to AUTH of every
+	// SMTP connection, each by this much: what a new connection to
+	// Exchange Online costs over the internet (TCP, TLS and XOAUTH2 take
+	// tens of milliseconds) and a fake on loopback does not, for
+	// benchmarks of a relay that keeps its upstream sessions. Zero adds
+	// nothing.
+	SMTPLoginLatency time.Duration
+
+	// SMTPReplyLatency delays every SMTP reply after the greeting (EHLO,
+	// STARTTLS, MAIL, RCPT, DATA, RSET..., and AUTH's on top of
+	// SMTPLoginLatency) by this much: the round trip of a command to
+	// Exchange. Zero adds nothing.
+	SMTPReplyLatency time.Duration
 
 	// DiscardData keeps only the size and SHA-256 of received messages, for
 	// benchmarks that send 100 MB messages. By default the data is kept.
@@ -136,6 +168,7 @@ type Server struct {
 	log    *slog.Logger
 	pki    *pki
 	tmpDir string
+	clock  Clock // opts.Clock or the system clock
 
 	httpSrv *http.Server
 	smtpSrv *smtp.Server
@@ -156,9 +189,10 @@ type Server struct {
 	afterDone chan struct{}
 
 	// mu guards dir, the tenant and organisation state, which the HTTP,
-	// SMTP and IMAP handlers and the test-facing methods all share. It is
-	// never held across network I/O.
-	mu sync.Mutex
+	// SMTP and IMAP handlers and the test-facing methods all share, and
+	// limitCounts. It is never held across network I/O.
+	mu          sync.Mutex
+	limitCounts LimitCounts
 	dir
 }
 
@@ -193,6 +227,10 @@ func Start(ctx context.Context, opts Options) (_ *Server, err error) {
 		afterDone: make(chan struct{}),
 		conns:     newConnSet(),
 		dir:       newDir(),
+		clock:     opts.Clock,
+	}
+	if s.clock == nil {
+		s.clock = realClock{}
 	}
 	defer func() {
 		if err != nil {
@@ -334,6 +372,19 @@ func (s *Server) shutdown() error {
 	return s.closeErr
 }
 
+// pause waits d (SMTPLoginLatency, SMTPReplyLatency), or until Close.
+func (s *Server) pause(d time.Duration) {
+	if d <= 0 {
+		return
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-s.closed:
+	}
+}
+
 // HTTPClient returns a client for the Entra endpoints that trusts the
 // generated CA (needed with Options.HTTPS; harmless without).
 func (s *Server) HTTPClient() *http.Client {
@@ -359,7 +410,7 @@ type Message struct {
 	Size     int64
 	SHA256   [32]byte
 	Params   MailParams
-	Received time.Time
+	Received time.Time // on the system clock, not Options.Clock
 }
 
 // MailParams are the ESMTP parameters the client sent, so tests can check

@@ -26,6 +26,9 @@ var (
 		Message: "Concurrent connections limit exceeded. Visit https://aka.ms/concurrent_sending for more information. [Hostname=" + exchangeHost + "]"}
 	replyRateLimited = &smtp.SMTPError{Code: 432, EnhancedCode: smtp.EnhancedCode{4, 3, 2},
 		Message: "STOREDRV.ClientSubmit; sender thread limit exceeded [Hostname=" + exchangeHost + "]"}
+	// replyQuotaExceeded is the daily recipient quota (10,000 in 24 hours).
+	replyQuotaExceeded = &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 2, 0},
+		Message: "STOREDRV.Submission.Exception:SubmissionQuotaExceededException; Failed to process message due to a permanent exception with message Cannot submit message. [Hostname=" + exchangeHost + "]"}
 	replyStartTLSFirst = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{5, 7, 3},
 		Message: "STARTTLS is required to send mail [" + exchangeHost + "]"}
 	replyNotAuthenticated = &smtp.SMTPError{Code: 530, EnhancedCode: smtp.EnhancedCode{5, 7, 57},

@@ -131,6 +131,7 @@ func (x *xoauth2Server) Next(resp []byte) ([]byte, bool, error) {
 
 // loginXOAuth2 is Exchange's decision on an SMTP XOAUTH2 login.
 func (ss *smtpSession) loginXOAuth2(user, token string) error {
+	ss.s.pause(ss.s.opts.SMTPLoginLatency) // Exchange's token validation, over the internet
 	m, at, reason := ss.s.checkBearer(user, token, scopeSMTP, roleSMTP)
 	if m == nil {
 		ss.log.Info("smtp: XOAUTH2 refused", "user", user, "reason", reason)
@@ -142,14 +143,12 @@ func (ss *smtpSession) loginXOAuth2(user, token string) error {
 		ss.log.Info("smtp: XOAUTH2 refused", "user", user, "reason", "SMTP AUTH disabled for the mailbox")
 		return replySMTPAuthDisabled
 	}
-	if ss.s.opts.SMTPLimits {
-		if m.smtpConns >= maxConnsPerMailbox {
-			ss.log.Info("smtp: XOAUTH2 refused", "user", user, "reason", "concurrent connections limit")
-			return replyConcurrent
-		}
-		m.smtpConns++
-		ss.counted = true
+	counted, ok := ss.s.loginLocked(m)
+	if !ok {
+		ss.log.Info("smtp: XOAUTH2 refused", "user", user, "reason", "concurrent connections limit")
+		return replyConcurrent
 	}
+	ss.counted = counted
 	ss.user, ss.clientID, ss.appOnly = lower(user), at.clientID, at.appOnly()
 	ss.log = ss.log.With("user", ss.user)
 	ss.log.Info("smtp: XOAUTH2 accepted", "client_id", at.clientID, "app_only", ss.appOnly)
@@ -191,7 +190,8 @@ func (ss *smtpSession) Mail(from string, opts *smtp.MailOptions) error {
 }
 
 func (ss *smtpSession) Rcpt(to string, opts *smtp.RcptOptions) error {
-	if len(ss.to) >= maxRecipients {
+	if ss.s.tooManyRcpts(len(ss.to)) {
+		ss.log.Info("smtp: recipient refused", "reason", "recipients per message", "limit", ss.s.recipientsPerMessage())
 		return replyTooManyRcpts
 	}
 	rp := RcptParams{ORcpt: opts.OriginalRecipient}
@@ -208,7 +208,7 @@ func (ss *smtpSession) Rcpt(to string, opts *smtp.RcptOptions) error {
 var copyBuffers = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
 
 // Data receives a message (DATA or BDAT). It honours DropNextDataAfter, the
-// per-minute limit and DiscardData, and answers like Exchange:
+// per-minute and per-day limits and DiscardData, and answers like Exchange:
 // "250 2.0.0 OK <message-id> [Hostname=...]".
 func (ss *smtpSession) Data(r io.Reader) error {
 	hw := newHashingWriter(ss.s.opts.DiscardData)
@@ -227,20 +227,13 @@ func (ss *smtpSession) Data(r io.Reader) error {
 	}
 	msgID := messageID(hw.buf)
 
-	now := time.Now()
 	ss.s.mu.Lock()
-	if ss.s.opts.SMTPLimits {
-		if m := ss.s.mailboxes[ss.user]; m != nil {
-			m.sent = slices.DeleteFunc(m.sent, func(t time.Time) bool { return now.Sub(t) >= time.Minute })
-			if len(m.sent) >= maxMessagesPerMinute {
-				ss.s.mu.Unlock()
-				ss.log.Info("smtp: message refused", "reason", "30 messages per minute")
-				return replyRateLimited
-			}
-			m.sent = append(m.sent, now)
-		}
-	}
+	refused := ss.s.admitLocked(ss.s.mailboxes[ss.user], len(ss.to))
 	ss.s.mu.Unlock()
+	if refused != nil {
+		ss.log.Info("smtp: message refused", "reason", refused.Message, "rcpts", len(ss.to))
+		return refused
+	}
 
 	msg := Message{
 		AuthUser: ss.user,
@@ -251,7 +244,7 @@ func (ss *smtpSession) Data(r io.Reader) error {
 		Size:     hw.size,
 		SHA256:   hw.sum(),
 		Params:   ss.params,
-		Received: now,
+		Received: time.Now(),
 	}
 	if !ss.s.opts.DiscardData {
 		msg.Data = hw.buf

@@ -31,6 +31,7 @@ type smtpConn struct {
 	raw      net.Conn
 	cfg      *tls.Config
 	conns    *connSet
+	lat      latency
 
 	mu       sync.Mutex // guards isTLS and the write side
 	isTLS    bool
@@ -44,6 +45,15 @@ type smtpListener struct {
 	net.Listener
 	cfg   *tls.Config
 	conns *connSet
+	lat   latency
+}
+
+// latency is the delays Options.SMTPLoginLatency and SMTPReplyLatency add
+// to the replies, and how to wait them out (Server.pause: Close ends the
+// wait).
+type latency struct {
+	greeting, reply time.Duration
+	pause           func(time.Duration)
 }
 
 func (l smtpListener) Accept() (net.Conn, error) {
@@ -54,11 +64,12 @@ func (l smtpListener) Accept() (net.Conn, error) {
 	if !l.conns.add(c, false) {
 		return nil, net.ErrClosed
 	}
-	return &smtpConn{Conn: c, raw: c, cfg: l.cfg, conns: l.conns, ehloHost: exchangeHost}, nil
+	return &smtpConn{Conn: c, raw: c, cfg: l.cfg, conns: l.conns, lat: l.lat, ehloHost: exchangeHost}, nil
 }
 
 func (s *Server) wrapSMTPListener(ln net.Listener) net.Listener {
-	return smtpListener{Listener: ln, cfg: s.pki.serverTLSConfig(), conns: s.conns}
+	lat := latency{greeting: s.opts.SMTPLoginLatency, reply: s.opts.SMTPReplyLatency, pause: s.pause}
+	return smtpListener{Listener: ln, cfg: s.pki.serverTLSConfig(), conns: s.conns, lat: lat}
 }
 
 // TLS reports whether STARTTLS has completed.
@@ -112,6 +123,7 @@ func (c *smtpConn) Read(p []byte) (int, error) {
 }
 
 func (c *smtpConn) startTLS(early []byte) error {
+	c.lat.pause(c.lat.reply)
 	if _, err := c.raw.Write([]byte("220 2.0.0 SMTP server ready\r\n")); err != nil {
 		return fmt.Errorf("starttls: %w", err)
 	}
@@ -143,6 +155,10 @@ func (c *smtpConn) Write(p []byte) (int, error) {
 	defer c.mu.Unlock()
 	c.outLine = append(c.outLine, p...)
 	var out []byte
+	delay := c.lat.reply
+	if !c.greeted {
+		delay = c.lat.greeting
+	}
 	for {
 		i := bytes.Index(c.outLine, []byte("\r\n"))
 		if i < 0 {
@@ -156,6 +172,9 @@ func (c *smtpConn) Write(p []byte) (int, error) {
 		}
 	}
 	if len(out) > 0 {
+		// go-smtp writes each reply from the connection's one goroutine,
+		// which also reads: holding mu while waiting blocks no one.
+		c.lat.pause(delay)
 		if _, err := c.Conn.Write(out); err != nil {
 			return 0, err
 		}
