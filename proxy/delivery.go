@@ -1,9 +1,11 @@
 package proxy
 
 import (
+	"cmp"
 	"fmt"
 	"net/netip"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -102,6 +104,28 @@ func (r *Relay) openSpool(cfg *config.Config) (*spool.Spool, error) {
 	return sp, nil
 }
 
+// expireInterval is how often failed queued messages past
+// queue.keep_failed are removed.
+const expireInterval = time.Hour
+
+// expireFailed removes the failed messages older than queue.keep_failed,
+// when a spool is open.
+func (r *Relay) expireFailed() {
+	keep := r.Config().Queue.KeepFailed
+	r.deliveryMu.Lock()
+	defer r.deliveryMu.Unlock()
+	if r.spool == nil {
+		return
+	}
+	ids, err := r.spool.ExpireFailed(keep, time.Now())
+	if err != nil {
+		r.log.Error("cannot remove expired failed messages from the queue", "err", err)
+	}
+	for _, id := range ids {
+		r.log.Info("failed queued message removed after queue.keep_failed", "id", id, "keep_failed", keep)
+	}
+}
+
 // closeUnusedSenders closes the senders no account of snap uses any more.
 func (r *Relay) closeUnusedSenders(snap *snapshot) {
 	used := make(map[senderKey]bool)
@@ -130,4 +154,39 @@ func (r *Relay) closeDelivery() {
 		r.spool.Close()
 		r.spool = nil
 	}
+}
+
+// EachSender calls f with a snapshot of every mailbox's Sender, ordered by
+// mailbox and server (admin.Relay). The Stats are read after deliveryMu is
+// released, so a scrape never holds up a reload.
+func (r *Relay) EachSender(f func(mailbox, server string, st delivery.Stats)) {
+	type entry struct {
+		k senderKey
+		s *delivery.Sender
+	}
+	r.deliveryMu.Lock()
+	list := make([]entry, 0, len(r.senders))
+	for k, s := range r.senders {
+		list = append(list, entry{k, s})
+	}
+	r.deliveryMu.Unlock()
+	slices.SortFunc(list, func(a, b entry) int {
+		return cmp.Or(cmp.Compare(a.k.mailbox, b.k.mailbox), cmp.Compare(a.k.server, b.k.server))
+	})
+	for _, e := range list {
+		f(e.k.mailbox, e.k.server, e.s.Stats())
+	}
+}
+
+// QueueStats sums up the spool (admin.Relay); ok is false while no account
+// queues.
+func (r *Relay) QueueStats() (st spool.Stats, ok bool, err error) {
+	r.deliveryMu.Lock()
+	sp := r.spool
+	r.deliveryMu.Unlock()
+	if sp == nil {
+		return spool.Stats{}, false, nil
+	}
+	st, err = sp.Stats()
+	return st, true, err
 }

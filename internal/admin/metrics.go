@@ -14,7 +14,9 @@ import (
 )
 
 // Metrics records what the sessions do, for /metrics and the status page.
-// It implements proxy.Observer: pass it as proxy.Options.Observer. Every
+// It implements proxy.Observer: pass it as proxy.Options.Observer; it is
+// also the deliveries' delivery.QueueObserver and delivery.MessageLogger
+// (the status page's message log). Every
 // metric lives in the Metrics' own registry (no global registry), so tests
 // and several relays in one process do not share counters.
 //
@@ -38,6 +40,8 @@ type Metrics struct {
 	tokenReqs    *prometheus.CounterVec // account, result
 	tokenTime    *prometheus.HistogramVec
 	tokens       *tokenCollector
+	delivery     *deliveryMetrics
+	logs         *messageLogs
 
 	mu       sync.Mutex
 	accounts map[string]*accountStats // by account name: survives reloads
@@ -115,7 +119,9 @@ func NewMetrics() *Metrics {
 			Help:    "Duration of token requests to the identity provider, by result.",
 			Buckets: latencyBuckets,
 		}, []string{"result"}),
-		tokens: newTokenCollector(),
+		tokens:   newTokenCollector(),
+		delivery: newDeliveryMetrics(),
+		logs:     newMessageLogs(),
 	}
 	m.reg.MustRegister(
 		collectors.NewGoCollector(),
@@ -123,6 +129,7 @@ func NewMetrics() *Metrics {
 		m.connTotal, m.connActive, m.connUnauth, m.connRefused, m.unauthLimit, m.sessions, m.logins, m.upstream, m.upstreamTime,
 		m.messages, m.messageBytes, m.imapBytes, m.tokenReqs, m.tokenTime, m.tokens,
 	)
+	m.reg.MustRegister(m.delivery.collectors()...)
 	// Families with a fixed label set start at zero, so that rate() and
 	// alerts work before the first event.
 	for _, p := range []string{"smtp", "imap"} {
@@ -144,8 +151,11 @@ func (m *Metrics) Handler() http.Handler {
 // Registry is the Metrics' own registry, for adding collectors.
 func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
 
-// watch makes the token collector read relay's accounts at scrape time.
-func (m *Metrics) watch(relay Relay) { m.tokens.setRelay(relay) }
+// watch makes the collectors read relay at scrape time.
+func (m *Metrics) watch(relay Relay) {
+	m.tokens.setRelay(relay)
+	m.delivery.setRelay(relay)
+}
 
 // stats returns the account's record, creating it; m.mu must be held.
 func (m *Metrics) statsLocked(name string) *accountStats {

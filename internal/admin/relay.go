@@ -4,7 +4,9 @@ import (
 	"log/slog"
 
 	"github.com/oauthrelay/oauthrelay/config"
+	"github.com/oauthrelay/oauthrelay/internal/delivery"
 	"github.com/oauthrelay/oauthrelay/internal/oauth"
+	"github.com/oauthrelay/oauthrelay/internal/spool"
 )
 
 // Relay is what the admin server reads of the running relay: the
@@ -19,6 +21,17 @@ type Relay interface {
 	Source(name string) *oauth.Source
 	// Logger is the relay's logger.
 	Logger() *slog.Logger
+	// EachSender calls f with a snapshot of every mailbox's Sender (its
+	// pool and limits), named by the mailbox and the provider's SMTP
+	// server address (a mailbox reached through two servers has one
+	// Sender for each), in a stable order. It is a callback rather than
+	// a slice of an admin type because proxy cannot import admin (admin's
+	// tests import proxy).
+	EachSender(f func(mailbox, server string, st delivery.Stats))
+	// QueueStats sums up the spool of delivery: queue; ok is false when
+	// no account queues (no spool is open). err reports envelopes that
+	// could not be read; st holds the others.
+	QueueStats() (st spool.Stats, ok bool, err error)
 }
 
 // account is a configured account with its token source.
