@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/base64"
@@ -34,17 +35,38 @@ func runBench(ctx context.Context, args []string, _ io.Reader, stdout, stderr io
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	quick := fs.Bool("quick", false, "fewer messages (a smoke run)")
-	only := fs.String("only", "", "smtp or imap: run one half")
+	only := fs.String("only", "", "smtp, imap or delivery: run one part")
 	pin := fs.Bool("pin", true, "pin the relay and the load generator to separate CPUs (Linux)")
+	speed := fs.Float64("speed", defaultBenchSpeed, "delivery: how many times faster than real time the fake Exchange and the relay keep their limits")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
+	switch *only {
+	case "", "smtp", "imap", "delivery":
+	default:
+		return fmt.Errorf("bench: -only %q: want smtp, imap or delivery", *only)
+	}
+	if *only != "delivery" {
+		if err := proxyBench(ctx, *only, *quick, *pin, stdout, stderr); err != nil {
+			return err
+		}
+	}
+	if *only != "" && *only != "delivery" {
+		return nil
+	}
+	db := &deliveryBench{pin: *pin, quick: *quick, speed: max(*speed, 1), stdout: stdout, stderr: stderr}
+	return db.run(ctx)
+}
+
+// proxyBench is the SMTP and IMAP proxies' part of the bench (only: "",
+// "smtp" or "imap"), against one relay and one fake without limits.
+func proxyBench(ctx context.Context, only string, quick, pin bool, stdout, stderr io.Writer) error {
 	fw, err := startFakeWorld(ctx, fakems.Options{DiscardData: true})
 	if err != nil {
 		return err
 	}
 	defer fw.ms.Close()
-	rp, err := startRelayProcess(ctx, fw, *pin, stderr)
+	rp, err := startRelayProcess(ctx, fw, pin, stderr)
 	if err != nil {
 		return err
 	}
@@ -57,16 +79,16 @@ func runBench(ctx context.Context, args []string, _ io.Reader, stdout, stderr io
 	}
 
 	tok := fw.ms.IssueAccessToken(demoClientID, "")
-	if *only != "imap" {
-		if err := smtpBench(ctx, fw, rp, tok, *quick, stdout); err != nil {
+	if only != "imap" {
+		if err := smtpBench(ctx, fw, rp, tok, quick, stdout); err != nil {
 			return err
 		}
 	}
-	if *only == "smtp" {
+	if only == "smtp" {
 		return nil
 	}
 	ib := &imapBench{fw: fw, rp: rp, token: tok, p: p}
-	return ib.run(ctx, *quick)
+	return ib.run(ctx, quick)
 }
 
 // smtpBench measures the relay's peak memory on one 100 MB message, then
@@ -164,9 +186,38 @@ type relayProcess struct {
 	dir      string
 	cpus     string        // CPUs the relay is pinned to; "" when not pinned
 	exited   chan struct{} // closed when the process has exited (and was waited for)
+	// seen is closed when relaySpec.watch appeared in the relay's log.
+	seen chan struct{}
 }
 
+// relaySpec is what a child `serve` is started with.
+type relaySpec struct {
+	// config returns the configuration for a relay whose state_dir is
+	// dir and whose app password has the bcrypt hash hash.
+	config func(dir, hash string) string
+	// env is added to the bench's environment.
+	env []string
+	// watch is a text to look for in the relay's log (see seen).
+	watch string
+}
+
+// startRelayProcess starts the relay of the SMTP and IMAP proxies' bench:
+// the demo account, limits raised.
 func startRelayProcess(ctx context.Context, fw *fakeWorld, pin bool, stderr io.Writer) (*relayProcess, error) {
+	return startBenchRelay(ctx, relaySpec{config: func(dir, hash string) string {
+		yaml := strings.Replace(fw.yaml(dir, "127.0.0.1:0", "127.0.0.1:0", "off", hash), "level: info", "level: warn", 1)
+		// The throughput figures measure the relay's own cost against a
+		// fake that enforces no limits: the relay must not keep
+		// Exchange's 30 messages a minute here either.
+		return unlimited + yaml
+	}}, pin, stderr)
+}
+
+// unlimited is the limits of a relay measured against a fake that keeps
+// none.
+const unlimited = "limits: {connections: 100, messages_per_minute: 10000, recipients_per_day: 1000000}\n"
+
+func startBenchRelay(ctx context.Context, spec relaySpec, pin bool, stderr io.Writer) (*relayProcess, error) {
 	exe, err := os.Executable()
 	if err != nil {
 		return nil, err
@@ -182,14 +233,9 @@ func startRelayProcess(ctx context.Context, fw *fakeWorld, pin bool, stderr io.W
 	// The relay binds port 0 itself and says which ports it got: a port
 	// found free here and closed again could be handed out twice (the
 	// IMAP bench once met the relay's SMTP greeting).
-	rp := &relayProcess{dir: dir}
-	yaml := strings.Replace(fw.yaml(dir, "127.0.0.1:0", "127.0.0.1:0", "off", string(hash)), "level: info", "level: warn", 1)
-	// The throughput figures measure the relay's own cost against a fake
-	// that enforces no limits: the relay must not keep Exchange's 30
-	// messages a minute here either.
-	yaml = "limits: {connections: 100, messages_per_minute: 10000, recipients_per_day: 1000000}\n" + yaml
+	rp := &relayProcess{dir: dir, seen: make(chan struct{})}
 	cfgPath := filepath.Join(dir, "config.yaml")
-	if err := os.WriteFile(cfgPath, []byte(yaml), 0o600); err != nil {
+	if err := os.WriteFile(cfgPath, []byte(spec.config(dir, string(hash))), 0o600); err != nil {
 		return nil, err
 	}
 	addrFile := filepath.Join(dir, "addrs")
@@ -204,6 +250,12 @@ func startRelayProcess(ctx context.Context, fw *fakeWorld, pin bool, stderr io.W
 	}
 	rp.cmd = exec.CommandContext(ctx, args[0], args[1:]...)
 	rp.cmd.Stderr = stderr
+	if spec.watch != "" {
+		rp.cmd.Stderr = &logWatch{w: stderr, watch: []byte(spec.watch), seen: rp.seen}
+	}
+	if len(spec.env) > 0 {
+		rp.cmd.Env = append(os.Environ(), spec.env...)
+	}
 	if err := rp.cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start relay: %w", err)
 	}
@@ -216,6 +268,28 @@ func startRelayProcess(ctx context.Context, fw *fakeWorld, pin bool, stderr io.W
 	}
 	rp.smtpAddr, rp.imapAddr = addrs["smtp"], addrs["imap"]
 	return rp, nil
+}
+
+// logWatch passes the relay's log on to w and closes seen once watch
+// appears in it.
+type logWatch struct {
+	w     io.Writer
+	watch []byte
+	seen  chan struct{}
+	tail  []byte // the end of what was written, for a watch split across writes
+	found bool
+}
+
+func (l *logWatch) Write(p []byte) (int, error) {
+	if !l.found {
+		buf := append(l.tail, p...)
+		if bytes.Contains(buf, l.watch) {
+			l.found = true
+			close(l.seen)
+		}
+		l.tail = append(l.tail[:0], buf[max(0, len(buf)-len(l.watch)):]...)
+	}
+	return l.w.Write(p)
 }
 
 // relayStartTimeout bounds the wait for the relay's address file.
@@ -338,7 +412,17 @@ func sendMsg(c *smtp.Client, msg []byte) error {
 // with dial (one login per session, then messages back to back) and returns
 // messages per second. Bounded by n and by a 2-minute deadline.
 func smtpLoad(ctx context.Context, dial func() (*smtp.Client, error), clients, n, size int) (float64, error) {
-	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	sent, elapsed, err := smtpLoadN(ctx, dial, clients, n, size, 2*time.Minute)
+	if err != nil {
+		return 0, err
+	}
+	return float64(sent) / elapsed.Seconds(), nil
+}
+
+// smtpLoadN is smtpLoad bounded by timeout; it returns how many messages
+// were sent and the time they took.
+func smtpLoadN(ctx context.Context, dial func() (*smtp.Client, error), clients, n, size int, timeout time.Duration) (int64, time.Duration, error) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	msg := body(size)
 	var left atomic.Int64
@@ -371,7 +455,7 @@ func smtpLoad(ctx context.Context, dial func() (*smtp.Client, error), clients, n
 	elapsed := time.Since(start)
 	close(errc)
 	if err := <-errc; err != nil {
-		return 0, err
+		return sent.Load(), elapsed, err
 	}
-	return float64(sent.Load()) / elapsed.Seconds(), nil
+	return sent.Load(), elapsed, nil
 }

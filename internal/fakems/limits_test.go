@@ -2,12 +2,15 @@ package fakems
 
 import (
 	"bufio"
+	"bytes"
 	"crypto/tls"
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/textproto"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -376,5 +379,35 @@ func TestLatency(t *testing.T) {
 		}
 	case <-time.After(30 * time.Second):
 		t.Fatal("Close waited for a greeting delayed by an hour")
+	}
+}
+
+// TestLatencyPerReply: the delay is added once per reply, however many
+// lines it has (go-smtp writes each line of EHLO's reply on its own), and
+// the greeting gets the login latency.
+func TestLatencyPerReply(t *testing.T) {
+	t.Parallel()
+	client, server := net.Pipe()
+	defer client.Close()
+	read := make(chan []byte, 1)
+	go func() {
+		b, _ := io.ReadAll(client)
+		read <- b
+	}()
+	var pauses []time.Duration
+	const greeting, reply = 1, 2
+	c := &smtpConn{Conn: server, raw: server, conns: newConnSet(), ehloHost: exchangeHost,
+		lat: latency{greeting: greeting, reply: reply, pause: func(d time.Duration) { pauses = append(pauses, d) }}}
+	for _, w := range []string{"220 x ESMTP\r\n", "250-x Hello\r\n", "250-SIZE 1\r\n", "250 AUTH XOAUTH2\r\n", "250 2.0.0 Roger, accepting mail from <a>\r\n"} {
+		if _, err := c.Write([]byte(w)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	server.Close()
+	if got := <-read; bytes.Count(got, []byte("\r\n")) != 5 {
+		t.Errorf("wrote %q, want 5 lines", got)
+	}
+	if want := []time.Duration{greeting, reply, reply}; !slices.Equal(pauses, want) {
+		t.Errorf("pauses %v, want %v: one per reply", pauses, want)
 	}
 }

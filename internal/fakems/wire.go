@@ -38,6 +38,7 @@ type smtpConn struct {
 	pending  []byte // plaintext input read but not yet handed to go-smtp
 	outLine  []byte // partial reply line
 	greeted  bool
+	midReply bool   // the last line written continues a multi-line reply
 	ehloHost string // the host the fake calls itself
 }
 
@@ -155,9 +156,14 @@ func (c *smtpConn) Write(p []byte) (int, error) {
 	defer c.mu.Unlock()
 	c.outLine = append(c.outLine, p...)
 	var out []byte
-	delay := c.lat.reply
-	if !c.greeted {
+	// The delay is a reply's, not a line's: go-smtp writes each line of
+	// a multi-line reply (EHLO's) on its own.
+	delay := time.Duration(0)
+	switch {
+	case !c.greeted:
 		delay = c.lat.greeting
+	case !c.midReply:
+		delay = c.lat.reply
 	}
 	for {
 		i := bytes.Index(c.outLine, []byte("\r\n"))
@@ -166,6 +172,8 @@ func (c *smtpConn) Write(p []byte) (int, error) {
 		}
 		line := string(c.outLine[:i])
 		c.outLine = c.outLine[i+2:]
+		// "250-" continues a reply, "250 " ends it (RFC 5321 §4.2.1).
+		c.midReply = len(line) > 3 && line[3] == '-'
 		if l, keep := c.rewrite(line); keep {
 			out = append(out, l...)
 			out = append(out, "\r\n"...)
@@ -174,7 +182,9 @@ func (c *smtpConn) Write(p []byte) (int, error) {
 	if len(out) > 0 {
 		// go-smtp writes each reply from the connection's one goroutine,
 		// which also reads: holding mu while waiting blocks no one.
-		c.lat.pause(delay)
+		if delay > 0 {
+			c.lat.pause(delay)
+		}
 		if _, err := c.Conn.Write(out); err != nil {
 			return 0, err
 		}
