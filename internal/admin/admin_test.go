@@ -54,6 +54,8 @@ func hash(pw string) string {
 type worldOptions struct {
 	basicAuth bool         // protect the admin pages with adminUser/adminPass
 	ready     func() error // Options.Ready
+	// queueAlerts gives alerts delivery: queue (a spool in state_dir).
+	queueAlerts bool
 }
 
 type world struct {
@@ -134,6 +136,9 @@ accounts:
     password_hash: %[16]q
 `, t.TempDir(), ln.Addr().String(), auth, ms.Tenant, webAppID, webSecret, ms.TokenURL, ms.AuthorizeURL,
 		ms.SMTPAddr, ms.IMAPAddr, ms.CAFile, daemonAppID, daemonSecret, invoicesBox, alertsBox, localHash)
+	if o.queueAlerts {
+		yaml += "    delivery: queue\n" // alerts is the last account
+	}
 	cfg, err := config.Parse("test.yaml", []byte(yaml), func(string) (string, bool) { return "", false })
 	if err != nil {
 		t.Fatal(err)

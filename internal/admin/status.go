@@ -29,6 +29,10 @@ type page struct {
 	CSRF   string
 	Notice *notice
 	Rows   []row
+	// Query is the message log search (?q=); Delivery has one section
+	// per account.
+	Query    string
+	Delivery []deliveryView
 }
 
 // notice is a banner above the table.
@@ -64,10 +68,12 @@ func (s *Server) status(w http.ResponseWriter, r *http.Request) {
 func (s *Server) renderStatus(w http.ResponseWriter, r *http.Request, code int, n *notice) {
 	n = withUpstreams(n, s.unreachableUpstreams(r.Context()))
 	now := time.Now()
-	p := page{Now: now.Format("2006-01-02 15:04:05 MST"), CSRF: s.csrf, Notice: n}
-	for _, a := range accounts(s.relay) {
+	p := page{Now: now.Format("2006-01-02 15:04:05 MST"), CSRF: s.csrf, Notice: n, Query: searchQuery(r.URL.Query().Get("q"))}
+	accts := accounts(s.relay)
+	for _, a := range accts {
 		p.Rows = append(p.Rows, s.row(a, now))
 	}
+	p.Delivery = s.deliveryViews(accts, p.Query, now)
 	var buf bytes.Buffer
 	if err := s.tmpl.t.Execute(&buf, p); err != nil {
 		s.log.Error("status page", "err", err)
