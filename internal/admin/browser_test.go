@@ -217,6 +217,14 @@ func (s *session) navigate(t *testing.T, url string) {
 	}
 }
 
+// resize sets the browser window's size.
+func (s *session) resize(t *testing.T, width, height int) {
+	t.Helper()
+	if err := s.wd.call("POST", s.path+"/window/rect", map[string]int{"width": width, "height": height}, nil); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func (s *session) url(t *testing.T) string {
 	t.Helper()
 	var u string
@@ -294,4 +302,43 @@ func (s *session) screenshot(t *testing.T, name string) {
 		return
 	}
 	t.Logf("screenshot: %s (%d bytes)", path, len(png))
+}
+
+// TestBrowserMessageLog renders the delivery sections in headless Chromium
+// after real traffic (a direct message, a queued one, one cut off during
+// DATA and deferred) and takes a screenshot of the page with its message
+// log; the search box finds the invoice.
+func TestBrowserMessageLog(t *testing.T) {
+	chromium, driver := lookBrowser(t)
+	w := newWorld(t, worldOptions{queueAlerts: true})
+	w.waitState("alerts", "ok")
+	if code, body := w.signIn("invoices"); code != http.StatusOK {
+		t.Fatalf("sign-in: %d %s", code, body)
+	}
+	w.waitState("invoices", "ok")
+	for _, id := range []string{"invoice-4710", "invoice-4711"} {
+		w.send("invoices", invoicesBox, []string{"customer@example.net", "accounts@example.net"}, invoiceMessage(id))
+	}
+	w.send("alerts", alertsBox, []string{"oncall@example.net"}, invoiceMessage("alert-1"))
+	w.waitLog("alerts", "delivered", 1)
+	w.ms.DropNextDataAfter(10)
+	w.send("alerts", alertsBox, []string{"oncall@example.net"}, invoiceMessage("alert-2"))
+	w.waitLog("alerts", "deferred", 1)
+
+	wd := startDriver(t, driver)
+	sess := wd.newSession(t, chromium)
+	sess.resize(t, 1400, 1300)
+	sess.navigate(t, w.base+"/#delivery")
+	if got := sess.text(t, "#delivery-alerts dd.depth"); !strings.HasPrefix(got, "1 msg") {
+		t.Errorf("alerts queue depth reads %q", got)
+	}
+	if got := sess.text(t, "#delivery-invoices tr.msg td.msgid"); got != "<invoice-4711@contoso.com>" {
+		t.Errorf("the newest invoices message reads %q", got)
+	}
+	sess.screenshot(t, "admin-status-message-log.png")
+
+	sess.navigate(t, w.base+"/?q=4711#delivery")
+	if got := sess.text(t, "#delivery-invoices .lognote"); got != `1 of the last 2 messages match "4711"` {
+		t.Errorf("the search says %q", got)
+	}
 }

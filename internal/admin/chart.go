@@ -24,6 +24,7 @@ type chart struct {
 	ID            string
 	Title, Desc   string
 	Width, Height int
+	Left          int // x where the plot starts
 	Base          int // y of the baseline
 	Max           int // the scale's top value
 	MaxY          int // y of the scale's top
@@ -55,6 +56,7 @@ func newChart(id string, start []time.Time, counts []hourCount) chart {
 		ID:     id,
 		Width:  chartLeft + len(counts)*(chartBarW+chartGap),
 		Height: chartTop + chartPlot + chartBottom,
+		Left:   chartLeft - 4,
 		Base:   chartTop + chartPlot,
 		MaxY:   chartTop,
 	}
