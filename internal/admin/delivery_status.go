@@ -56,14 +56,14 @@ type limitView struct {
 
 // logRow is one message of the log as the page shows it.
 type logRow struct {
-	When, WhenTitle          string
-	From, MessageID          string
-	Rcpts                    int
-	Recipients               string // the first addresses, "…" when there are more
-	Size                     string
-	Outcome, Class           string
-	Reply, QueueID           string
-	OutcomeTitle             string
+	When, WhenTitle string
+	From, MessageID string
+	Rcpts           int
+	Recipients      string // the first addresses, "…" when there are more
+	Size            string
+	Outcome, Class  string
+	Reply, QueueID  string
+	OutcomeTitle    string
 }
 
 // deliveryViews builds every account's delivery section; query filters
