@@ -154,7 +154,8 @@ func (r *Relay) Reload(ctx context.Context, cfg *config.Config) error {
 }
 
 // Run starts the background token refresh of every account and blocks until
-// ctx is done; then it stops the refreshers, waits for them and closes the
+// ctx is done, removing failed queued messages older than queue.keep_failed
+// now and then; then it stops the refreshers, waits for them and closes the
 // accounts' deliveries.
 func (r *Relay) Run(ctx context.Context) {
 	r.mu.Lock()
@@ -162,7 +163,17 @@ func (r *Relay) Run(ctx context.Context) {
 		a.start(ctx, &r.refreshers)
 	}
 	r.mu.Unlock()
-	<-ctx.Done()
+	r.expireFailed()
+	tick := time.NewTicker(expireInterval)
+	defer tick.Stop()
+	for done := false; !done; {
+		select {
+		case <-ctx.Done():
+			done = true
+		case <-tick.C:
+			r.expireFailed()
+		}
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for _, a := range r.current.Load().accounts {
