@@ -578,3 +578,11 @@ func (r *stepReader) Read(p []byte) (int, error) {
 	}
 	return 0, io.EOF
 }
+
+// hasIdle reports whether a logged-in session waits for reuse.
+func (s *Sender) hasIdle() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.expireIdleLocked(s.clock.Now())
+	return len(s.idle) > 0
+}

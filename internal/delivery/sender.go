@@ -196,14 +196,6 @@ func (s *Sender) Ready(ctx context.Context, cred upstream.Credentials) error {
 	return nil
 }
 
-// hasIdle reports whether a logged-in session waits for reuse.
-func (s *Sender) hasIdle() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.expireIdleLocked(s.clock.Now())
-	return len(s.idle) > 0
-}
-
 // Close wakes the messages waiting (their Begin returns ErrClosed), stops
 // the timers and closes the idle sessions; sessions in use are closed when
 // they come back. It returns once everything it started has ended.
