@@ -17,11 +17,15 @@ import (
 	"os/exec"
 	"os/user"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/emersion/go-smtp"
 )
 
 const (
@@ -50,6 +54,11 @@ type DovecotOptions struct {
 	// then logs the tokens themselves; by default it logs only why a login
 	// failed (auth_verbose).
 	Debug bool
+	// Submission adds Dovecot's submission service (dovecot-submissiond)
+	// on a loopback port with STARTTLS (SubmissionAddr), AUTH XOAUTH2 and
+	// OAUTHBEARER as for IMAP, relaying every message to an SMTP sink in
+	// the test process (Sink).
+	Submission bool
 }
 
 // Dovecot is a running Dovecot. It is stopped by t.Cleanup; its log is
@@ -63,9 +72,19 @@ type Dovecot struct {
 	CAPool *x509.CertPool
 	// Dir holds dovecot.conf, the certificate, the log and the homes.
 	Dir string
+	// SubmissionAddr is the submission service (STARTTLS), 127.0.0.1:port,
+	// and Sink the SMTP server it relays to; both only with
+	// DovecotOptions.Submission.
+	SubmissionAddr string
+	Sink           *SMTPSink
 
-	logFile string
-	stderr  *Buf
+	logFile  string
+	stderr   *Buf
+	bin      string
+	confFile string
+	t        testing.TB
+	stop     func() error // nil while stopped
+	cleanup  bool         // the cleanup that stops it is registered
 }
 
 // ClientTLS is a client configuration that trusts Dovecot's certificate.
@@ -161,6 +180,10 @@ func StartDovecot(t testing.TB, o DovecotOptions) *Dovecot {
 		t.Fatal(err)
 	}
 
+	if o.Submission {
+		d.Sink = StartSMTPSink(t)
+	}
+	d.bin, d.t = bin, t
 	var lastErr error
 	for attempt := 1; attempt <= dovecotStartAttempts; attempt++ {
 		port := freePort(t)
@@ -170,12 +193,17 @@ func StartDovecot(t testing.TB, o DovecotOptions) *Dovecot {
 			CertFile: certFile, KeyFile: keyFile, Port: port, OAuth2Conf: oauth2Conf,
 			Home: home, IDs: ids, Extra: o.Extra, Debug: o.Debug,
 		}
-		confFile := filepath.Join(d.Dir, "dovecot.conf")
-		if err := os.WriteFile(confFile, []byte(conf.String()), 0o644); err != nil {
+		if o.Submission {
+			conf.SubmissionPort = freePort(t)
+			conf.SinkAddr = d.Sink.Addr
+			d.SubmissionAddr = net.JoinHostPort("127.0.0.1", strconv.Itoa(conf.SubmissionPort))
+		}
+		d.confFile = filepath.Join(d.Dir, "dovecot.conf")
+		if err := os.WriteFile(d.confFile, []byte(conf.String()), 0o644); err != nil {
 			t.Fatal(err)
 		}
 		d.IMAPAddr = net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
-		lastErr = d.start(t, bin, confFile)
+		lastErr = d.start()
 		if lastErr == nil {
 			return d
 		}
@@ -187,11 +215,37 @@ func StartDovecot(t testing.TB, o DovecotOptions) *Dovecot {
 	return nil
 }
 
-// start runs Dovecot and waits for its port. On failure the process is
-// gone when it returns.
-func (d *Dovecot) start(t testing.TB, bin, confFile string) error {
+// Stop stops Dovecot (an upstream outage); Start runs it again with the
+// same configuration and ports. Stop of a stopped Dovecot does nothing.
+func (d *Dovecot) Stop() {
+	d.t.Helper()
+	if d.stop == nil {
+		return
+	}
+	if err := d.stop(); err != nil && !errors.Is(err, context.Canceled) {
+		d.t.Logf("dovecot stopped: %v", err)
+	}
+	d.stop = nil
+}
+
+// Start runs a stopped Dovecot again; the test fails if it does not serve.
+func (d *Dovecot) Start() {
+	d.t.Helper()
+	if d.stop != nil {
+		return
+	}
+	if err := d.start(); err != nil {
+		d.t.Fatalf("dovecot did not start again: %v\n%s", err, d.Log())
+	}
+}
+
+// start runs Dovecot and waits for its ports. On failure the process is
+// gone when it returns; the first successful start registers the cleanup
+// that stops it.
+func (d *Dovecot) start() error {
+	t := d.t
 	ctx, cancel := context.WithCancel(context.Background())
-	cmd := exec.CommandContext(ctx, bin, "-F", "-c", confFile)
+	cmd := exec.CommandContext(ctx, d.bin, "-F", "-c", d.confFile)
 	cmd.Stdout, cmd.Stderr = d.stderr, d.stderr
 	// A cancelled context asks for a clean stop first: the master then stops
 	// its children (auth, imap-login, imap), which SIGKILL would orphan.
@@ -220,6 +274,9 @@ func (d *Dovecot) start(t testing.TB, bin, confFile string) error {
 		default:
 		}
 		err := d.probe()
+		if err == nil && d.SubmissionAddr != "" {
+			err = d.probeSubmission()
+		}
 		if err == nil {
 			break
 		}
@@ -229,13 +286,16 @@ func (d *Dovecot) start(t testing.TB, bin, confFile string) error {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+	d.stop = stop
+	if d.cleanup {
+		return nil
+	}
+	d.cleanup = true
 	t.Cleanup(func() {
 		// Wait reports the cancellation itself when the master stopped on
 		// SIGTERM; anything else (ErrWaitDelay: it had to be killed) is
 		// worth a line.
-		if err := stop(); err != nil && !errors.Is(err, context.Canceled) {
-			t.Logf("dovecot stopped: %v", err)
-		}
+		d.Stop()
 		if t.Failed() {
 			t.Logf("dovecot log (%s):\n%s", d.logFile, d.Log())
 		}
@@ -258,6 +318,25 @@ func (d *Dovecot) probe() error {
 	}
 	if string(b) != "* OK " {
 		return fmt.Errorf("greeting starts %q", b)
+	}
+	return nil
+}
+
+// probeSubmission connects to the submission port and reads the start of
+// the greeting (RFC 5321 section 4.2: 220).
+func (d *Dovecot) probeSubmission() error {
+	c, err := net.DialTimeout("tcp", d.SubmissionAddr, time.Second)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(2 * time.Second))
+	b := make([]byte, 4)
+	if _, err := io.ReadFull(c, b); err != nil {
+		return err
+	}
+	if string(b) != "220 " {
+		return fmt.Errorf("submission greeting starts %q", b)
 	}
 	return nil
 }
@@ -353,6 +432,10 @@ type dovecotConf struct {
 	IDs                                  dovecotIDs
 	Extra                                string
 	Debug                                bool
+	// SubmissionPort, when not 0, adds the submission service relaying to
+	// SinkAddr.
+	SubmissionPort int
+	SinkAddr       string
 }
 
 func (c dovecotConf) String() string {
@@ -363,7 +446,11 @@ func (c dovecotConf) String() string {
 	p("state_dir = %s", c.StateDir)
 	p("instance_name = %s", c.Instance)
 	p("log_path = %s", c.LogFile)
-	p("protocols = imap")
+	if c.SubmissionPort != 0 {
+		p("protocols = imap submission")
+	} else {
+		p("protocols = imap")
+	}
 	p("listen = 127.0.0.1")
 	p("default_internal_user = %s", c.IDs.internalUser)
 	p("default_login_user = %s", c.IDs.loginUser)
@@ -429,10 +516,13 @@ func (c dovecotConf) String() string {
 	p("    ssl = yes")
 	p("  }")
 	p("}")
+	if c.SubmissionPort != 0 {
+		c.writeSubmission(p)
+	}
 	if !c.IDs.root {
 		// chroot needs root: every service that has one by default runs
 		// without it.
-		for _, svc := range []string{"imap-login", "imap-urlauth-login", "anvil", "ipc", "old-stats", "aggregator", "director"} {
+		for _, svc := range []string{"imap-login", "imap-urlauth-login", "submission-login", "anvil", "ipc", "old-stats", "aggregator", "director"} {
 			p("service %s {", svc)
 			p("  chroot =")
 			p("}")
@@ -443,6 +533,26 @@ func (c dovecotConf) String() string {
 		p("%s", c.Extra)
 	}
 	return b.String()
+}
+
+// writeSubmission adds the submission service: STARTTLS only (ssl =
+// required refuses AUTH before it), the login's user taken from the
+// token's introspection as for IMAP, every message relayed in the clear to
+// the sink (a trusted relay on loopback, no authentication).
+func (c dovecotConf) writeSubmission(p func(string, ...any)) {
+	host, port, _ := net.SplitHostPort(c.SinkAddr)
+	p("hostname = dovecot.test")
+	p("submission_relay_host = %s", host)
+	p("submission_relay_port = %s", port)
+	p("submission_relay_trusted = no")
+	p("submission_relay_ssl = no")
+	p("submission_max_mail_size = 50M")
+	p("service submission-login {")
+	p("  inet_listener submission {")
+	p("    address = 127.0.0.1")
+	p("    port = %d", c.SubmissionPort)
+	p("  }")
+	p("}")
 }
 
 // dovecotOAuth2Conf is the oauth2 passdb's settings: every token is checked
@@ -478,4 +588,140 @@ func freePort(t testing.TB) int {
 	}
 	defer ln.Close()
 	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// sinkReadTimeout bounds each read of the sink's server, so a peer that
+// stops talking cannot hold a test.
+const sinkReadTimeout = 30 * time.Second
+
+// SinkMessage is one message the sink accepted: the envelope and the bytes
+// of DATA as they came (dot-unstuffed, CRLF kept).
+type SinkMessage struct {
+	From string
+	To   []string
+	Data []byte
+}
+
+// SMTPSink is an SMTP server in the test process that accepts every
+// message (no authentication, no TLS: Dovecot relays to it on loopback)
+// and records it, with the number of connections open at once.
+type SMTPSink struct {
+	// Addr is where it listens, 127.0.0.1:port.
+	Addr string
+
+	mu       sync.Mutex
+	changed  chan struct{} // closed and replaced on every new message
+	msgs     []SinkMessage
+	open     int
+	maxOpen  int
+	sessions int
+}
+
+// StartSMTPSink starts a sink that t.Cleanup stops.
+func StartSMTPSink(t testing.TB) *SMTPSink {
+	t.Helper()
+	k := &SMTPSink{changed: make(chan struct{})}
+	srv := smtp.NewServer(sinkBackend{k})
+	srv.Domain = "sink.test"
+	srv.ReadTimeout = sinkReadTimeout
+	srv.MaxMessageBytes = 64 << 20
+	srv.MaxRecipients = 1000
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	k.Addr = ln.Addr().String()
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	t.Cleanup(func() {
+		srv.Close()
+		<-served
+	})
+	return k
+}
+
+// Messages returns a copy of what the sink accepted so far.
+func (k *SMTPSink) Messages() []SinkMessage {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return slices.Clone(k.msgs)
+}
+
+// MaxConcurrent is the largest number of connections that were open at
+// the sink at once; Sessions the number of connections in all.
+func (k *SMTPSink) MaxConcurrent() (maxOpen, sessions int) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.maxOpen, k.sessions
+}
+
+// WaitMessages waits until the sink holds n messages or ctx ends, and
+// returns what it holds.
+func (k *SMTPSink) WaitMessages(ctx context.Context, n int) ([]SinkMessage, error) {
+	for {
+		k.mu.Lock()
+		msgs, changed := slices.Clone(k.msgs), k.changed
+		k.mu.Unlock()
+		if len(msgs) >= n {
+			return msgs, nil
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return msgs, fmt.Errorf("sink has %d of %d messages: %w", len(msgs), n, ctx.Err())
+		}
+	}
+}
+
+type sinkBackend struct{ k *SMTPSink }
+
+func (b sinkBackend) NewSession(*smtp.Conn) (smtp.Session, error) {
+	k := b.k
+	k.mu.Lock()
+	k.open++
+	k.sessions++
+	k.maxOpen = max(k.maxOpen, k.open)
+	k.mu.Unlock()
+	return &sinkSession{k: k}, nil
+}
+
+// sinkSession is one connection at the sink; go-smtp calls Logout when it
+// closes, whatever ended it.
+type sinkSession struct {
+	k    *SMTPSink
+	from string
+	to   []string
+}
+
+func (s *sinkSession) Reset() { s.from, s.to = "", nil }
+
+func (s *sinkSession) Logout() error {
+	s.k.mu.Lock()
+	s.k.open--
+	s.k.mu.Unlock()
+	return nil
+}
+
+func (s *sinkSession) Mail(from string, _ *smtp.MailOptions) error {
+	s.from = from
+	return nil
+}
+
+func (s *sinkSession) Rcpt(to string, _ *smtp.RcptOptions) error {
+	s.to = append(s.to, to)
+	return nil
+}
+
+func (s *sinkSession) Data(r io.Reader) error {
+	b, err := io.ReadAll(r)
+	if err != nil {
+		return fmt.Errorf("sink: reading DATA: %w", err)
+	}
+	k := s.k
+	k.mu.Lock()
+	k.msgs = append(k.msgs, SinkMessage{From: s.from, To: slices.Clone(s.to), Data: b})
+	close(k.changed)
+	k.changed = make(chan struct{})
+	k.mu.Unlock()
+	return nil
 }
