@@ -123,9 +123,10 @@ func (c *connCounter) pipe(in, out net.Conn) {
 	c.mu.Unlock()
 }
 
-// cut closes every connection open through the counter: with Dovecot
-// stopped, its submission processes that still serve the relay's pooled
-// sessions go too, as in a real outage.
+// cut closes every connection open through the counter, as an outage
+// does: Dovecot's master, stopped, waits for the submission processes that
+// still serve the relay's pooled sessions (and is killed after
+// dovecotStopTimeout), which would keep delivering.
 func (c *connCounter) cut() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -393,8 +394,10 @@ func TestDovecotSubmissionQueue(t *testing.T) {
 	sendQueued("up")
 	checkDelivered(t, w.waitSink(dcQueued), want)
 
-	w.dc.Stop()
+	// The pooled sessions go first: Dovecot's master waits for its
+	// submission processes to end, and with them the relay's connections.
 	w.counter.cut()
+	w.dc.Stop()
 	ids := sendQueued("down")
 	sp := openSpool(t, dir)
 	waitDeferred(t, sp, ids)
