@@ -390,7 +390,7 @@ func (q *queueRun) show(o *queueOpts, args []string) error {
 	field("From", "<"+e.From+">")
 	field("Message-ID", orNone(e.MessageID))
 	field("Size", fmt.Sprintf("%s (%d bytes)", humanSize(e.Size), e.Size))
-	if opts := mailOptions(e.Mail); opts != "" {
+	if opts := e.Mail.String(); opts != "" {
 		field("MAIL options", opts)
 	}
 	field("Created", fmt.Sprintf("%s (%s)", stamp(e.Created), q.ago(e.Created)))
@@ -601,7 +601,7 @@ func envelopesJSON(envs []*spool.Envelope) []queueJSON {
 func envelopeJSON(e *spool.Envelope) queueJSON {
 	p, d, f := rcptCounts(e)
 	j := queueJSON{ID: e.ID, State: "active", Account: e.Account, Mailbox: e.Mailbox, From: e.From,
-		MessageID: e.MessageID, Size: e.Size, MailOptions: mailOptions(e.Mail), Created: e.Created,
+		MessageID: e.MessageID, Size: e.Size, MailOptions: e.Mail.String(), Created: e.Created,
 		Attempts: e.Attempts, InFlight: timeOrNil(e.InFlight), LastError: e.LastError,
 		FailedAt: timeOrNil(e.Failed), FailReason: e.FailReason, Notification: e.Notification,
 		RecipientsPending: p, RecipientsDelivered: d, RecipientsFailed: f,
@@ -639,27 +639,6 @@ func rcptCounts(e *spool.Envelope) (pending, delivered, failed int) {
 		}
 	}
 	return pending, delivered, failed
-}
-
-// mailOptions renders the MAIL FROM parameters as the app gave them.
-func mailOptions(m spool.Mail) string {
-	var p []string
-	if m.Size > 0 {
-		p = append(p, "SIZE="+strconv.FormatInt(m.Size, 10))
-	}
-	if m.Body != "" {
-		p = append(p, "BODY="+m.Body)
-	}
-	if m.SMTPUTF8 {
-		p = append(p, "SMTPUTF8")
-	}
-	if m.Ret != "" {
-		p = append(p, "RET="+m.Ret)
-	}
-	if m.EnvID != "" {
-		p = append(p, "ENVID="+m.EnvID)
-	}
-	return strings.Join(p, " ")
 }
 
 // dsnParams renders a recipient's RFC 3461 parameters, if any.

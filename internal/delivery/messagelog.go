@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"io"
-	"strings"
 	"time"
 
 	"github.com/emersion/go-smtp"
@@ -197,10 +196,6 @@ func isQueueAttempt(ctx context.Context) bool {
 // Message-ID: the bound the spool and the front end's header check use.
 const headerScanLimit = 64 << 10
 
-// maxMessageIDLen: a header line is at most 998 characters (RFC 5322
-// §2.1.1); a longer Message-ID is not recorded.
-const maxMessageIDLen = 998
-
 // headerSniffer passes a message through and keeps its header section (at
 // most headerScanLimit bytes), counting the bytes read.
 type headerSniffer struct {
@@ -236,41 +231,5 @@ func (h *headerSniffer) messageID() string {
 	if h == nil {
 		return ""
 	}
-	return headerMessageID(h.head)
-}
-
-// headerMessageID finds the Message-ID field of a header section, unfolding it
-// (RFC 5322 §2.2.3). A value with control characters is not recorded.
-func headerMessageID(head []byte) string {
-	var field []byte
-	for len(head) > 0 {
-		line, rest, _ := bytes.Cut(head, []byte("\n"))
-		head = rest
-		line = bytes.TrimSuffix(line, []byte("\r"))
-		if len(line) > 0 && (line[0] == ' ' || line[0] == '\t') {
-			field = append(field, line...)
-			continue
-		}
-		if id, ok := messageIDField(field); ok {
-			return id
-		}
-		if len(line) == 0 {
-			return ""
-		}
-		field = append(field[:0], line...)
-	}
-	id, _ := messageIDField(field)
-	return id
-}
-
-func messageIDField(field []byte) (string, bool) {
-	name, value, ok := bytes.Cut(field, []byte(":"))
-	if !ok || !strings.EqualFold(string(bytes.TrimRight(name, " \t")), "Message-ID") {
-		return "", false
-	}
-	id := strings.Join(strings.Fields(string(value)), " ")
-	if id == "" || len(id) > maxMessageIDLen || strings.ContainsFunc(id, func(r rune) bool { return r < 0x20 || r == 0x7f }) {
-		return "", false
-	}
-	return id, true
+	return spool.MessageID(h.head)
 }

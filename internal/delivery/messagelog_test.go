@@ -238,7 +238,7 @@ func TestMessageLogQueueDeferredAndFailed(t *testing.T) {
 	}
 }
 
-// headerMessageID reads the Message-ID wherever the header has it, folded or
+// The sniffer's Message-ID (spool.MessageID) is read wherever the header has it, folded or
 // not, and nothing of the body; the sniffer keeps only the header.
 func TestHeaderMessageID(t *testing.T) {
 	for _, tc := range []struct{ msg, want string }{

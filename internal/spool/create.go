@@ -47,7 +47,7 @@ func (s *Spool) Create(ctx context.Context, env Envelope, body io.Reader, maxSiz
 	if err != nil {
 		return nil, err
 	}
-	if id := messageID(head); e.MessageID == "" && !hasControl(id) {
+	if id := MessageID(head); e.MessageID == "" && !hasControl(id) {
 		e.MessageID = id
 	}
 	if err := s.commit(ctx, e, tmp); err != nil {
@@ -173,11 +173,12 @@ func (s *Spool) commit(ctx context.Context, e *Envelope, tmp string) error {
 	return nil
 }
 
-// messageID returns the first Message-ID field (RFC 5322 §3.6.4) of the
-// header at the start of msg, unfolded, whitespace collapsed; "" if none.
-// msg may be cut off: a last line without its line end is not read when
-// msg is headerScanSize long.
-func messageID(msg []byte) string {
+// MessageID returns the first Message-ID field (RFC 5322 §3.6.4) of the
+// header at the start of msg, unfolded, whitespace collapsed; "" if none
+// or if it holds control characters. msg may be cut off: a last line
+// without its line end is not read when msg is headerScanSize long. The
+// spool records it; the delivery's message log uses it too.
+func MessageID(msg []byte) string {
 	var field []byte
 	cutOff := len(msg) >= headerScanSize
 	for len(msg) > 0 {
@@ -210,7 +211,7 @@ func messageIDField(field []byte) (string, bool) {
 		return "", false
 	}
 	id := strings.Join(strings.Fields(string(value)), " ")
-	if id == "" || len(id) > maxMessageIDLen {
+	if id == "" || len(id) > maxMessageIDLen || strings.ContainsFunc(id, func(r rune) bool { return r < 0x20 || r == 0x7f }) {
 		return "", false
 	}
 	return id, true

@@ -218,7 +218,7 @@ func TestMessageID(t *testing.T) {
 		if len(msg) > headerScanSize {
 			msg = msg[:headerScanSize]
 		}
-		if got := messageID([]byte(msg)); got != tc.want {
+		if got := MessageID([]byte(msg)); got != tc.want {
 			t.Errorf("%s: %q, want %q", tc.name, got, tc.want)
 		}
 	}

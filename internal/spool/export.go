@@ -73,7 +73,7 @@ func exportHeader(e *Envelope, eol string) string {
 	field(exportPrefix+"Mailbox", e.Mailbox)
 	field(exportPrefix+"Created", e.Created.Format(time.RFC1123Z))
 	field(exportPrefix+"Size", strconv.FormatInt(e.Size, 10))
-	if opts := mailOptions(e.Mail); opts != "" {
+	if opts := e.Mail.String(); opts != "" {
 		field(exportPrefix+"Mail-Options", opts)
 	}
 	field(exportPrefix+"Attempts", strconv.Itoa(e.Attempts))
@@ -94,8 +94,9 @@ func exportHeader(e *Envelope, eol string) string {
 	return b.String()
 }
 
-// mailOptions renders the MAIL FROM parameters as they were given.
-func mailOptions(m Mail) string {
+// String renders the MAIL FROM parameters as they were given
+// ("SIZE=123 BODY=8BITMIME"), "" when there were none.
+func (m Mail) String() string {
 	var p []string
 	if m.Size > 0 {
 		p = append(p, "SIZE="+strconv.FormatInt(m.Size, 10))
