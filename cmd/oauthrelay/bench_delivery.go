@@ -308,8 +308,12 @@ func (b *deliveryBench) burst(ctx context.Context) error {
 	tw := tabwriter.NewWriter(b.stdout, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "  path\trefused to the app\tExchange limit replies\tdelivered\tdrain\tvs minimum")
 	row := func(name string, res burstResult, limits fakems.LimitCounts, delivered int, drain time.Duration) {
-		fmt.Fprintf(tw, "  %s\t%s\t%d (%d conn, %d pace, %d quota)\t%d of %d\t%.1f min\t%.3f\n", name, res.refusedText(),
-			limits.Total(), limits.Connections, limits.Messages, limits.Quota, delivered, n, drain.Minutes(), drain.Minutes()/floor.Minutes())
+		ratio := "-" // a drain that lost messages is no drain
+		if delivered == n {
+			ratio = fmt.Sprintf("%.3f", drain.Minutes()/floor.Minutes())
+		}
+		fmt.Fprintf(tw, "  %s\t%s\t%d (%d conn, %d pace, %d quota)\t%d of %d\t%.1f min\t%s\n", name, res.refusedText(),
+			limits.Total(), limits.Connections, limits.Messages, limits.Quota, delivered, n, drain.Minutes(), ratio)
 	}
 	phase := func(name string, dial func() (*smtp.Client, error), queued bool) error {
 		// Let the fake's minute of the previous phase pass.
