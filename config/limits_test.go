@@ -25,12 +25,12 @@ func TestLimitProblems(t *testing.T) {
 			`c.yaml:6: limits.connections: "99999999999999999999" is too large a number`}},
 		{"ints too small", prov + acct + "limits:\n  connections: 0\n  messages_per_minute: -1\n  recipients_per_day: 0\n  recipients_per_message: 0\n", []string{
 			`c.yaml:6: limits.connections: want 1 to 100, not 0`,
-			`c.yaml:7: limits.messages_per_minute: want 1 to 10000, not -1`,
+			`c.yaml:7: limits.messages_per_minute: want 1 to 1000000, not -1`,
 			`c.yaml:8: limits.recipients_per_day: want 1 to 1000000, not 0`,
 			`c.yaml:9: limits.recipients_per_message: want 1 to 1000, not 0`}},
-		{"ints too large", prov + acct + "limits:\n  connections: 101\n  messages_per_minute: 10001\n  recipients_per_day: 1_000_001\n  recipients_per_message: 1001\n", []string{
+		{"ints too large", prov + acct + "limits:\n  connections: 101\n  messages_per_minute: 1_000_001\n  recipients_per_day: 1_000_001\n  recipients_per_message: 1001\n", []string{
 			`c.yaml:6: limits.connections: want 1 to 100, not 101`,
-			`c.yaml:7: limits.messages_per_minute: want 1 to 10000, not 10001`,
+			`c.yaml:7: limits.messages_per_minute: want 1 to 1000000, not 1000001`,
 			`c.yaml:8: limits.recipients_per_day: want 1 to 1000000, not 1000001`,
 			`c.yaml:9: limits.recipients_per_message: want 1 to 1000, not 1001`}},
 		{"unset variable in an int", prov + acct + "limits:\n  connections: ${NOPE}\n", []string{

@@ -19,7 +19,7 @@ import (
 // allows 1 to 1,000.
 const (
 	maxConnections          = 100
-	maxMessagesPerMinute    = 10_000
+	maxMessagesPerMinute    = 1_000_000
 	maxRecipientsPerDay     = 1_000_000
 	maxRecipientsPerMessage = 1000
 	maxMaxWait              = time.Hour

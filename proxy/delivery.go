@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"fmt"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -74,7 +75,8 @@ func (r *Relay) sender(cfg *config.Config, a *Account) *delivery.Sender {
 	defer r.deliveryMu.Unlock()
 	s := r.senders[k]
 	if s == nil {
-		s = delivery.NewSender(a.Target(events.SMTP), delivery.SenderOptions{Limits: limits, Logger: r.log})
+		s = delivery.NewSender(a.Target(events.SMTP), delivery.SenderOptions{Limits: limits, Logger: r.log,
+			Clock: SenderClock(os.LookupEnv, r.log)})
 		r.senders[k] = s
 	} else {
 		s.SetLimits(limits)

@@ -215,7 +215,7 @@ func startRelayProcess(ctx context.Context, fw *fakeWorld, pin bool, stderr io.W
 
 // unlimited is the limits of a relay measured against a fake that keeps
 // none.
-const unlimited = "limits: {connections: 100, messages_per_minute: 10000, recipients_per_day: 1000000}\n"
+const unlimited = "limits: {connections: 100, messages_per_minute: 1000000, recipients_per_day: 1000000}\n"
 
 func startBenchRelay(ctx context.Context, spec relaySpec, pin bool, stderr io.Writer) (*relayProcess, error) {
 	exe, err := os.Executable()
