@@ -65,6 +65,16 @@ func (r *Relay) attachDelivery(cfg *config.Config, a *Account) error {
 	return nil
 }
 
+// startDelivery starts the background work of a's delivery (a queue's
+// worker). It is Run's to do, not NewRelay's: a relay built only to look
+// (`oauthrelay check`) must not deliver queued mail behind the running
+// relay's back.
+func startDelivery(a *Account) {
+	if s, ok := a.Delivery.(interface{ Start() }); ok {
+		s.Start()
+	}
+}
+
 // sender returns the Sender of a's mailbox, making it on first use, with
 // the mailbox's limits in cfg (the most restrictive of every account that
 // sends as it); a reload puts changed limits in force.

@@ -69,3 +69,45 @@ func (r *Relay) spoolForTest() *spool.Spool {
 	defer r.deliveryMu.Unlock()
 	return r.spool
 }
+
+// TestQueueWorkerStartsWithRun: a relay that is only built (as `oauthrelay
+// check` builds one) leaves queued mail alone; Run starts the worker.
+func TestQueueWorkerStartsWithRun(t *testing.T) {
+	r := testRelay(t, `
+  - name: q
+    provider: p
+    mailbox: q@contoso.com
+    username: q
+    password_hash: "`+hash(t, "pw")+`"
+    delivery: queue
+`)
+	sp, _, err := spool.Open(filepath.Join(r.Config().StateDir, "queue"), spool.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sp.Close()
+	env, err := sp.Create(context.Background(), spool.Envelope{Account: "q", Mailbox: "q@contoso.com", From: "q@contoso.com",
+		Recipients: []spool.Recipient{{Addr: "x@example.net"}}}, strings.NewReader("Subject: x\r\n\r\nx\r\n"), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(200 * time.Millisecond) // a worker started by NewRelay would have tried it by now
+	if got, err := sp.Get(env.ID); err != nil || got.Attempts != 0 {
+		t.Fatalf("the message was attempted before Run: %+v, %v", got, err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	ran := make(chan struct{})
+	go func() { defer close(ran); r.Run(ctx) }()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if got, err := sp.Get(env.ID); err == nil && got.Attempts > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("Run did not start the queue's worker")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	cancel()
+	<-ran
+}

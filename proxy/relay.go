@@ -51,7 +51,10 @@ type Relay struct {
 	observer Observer
 	throttle *Throttle
 
-	mu      sync.Mutex // serialises Reload
+	mu sync.Mutex // serialises Reload
+	// running: Run has started the accounts' background work (guarded
+	// by mu); a reload starts the new accounts' too.
+	running bool
 	current atomic.Pointer[snapshot]
 	// refreshers counts the accounts' background token refreshers, so
 	// Run returns only when all of them have.
@@ -141,6 +144,9 @@ func (r *Relay) Reload(ctx context.Context, cfg *config.Config) error {
 	for _, a := range snap.accounts {
 		kept[a.Source] = true
 		a.start(ctx, &r.refreshers)
+		if r.running {
+			startDelivery(a)
+		}
 	}
 	r.current.Store(snap)
 	for _, a := range prev.accounts {
@@ -159,8 +165,10 @@ func (r *Relay) Reload(ctx context.Context, cfg *config.Config) error {
 // accounts' deliveries.
 func (r *Relay) Run(ctx context.Context) {
 	r.mu.Lock()
+	r.running = true
 	for _, a := range r.current.Load().accounts {
 		a.start(ctx, &r.refreshers)
+		startDelivery(a)
 	}
 	r.mu.Unlock()
 	r.expireFailed()

@@ -160,6 +160,7 @@ func newLoggedQueue(t *testing.T, w *queueWorld, tgt queueOptions, obs *logRecor
 		Observer:     obs,
 		Now:          w.clock.Now,
 	})
+	q.Start()
 	t.Cleanup(q.Close)
 	return q
 }

@@ -94,12 +94,17 @@ type Queue struct {
 	o      QueueOptions
 	log    *slog.Logger
 	kick   chan struct{}
+	ctx    context.Context
 	cancel context.CancelFunc
-	done   chan struct{}
+	done   chan struct{} // closed when the worker has ended (or will never run)
+	start  sync.Once
 	once   sync.Once
 }
 
-// NewQueue starts the queue's worker; Close stops it.
+// NewQueue returns a queue that accepts messages at once; its worker,
+// which delivers them, runs from Start to Close. A relay built only to
+// look (`oauthrelay check`) never starts it, so it delivers nothing behind
+// the running relay's back.
 func NewQueue(o QueueOptions) *Queue {
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
@@ -124,11 +129,17 @@ func NewQueue(o QueueOptions) *Queue {
 		o:      o,
 		log:    o.Logger.With("account", o.Account.Name, "delivery", "queue"),
 		kick:   make(chan struct{}, 1),
+		ctx:    ctx,
 		cancel: cancel,
 		done:   make(chan struct{}),
 	}
-	go q.run(ctx)
 	return q
+}
+
+// Start starts the worker; a second Start, or one after Close, does
+// nothing.
+func (q *Queue) Start() {
+	q.start.Do(func() { go q.run(q.ctx) })
 }
 
 // Ready implements Delivery. A queue accepts mail whatever the upstream's
@@ -156,6 +167,7 @@ func (q *Queue) Begin(ctx context.Context, _ upstream.Credentials, from string, 
 // that next attempt is counted as a possible duplicate (see finish).
 func (q *Queue) Close() {
 	q.once.Do(q.cancel)
+	q.start.Do(func() { close(q.done) }) // never started: nothing to wait for
 	<-q.done
 	q.o.Sender.Close()
 }

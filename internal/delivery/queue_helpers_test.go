@@ -110,6 +110,7 @@ func newQueueWorld(t *testing.T, o queueOptions) *queueWorld {
 		Observer:     w.obs,
 		Now:          w.clock.Now,
 	})
+	w.queue.Start()
 	t.Cleanup(w.queue.Close)
 	return w
 }
