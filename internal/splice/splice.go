@@ -17,6 +17,7 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"strconv"
 )
 
 // ErrLineTooLong is ReadLine's error for a line longer than its bound.
@@ -66,4 +67,49 @@ func TakeBuffered(br *bufio.Reader) []byte {
 	}
 	b, _ := br.Peek(br.Buffered())
 	return bytes.Clone(b)
+}
+
+// LiteralMarker reports whether an IMAP line ends with a literal
+// announcement "{n}" (RFC 9051 §4.3) or "{n+}" (RFC 7888) outside a quoted
+// string; sync is false for the non-synchronising form. The pre-auth
+// command reader and the upstream login's response reader both use it.
+func LiteralMarker(line []byte) (n int, sync, ok bool) {
+	if len(line) < 3 || line[len(line)-1] != '}' {
+		return 0, false, false
+	}
+	open := bytes.LastIndexByte(line, '{')
+	if open < 0 {
+		return 0, false, false
+	}
+	num := line[open+1 : len(line)-1]
+	sync = true
+	if len(num) > 0 && num[len(num)-1] == '+' {
+		num, sync = num[:len(num)-1], false
+	}
+	if len(num) == 0 || len(num) > 10 {
+		return 0, false, false
+	}
+	for _, c := range num {
+		if c < '0' || c > '9' {
+			return 0, false, false
+		}
+	}
+	// Inside an unterminated quoted string the brace is text.
+	inQuote := false
+	for i := 0; i < open; i++ {
+		switch {
+		case line[i] == '\\' && inQuote:
+			i++
+		case line[i] == '"':
+			inQuote = !inQuote
+		}
+	}
+	if inQuote {
+		return 0, false, false
+	}
+	v, err := strconv.Atoi(string(num))
+	if err != nil {
+		return 0, false, false
+	}
+	return v, sync, true
 }

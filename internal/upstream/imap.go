@@ -471,7 +471,7 @@ func (s *IMAPSession) read() (*imapResponse, error) {
 	}
 	first := line
 	for {
-		n, ok := literalMarker(line)
+		n, _, ok := splice.LiteralMarker(line)
 		if !ok {
 			break
 		}
@@ -512,42 +512,6 @@ func parseResponse(line string) *imapResponse {
 	}
 	r.text = line
 	return r
-}
-
-// literalMarker reports whether line ends with a literal announcement "{n}"
-// (or "{n+}", RFC 7888) outside a quoted string (RFC 9051 §4.3).
-func literalMarker(line []byte) (int, bool) {
-	if len(line) < 3 || line[len(line)-1] != '}' {
-		return 0, false
-	}
-	open := bytes.LastIndexByte(line, '{')
-	if open < 0 {
-		return 0, false
-	}
-	num := bytes.TrimSuffix(line[open+1:len(line)-1], []byte("+"))
-	if len(num) == 0 || len(num) > 10 {
-		return 0, false
-	}
-	for _, c := range num {
-		if c < '0' || c > '9' {
-			return 0, false
-		}
-	}
-	// Inside an unterminated quoted string the brace is text.
-	inQuote := false
-	for i := 0; i < open; i++ {
-		switch {
-		case line[i] == '\\' && inQuote:
-			i++
-		case line[i] == '"':
-			inQuote = !inQuote
-		}
-	}
-	if inQuote {
-		return 0, false
-	}
-	n, err := strconv.Atoi(string(num))
-	return n, err == nil
 }
 
 // capabilityCode returns the list of a "CAPABILITY ..." response code.

@@ -537,7 +537,7 @@ func TestLiteralMarker(t *testing.T) {
 		{"}", 0, false},
 	}
 	for _, tt := range tests {
-		if n, ok := literalMarker([]byte(tt.line)); n != tt.n || ok != tt.ok {
+		if n, _, ok := splice.LiteralMarker([]byte(tt.line)); n != tt.n || ok != tt.ok {
 			t.Errorf("%q: %d %v, want %d %v", tt.line, n, ok, tt.n, tt.ok)
 		}
 	}

@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"errors"
 	"io"
-	"strconv"
 	"strings"
 
 	"github.com/oauthrelay/oauthrelay/internal/splice"
@@ -177,48 +176,9 @@ func peekTagName(line []byte) (tag, name string) {
 	return tag, strings.ToUpper(string(n))
 }
 
-// literalMarker reports whether line ends with a literal announcement "{n}"
-// or "{n+}" outside a quoted string.
-func literalMarker(line []byte) (n int, sync, ok bool) {
-	if len(line) < 3 || line[len(line)-1] != '}' {
-		return 0, false, false
-	}
-	open := bytes.LastIndexByte(line, '{')
-	if open < 0 {
-		return 0, false, false
-	}
-	num := line[open+1 : len(line)-1]
-	sync = true
-	if len(num) > 0 && num[len(num)-1] == '+' {
-		num, sync = num[:len(num)-1], false
-	}
-	if len(num) == 0 || len(num) > 10 {
-		return 0, false, false
-	}
-	for _, c := range num {
-		if c < '0' || c > '9' {
-			return 0, false, false
-		}
-	}
-	// Inside an unterminated quoted string the brace is text.
-	inQuote := false
-	for i := 0; i < open; i++ {
-		switch {
-		case line[i] == '\\' && inQuote:
-			i++
-		case line[i] == '"':
-			inQuote = !inQuote
-		}
-	}
-	if inQuote {
-		return 0, false, false
-	}
-	v, err := strconv.Atoi(string(num))
-	if err != nil {
-		return 0, false, false
-	}
-	return v, sync, true
-}
+// literalMarker is splice.LiteralMarker: the literal announcement at the
+// end of a command line.
+var literalMarker = splice.LiteralMarker
 
 // validTag reports whether t is a tag: astring characters except "+"
 // (RFC 9051 §9).
