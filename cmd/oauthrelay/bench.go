@@ -25,7 +25,6 @@ import (
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/oauthrelay/oauthrelay/internal/fakems"
-	"github.com/oauthrelay/oauthrelay/internal/sasl"
 )
 
 // runBench measures the relay against a direct connection to the same fake
@@ -105,17 +104,7 @@ func smtpBench(ctx context.Context, fw *fakeWorld, rp *relayProcess, tok string,
 	}
 	p("SMTP peak RSS of the relay after relaying one 100 MB message: %.1f MiB (target < 64 MiB)", float64(hwm)/(1<<20))
 
-	direct := func() (*smtp.Client, error) {
-		c, err := smtp.DialStartTLS(fw.ms.SMTPAddr, fw.ms.ClientTLSConfig())
-		if err != nil {
-			return nil, err
-		}
-		if err := c.Auth(sasl.NewXOAuth2Client(demoMailbox, tok)); err != nil {
-			c.Close()
-			return nil, err
-		}
-		return c, nil
-	}
+	direct := exchangeDial(fw, tok)
 	relayed := func() (*smtp.Client, error) {
 		c, err := smtp.Dial(rp.smtpAddr)
 		if err != nil {
