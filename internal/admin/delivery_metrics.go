@@ -221,9 +221,9 @@ func newSenderCollector() *senderCollector {
 		waiting: prometheus.NewDesc("oauthrelay_mailbox_waiting",
 			"Messages waiting now, by what for: session (a free connection) or pace (their slot in messages_per_minute).", with("for"), nil),
 		waits: prometheus.NewDesc("oauthrelay_mailbox_waits_total",
-			"Messages that had to wait for a connection or the pace before going upstream.", l, nil),
+			"Messages that had to wait before going upstream, by what for: session (a free connection of the pool) or pace (their slot in messages_per_minute).", with("for"), nil),
 		waitTime: prometheus.NewDesc("oauthrelay_mailbox_wait_seconds_total",
-			"Time messages spent waiting for a connection or the pace, in all.", l, nil),
+			"Time messages spent waiting before going upstream, by what for: session or pace.", with("for"), nil),
 		limitReplies: prometheus.NewDesc("oauthrelay_mailbox_limit_replies_total",
 			"Replies that said a limit was reached, by source: relay (the relay's own 451 4.7.0: max_wait passed, daily recipients), exchange (Exchange's 432 4.3.2 or 554 5.2.0 quota).", with("source"), nil),
 		limit: prometheus.NewDesc("oauthrelay_mailbox_limit",
@@ -262,8 +262,10 @@ func (c *senderCollector) Collect(ch chan<- prometheus.Metric) {
 		emit(c.sessions, g, float64(st.InUse), "in_use")
 		emit(c.waiting, g, float64(st.WaitingSession), "session")
 		emit(c.waiting, g, float64(st.WaitingPace), "pace")
-		emit(c.waits, ctr, float64(st.Waits))
-		emit(c.waitTime, ctr, st.WaitTime.Seconds())
+		emit(c.waits, ctr, float64(st.Waits-st.PaceWaits), "session")
+		emit(c.waits, ctr, float64(st.PaceWaits), "pace")
+		emit(c.waitTime, ctr, (st.WaitTime - st.PaceWaitTime).Seconds(), "session")
+		emit(c.waitTime, ctr, st.PaceWaitTime.Seconds(), "pace")
 		emit(c.limitReplies, ctr, float64(st.LimitReplies), "relay")
 		emit(c.limitReplies, ctr, float64(st.ExchangeLimitReplies), "exchange")
 		e := st.Effective

@@ -57,8 +57,13 @@ func (s *Sender) awaitLocked(ctx context.Context, b budget, q *[]*waiter, try fu
 			s.timers.Done()
 		}
 		*q = slices.DeleteFunc(*q, func(x *waiter) bool { return x == w })
+		waited := s.clock.Now().Sub(start)
 		s.stats.waits++
-		s.stats.waitTime += s.clock.Now().Sub(start)
+		s.stats.waitTime += waited
+		if q == &s.paceQ {
+			s.stats.paceWaits++
+			s.stats.paceWaitTime += waited
+		}
 		s.notifyLocked()
 		s.waiting.Done()
 	}()
