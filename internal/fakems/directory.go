@@ -55,6 +55,7 @@ type dir struct {
 	msgChanged chan struct{}
 	dropAfter  int64
 	dropArmed  bool
+	faults     map[SMTPFault]int // FailSMTP: occurrences left (< 0: every one)
 }
 
 func newDir() dir {

@@ -116,7 +116,7 @@ func IMAP(ctx context.Context, t Target, cred Credentials) (*IMAPSession, error)
 func imapLogin(ctx context.Context, t Target, token string) (_ *IMAPSession, err error) {
 	conn, err := t.Dial(ctx)
 	if err != nil {
-		reason := "cannot connect"
+		reason := reasonCannotConnect
 		if ctx.Err() != nil {
 			reason += " (cancelled)"
 		}
