@@ -59,6 +59,7 @@ func validate(c *Config, r *report) {
 		}
 		usernames[lower] = path
 	}
+	validateLoginNames(r, c)
 }
 
 // oneOf checks an enumerated key; empty means it is required.
@@ -330,12 +331,14 @@ func validateAccount(r *report, path string, a *Account, c *Config) {
 			"a queued message is delivered after the session that brought the password has ended")
 	}
 	validateLimits(r, path+".limits", a.Limits)
-	if a.Mailbox == "" {
-		r.add(path+".mailbox", "required")
-	} else if !isAddress(a.Mailbox) {
-		r.add(path+".mailbox", "%q is not an email address", a.Mailbox)
-	}
+	validateMailboxes(r, path, a)
 	switch {
+	case a.DomainWide():
+		if a.PasswordHash == "" && len(a.RelayFrom) == 0 {
+			r.add(path+".password_hash", "required (apps log in with a mailbox address and this password), or relay_from")
+		} else if a.PasswordHash != "" {
+			checkHash(r, path+".password_hash", a.PasswordHash)
+		}
 	case a.Username == "" && len(a.RelayFrom) == 0:
 		r.add(path+".username", "required (or relay_from, for an account that only relays)")
 	case a.Username == "" && a.PasswordHash != "":
