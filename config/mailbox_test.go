@@ -27,8 +27,8 @@ func TestNormalizeAddress(t *testing.T) {
 		{".a@contoso.com", "", "dot"},
 		{"a.@contoso.com", "", "dot"},
 		{"a..b@contoso.com", "", "dot"},
-		{"a@соntoso.com", "", "not ASCII"},  // Cyrillic "со"
-		{"а@contoso.com", "", "not ASCII"},  // Cyrillic "а"
+		{"a@соntoso.com", "", "not ASCII"}, // Cyrillic "со"
+		{"а@contoso.com", "", "not ASCII"}, // Cyrillic "а"
 		{"a＠contoso.com", "", "not ASCII"}, // fullwidth @
 		{"a@müller.de", "", "not ASCII"},
 		{" a@contoso.com", "", "space"},
@@ -82,7 +82,7 @@ func TestOpensMailboxAndSMTPMailbox(t *testing.T) {
 		a                 *Account
 		login, from, want string
 	}{
-		{wide, "a@contoso.com", "B@contoso.com", "b@contoso.com"},          // one of its mailboxes sends as itself
+		{wide, "a@contoso.com", "B@contoso.com", "b@contoso.com"},           // one of its mailboxes sends as itself
 		{wide, "a@contoso.com", "team@groups.contoso.com", "a@contoso.com"}, // send-as: the session's mailbox
 		{wide, "", "team@groups.contoso.com", ""},                           // relay_from: no mailbox to send as
 		{shared, "support@contoso.com", "support@contoso.com", "alice@contoso.com"},
