@@ -103,7 +103,7 @@ func TestCheckWrongSecret(t *testing.T) {
 
 func TestCheckNotGranted(t *testing.T) {
 	t.Parallel()
-	ms := startFake(t, fakems.Options{})
+	ms := startFake(t, fakems.Options{IMAPNotConnected: true})
 	a := acct{name: "nogrant", provider: "app", mailbox: noGrantBox, username: "ng", hash: hashOf(t, "x"),
 		allowedFrom: []string{noGrantBox}}
 	path := newConfig(t, ms, cfgSpec{accounts: []acct{a}})
