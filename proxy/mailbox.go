@@ -244,3 +244,27 @@ func (a *Account) infoFor(mailbox string) events.Account {
 	i.Mailbox = mailbox
 	return i
 }
+
+// ForMailbox returns a's view for mailbox (any form NormalizeAddress
+// accepts) when a opens it: what an app logging in with that address gets.
+func (a *Account) ForMailbox(mailbox string) (*Account, bool) {
+	mb, ok := a.Base().OpensMailbox(mailbox)
+	if !ok {
+		return nil, false
+	}
+	return a.Base().view(mb), true
+}
+
+// SMTPTarget is a's SMTP target for a message from from: its XOAUTH2 user
+// is the mailbox config's SMTPMailbox picks (the sender itself, or the
+// session's mailbox for send-as); Mailbox "" if none may send it.
+func (a *Account) SMTPTarget(from string) upstream.Target {
+	login := ""
+	if a.base != nil {
+		login = a.Mailbox
+	}
+	t := a.Target(events.SMTP)
+	t.Account = a.infoFor(strings.ToLower(a.Base().SMTPMailbox(login, from)))
+	t.CheckMailbox = false
+	return t
+}
