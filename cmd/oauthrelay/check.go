@@ -44,7 +44,7 @@ func runCheck(ctx context.Context, args []string, _ io.Reader, stdout, stderr io
 	}
 	var results []checkResult
 	for _, a := range relay.Accounts() {
-		if len(rest) == 1 && a.Name != rest[0] {
+		if len(rest) >= 1 && a.Name != rest[0] {
 			continue
 		}
 		if len(rest) == 2 {
