@@ -53,6 +53,12 @@ type mailboxWorld struct {
 
 func newMailboxWorld(t *testing.T, opts fakems.Options) *mailboxWorld {
 	t.Helper()
+	return newMailboxWorldWith(t, opts, "")
+}
+
+// newMailboxWorldWith adds accounts (YAML list items) to the configuration.
+func newMailboxWorldWith(t *testing.T, opts fakems.Options, accounts string) *mailboxWorld {
+	t.Helper()
 	ms := startFake(t, opts)
 	ms.AddMailbox(reminders, "x")
 	ms.GrantApp(appID, reminders)
@@ -70,7 +76,7 @@ func newMailboxWorld(t *testing.T, opts fakems.Options) *mailboxWorld {
 
 	dir := t.TempDir()
 	path := filepath.Join(dir, "oauthrelay.yaml")
-	writeFile(t, path, mailboxesYAML(t, ms, filepath.Join(dir, "state")))
+	writeFile(t, path, mailboxesYAML(t, ms, filepath.Join(dir, "state"))+accounts)
 	addrFile := filepath.Join(dir, "addrs")
 	ctx, cancel := context.WithCancel(context.Background())
 	var stderr syncBuffer
@@ -444,4 +450,37 @@ func TestCheckDomainWideMailbox(t *testing.T) {
 	if r.code == 0 || !strings.Contains(r.stderr, "has no mailbox") {
 		t.Errorf("check wide with a trick: %v", r)
 	}
+}
+
+// delivery: queue keeps the mailbox per message: each queued message is
+// delivered as the mailbox it was sent as, and a mailbox the app has no
+// permission on still fails at login (the queue accepts mail while the
+// upstream is down, not for a mailbox Exchange refuses).
+func TestDomainWideQueue(t *testing.T) {
+	t.Parallel()
+	const a, b, c = "a@fabrikam.com", "b@fabrikam.com", "c@fabrikam.com"
+	accounts := fmt.Sprintf(`  - name: wideq
+    provider: app
+    mailbox: "*@fabrikam.com"
+    password_hash: %q
+    delivery: queue
+`, hashOf(t, widePass))
+	w := newMailboxWorldWith(t, fakems.Options{AppGrants: map[string][]string{appID: {a, b}}}, accounts)
+	for _, m := range []string{a, b, c} {
+		w.ms.AddMailbox(m, "x")
+	}
+	cl, err := w.smtpLogin(t, a, widePass)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sendOn(t, cl, a, "queued-a")
+	sendOn(t, cl, b, "queued-b")
+	if m := delivered(t, w.ms, "queued-a"); m.AuthUser != a {
+		t.Errorf("queued-a delivered as %q", m.AuthUser)
+	}
+	if m := delivered(t, w.ms, "queued-b"); m.AuthUser != b {
+		t.Errorf("queued-b delivered as %q", m.AuthUser)
+	}
+	_, err = w.smtpLogin(t, c, widePass)
+	wantSMTPCode(t, "queue mode, a mailbox without app permission", err, 535, smtp.EnhancedCode{5, 7, 3})
 }
