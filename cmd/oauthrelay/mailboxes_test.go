@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -119,26 +120,7 @@ listen:
   imap: {addr: "127.0.0.1:0"}
   admin: {addr: "off"}
 providers:
-  app:
-    type: microsoft
-    tenant: %[2]q
-    client_id: %[3]q
-    client_secret: %[4]q
-    grant: client_credentials
-    token_url: %[5]q
-    smtp: {addr: %[6]q, tls: starttls}
-    imap: {addr: %[7]q, tls: implicit}
-    ca_file: %[8]q
-  ropc:
-    type: microsoft
-    tenant: %[2]q
-    client_id: %[9]q
-    grant: password
-    token_url: %[5]q
-    smtp: {addr: %[6]q, tls: starttls}
-    imap: {addr: %[7]q, tls: implicit}
-    ca_file: %[8]q
-accounts:
+%[25]saccounts:
   - name: wide
     provider: app
     mailbox: "*@contoso.com"
@@ -170,7 +152,23 @@ accounts:
 `, stateDir, ms.Tenant, appID, appSecret, ms.TokenURL, ms.SMTPAddr, ms.IMAPAddr, ms.CAFile, publicID,
 		mailbox, salesBox, noGrantBox, hashOf(t, widePass),
 		reminders, sendAsUser, hashOf(t, sendAsPass), supportBox, mbxUser, hashOf(t, mbxPass), billingBox,
-		alice, deskUser, hashOf(t, deskPass), alicePass)
+		alice, deskUser, hashOf(t, deskPass), alicePass,
+		fakeProvider(ms, "app", appID, "client_credentials", "    client_secret: "+strconv.Quote(appSecret)+"\n")+
+			fakeProvider(ms, "ropc", publicID, "password", ""))
+}
+
+// fakeProvider is a provider block pointing at the fake ms.
+func fakeProvider(ms *fakems.Server, name, clientID, grant, extra string) string {
+	return fmt.Sprintf(`  %s:
+    type: microsoft
+    tenant: %q
+    client_id: %q
+    grant: %s
+    token_url: %q
+    smtp: {addr: %q, tls: starttls}
+    imap: {addr: %q, tls: implicit}
+    ca_file: %q
+%s`, name, ms.Tenant, clientID, grant, ms.TokenURL, ms.SMTPAddr, ms.IMAPAddr, ms.CAFile, extra)
 }
 
 // smtpLogin logs in to the relay over SMTP with AUTH PLAIN.
