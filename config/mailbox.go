@@ -268,10 +268,16 @@ func validateMailboxes(r *report, path string, a *Account) {
 		}
 		seen[n] = true
 	}
-	if oneOf(r, path+".send_as", a.SendAs, "send_as", SendAsMailbox, SendAsSender) &&
-		a.SendAs == SendAsSender && a.ProviderRef != nil && !a.AppOnly() {
+	switch {
+	case !oneOf(r, path+".send_as", a.SendAs, "send_as", SendAsMailbox, SendAsSender) || a.SendAs != SendAsSender:
+	case a.ProviderRef != nil && !a.AppOnly():
 		r.add(path+".send_as", "sender needs grant client_credentials (provider %s has %s): "+
 			"a delegated token logs in only as its own user", a.Provider, a.ProviderRef.Grant)
+	case a.DomainWide():
+		// Its own mailboxes send as themselves already; sender would
+		// log in as allowed_from addresses outside the pattern.
+		r.add(path+".send_as", "sender is not for a mailbox pattern: its mailboxes log in as themselves, "+
+			"and other senders are sent as the mailbox logged in (list more mailboxes in mailboxes)")
 	}
 }
 

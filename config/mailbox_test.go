@@ -124,6 +124,8 @@ func TestMailboxValidation(t *testing.T) {
 			`c.yaml:5: accounts[0].send_as: "me" is not a send_as (have: mailbox, sender)`},
 		{"send_as sender delegated", "  - {name: a, provider: d, mailbox: a@contoso.com, username: u, send_as: sender, password_hash: " + hash + "}\n",
 			"c.yaml:5: accounts[0].send_as: sender needs grant client_credentials"},
+		{"send_as sender domain-wide", "  - {name: a, provider: p, mailbox: \"*@contoso.com\", send_as: sender, password_hash: " + hash + "}\n",
+			"c.yaml:5: accounts[0].send_as: sender is not for a mailbox pattern"},
 		{"overlap", "  - {name: a, provider: p, mailbox: \"*@contoso.com\", password_hash: " + hash + "}\n" +
 			"  - {name: b, provider: p, mailbox: \"*@CONTOSO.com\", password_hash: " + hash + "}\n",
 			"c.yaml:6: accounts[1].mailboxes: some mailboxes are also those of accounts[0] (a)"},
