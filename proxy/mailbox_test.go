@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"github.com/oauthrelay/oauthrelay/internal/delivery"
 	"net/netip"
+	"sync"
 	"testing"
 	"time"
 
@@ -103,5 +104,42 @@ func TestSenderPerMailbox(t *testing.T) {
 	}
 	if r.sender(cfg, r.Accounts()[0], "a@contoso.com") != s1 {
 		t.Error("a reload replaced the sender of a mailbox still in use")
+	}
+}
+
+// Concurrent logins to a domain-wide account's mailboxes share one view
+// and one delivery per mailbox (run with -race).
+func TestViewsConcurrent(t *testing.T) {
+	r := testRelay(t, fmt.Sprintf(wideAccounts, hash(t, "pw"), "direct"))
+	ctx := context.Background()
+	addr := netip.MustParseAddr("127.0.0.1")
+	const workers, each, mailboxes = 8, 40, 5
+	views := make([][]*Account, workers)
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Go(func() {
+			for i := range each {
+				v, err := r.Login(ctx, addr, fmt.Sprintf("m%d@contoso.com", i%mailboxes), "pw")
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				v.Delivery.(*mailboxRouter).d.directFor(v.Mailbox)
+				views[w] = append(views[w], v)
+			}
+		})
+	}
+	wg.Wait()
+	for w := range workers {
+		for i, v := range views[w] {
+			if v != views[0][i] {
+				t.Fatalf("two views of %s", v.Mailbox)
+			}
+		}
+	}
+	n := 0
+	r.EachSender(func(string, string, delivery.Stats) { n++ })
+	if n != mailboxes {
+		t.Errorf("%d senders, want %d", n, mailboxes)
 	}
 }
