@@ -482,3 +482,40 @@ func TestDomainWideQueue(t *testing.T) {
 	_, err = w.smtpLogin(t, c, widePass)
 	wantSMTPCode(t, "queue mode, a mailbox without app permission", err, 535, smtp.EnhancedCode{5, 7, 3})
 }
+
+// The new keys' mistakes stop serve before it binds anything, each at its
+// file, line and key.
+func TestMailboxesConfigErrors(t *testing.T) {
+	t.Parallel()
+	ms := startFake(t, fakems.Options{})
+	dir := t.TempDir()
+	path := filepath.Join(dir, "c.yaml")
+	bad := `  - name: deleg
+    provider: ropc
+    mailbox: "*@contoso.com"
+    password_hash: "x"
+  - name: tricks
+    provider: app
+    mailbox: "*@fabrikam.com"
+    mailboxes: ["a%evil.com@fabrikam.com", "b@contoso.com"]
+    send_as: owner
+    password_hash: ` + strconv.Quote(hashOf(t, widePass)) + "\n"
+	good := mailboxesYAML(t, ms, filepath.Join(dir, "state"))
+	writeFile(t, path, good+bad)
+	at := func(n int) string { return fmt.Sprintf("c.yaml:%d: ", strings.Count(good, "\n")+n) } // line n of bad
+	r := runCmd(t, nil, "serve", "-config", path)
+	if r.code != 1 {
+		t.Fatalf("serve with a bad configuration: %v", r)
+	}
+	for _, want := range []string{
+		at(3) + `accounts[4].mailbox: "*@contoso.com" is a pattern: it needs grant client_credentials (provider ropc has password)`,
+		at(8) + `accounts[5].mailboxes[0]: "a%evil.com@fabrikam.com" has '%' in the local part`,
+		at(8) + `accounts[5].mailboxes[1]: "b@contoso.com" is not in the domain of mailbox "*@fabrikam.com"`,
+		at(9) + `accounts[5].send_as: "owner" is not a send_as (have: mailbox, sender)`,
+		at(1) + `accounts[4].mailboxes: some mailboxes are also those of accounts[0] (wide)`,
+	} {
+		if !strings.Contains(r.stderr, want) {
+			t.Errorf("stderr lacks %q:\n%s", want, r.stderr)
+		}
+	}
+}
