@@ -9,8 +9,8 @@ import (
 
 // A domain-wide account's mailboxes in use: each login through the
 // relay's own login path names its mailbox, the status page lists them
-// with their logins and messages, and the metrics count them by account
-// and mailbox.
+// with their logins and messages and each mailbox's own pool, and the
+// metrics count them by account and mailbox.
 func TestMailboxesInUse(t *testing.T) {
 	w := newWorld(t, worldOptions{accounts: `
   - name: fleet
@@ -18,6 +18,10 @@ func TestMailboxesInUse(t *testing.T) {
     mailbox: "*@fabrikam.com"
     password_hash: %[1]q
 `})
+	for _, mb := range []string{"a@fabrikam.com", "b@fabrikam.com"} {
+		w.ms.AddMailbox(mb, "x")
+		w.ms.GrantApp(daemonAppID, mb)
+	}
 	ctx := context.Background()
 	addr := netip.MustParseAddr("127.0.0.1")
 	for _, name := range []string{"A@fabrikam.com", "a@fabrikam.com.", "b@fabrikam.com"} {
@@ -27,9 +31,14 @@ func TestMailboxesInUse(t *testing.T) {
 		}
 		w.metrics.Login("smtp", v.Info(), "ok")
 		w.metrics.Message(v.Info(), 100)
+		// The SMTP front end's AUTH: the mailbox's own pool logs in.
+		if err := v.Delivery.Ready(ctx, w.relay.Credentials(addr, v, "")); err != nil {
+			t.Fatalf("%s ready: %v", name, err)
+		}
 	}
 	_, page := w.get("/")
-	for _, want := range []string{"2 mailboxes in use", "a@fabrikam.com · 2 logins · 2 msg", "b@fabrikam.com · 1 logins · 1 msg"} {
+	for _, want := range []string{"2 mailboxes in use", "a@fabrikam.com · 2 logins · 2 msg", "b@fabrikam.com · 1 logins · 1 msg",
+		"<tr><td>a@fabrikam.com</td><td class=\"num\">1 (0 in use)</td>", "<tr><td>b@fabrikam.com</td><td class=\"num\">1 (0 in use)</td>"} {
 		if !strings.Contains(page, want) {
 			t.Errorf("the status page lacks %q", want)
 		}
