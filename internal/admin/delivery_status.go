@@ -22,15 +22,15 @@ type deliveryView struct {
 	Queued        bool // delivery: queue
 	Queue         queueView
 	Pool          *poolView // nil: no Sender for the mailbox (yet)
-	// Pools are the Senders of the other mailboxes the account sends as
-	// (a domain-wide account's, a send-as account's), by mailbox.
-	Pools []mailboxPool
-	Chart chart
-	Log   []logRow
+	Chart         chart
+	Log           []logRow
 	// LogHeld is how many messages the account's log holds; LogNote
 	// says what Log shows of them.
 	LogHeld int
 	LogNote string
+	// Pools are the Senders of the other mailboxes the account sends as
+	// (a domain-wide account's, a send-as account's), by mailbox.
+	Pools []mailboxPool
 }
 
 type queueView struct {
