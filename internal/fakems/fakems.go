@@ -7,6 +7,13 @@
 // Exchange's replies and record what they receive, so tests can drive the
 // relay end to end with real protocol clients.
 //
+// Permissions are Exchange's: an app-only token logs in only as the
+// mailboxes its app has permission on (GrantApp, Options.AppGrants), a
+// delegated token as its own user and, over IMAP, as the shared mailboxes
+// that user has FullAccess on (AddSharedMailbox, GrantFullAccess), and MAIL
+// FROM must be the mailbox logged in or one it has SendAs on (GrantSendAs;
+// 550 5.7.60 otherwise).
+//
 // It is built from go-smtp and go-imap's in-memory server; where their
 // replies differ from Exchange's, the connection wrappers in wire.go rewrite
 // the reply lines, so clients see Microsoft's texts.
