@@ -174,8 +174,16 @@ func checkSMTP(ctx context.Context, a *proxy.Account) step {
 			sender = f
 		}
 	}
-	err := upstream.ProbeSMTP(ctx, a.SMTPTarget(sender), a.Source, sender)
-	return upstreamStep(err, a.ProviderRef.SMTP.Addr)
+	t := a.SMTPTarget(sender)
+	err := upstream.ProbeSMTP(ctx, t, a.Source, sender)
+	st := upstreamStep(err, a.ProviderRef.SMTP.Addr)
+	var e *upstream.Error
+	if errors.As(err, &e) && e.Reply != nil && sender != "" {
+		if x := upstream.ExplainMail(e.Reply, sender, t.Account.Mailbox); x != "" {
+			st.explain = x // with the sender's and the mailbox's addresses
+		}
+	}
+	return st
 }
 
 // checkIMAP logs in as the relay does and opens INBOX read-only: Exchange

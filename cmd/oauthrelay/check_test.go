@@ -140,7 +140,8 @@ func TestCheckSendAs(t *testing.T) {
 	}
 	wantRow(t, r.stdout, "invoices", "ok", "FAILED", "ok")
 	wantRow(t, r.stdout, "sales", "ok", "ok", "ok")
-	wantAll(t, r.stdout, "invoices SMTP:", "550", "send as this sender", "Add-RecipientPermission", "allowed_from")
+	wantAll(t, r.stdout, "invoices SMTP:", "550", "send as this sender", "allowed_from",
+		"Add-RecipientPermission -Identity ceo@contoso.com -Trustee "+mailbox+" -AccessRights SendAs")
 	if strings.Contains(r.stdout, "sales SMTP:") {
 		t.Errorf("sales reported as failed:\n%s", r.stdout)
 	}
