@@ -303,4 +303,7 @@ type Account struct {
 	// EffectiveLimits are the top-level limits with this account's
 	// overrides applied.
 	EffectiveLimits Limits `yaml:"-"`
+	// mailboxSet holds Mailboxes normalised (validation fills it; nil
+	// for an Account built in Go, which OpensMailbox then reads as a list).
+	mailboxSet map[string]bool
 }

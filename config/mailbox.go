@@ -174,6 +174,9 @@ func (a *Account) OpensMailbox(login string) (string, bool) {
 			return addr, true
 		}
 	}
+	if a.mailboxSet != nil {
+		return addr, a.mailboxSet[addr]
+	}
 	for _, m := range a.Mailboxes {
 		if n, err := NormalizeAddress(m); err == nil && n == addr {
 			return addr, true
@@ -252,6 +255,9 @@ func validateMailboxes(r *report, path string, a *Account) {
 		r.add(path+".mailbox", "%q is not an email address", a.Mailbox)
 	}
 	seen := map[string]bool{}
+	if len(a.Mailboxes) > 0 {
+		a.mailboxSet = seen // a login looks its name up here, not in the list
+	}
 	domain := patternDomain(a.Mailbox)
 	for i, m := range a.Mailboxes {
 		key := fmt.Sprintf("%s.mailboxes[%d]", path, i)

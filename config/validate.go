@@ -29,7 +29,8 @@ const (
 )
 
 // validate reports every problem of a decoded, defaulted Config. It fills
-// the derived RelayNets; it changes nothing else.
+// the derived RelayNets and the accounts' normalised mailbox sets; it
+// changes nothing else.
 func validate(c *Config, r *report) {
 	oneOf(r, "log.level", c.Log.Level, "log level", "debug", "info", "warn", "error")
 	oneOf(r, "log.format", c.Log.Format, "log format", "text", "json")
