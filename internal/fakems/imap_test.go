@@ -229,19 +229,29 @@ func TestIMAPAppGrants(t *testing.T) {
 // token and user= the shared address; without FullAccess it is refused.
 func TestIMAPSharedMailbox(t *testing.T) {
 	t.Parallel()
-	s := newWorld(t, Options{})
-	const shared, other = "support@contoso.com", "sales@contoso.com"
-	s.AddSharedMailbox(shared)
-	s.AddSharedMailbox(other)
-	s.GrantFullAccess(shared, alice)
-	tok := s.IssueAccessToken(publicID, alice)
+	s, tok := sharedWorld(t)
 	c := dialIMAP(t, s)
-	if err := c.Authenticate(sasl.NewXOAuth2Client(shared, tok)); err != nil {
+	if err := c.Authenticate(sasl.NewXOAuth2Client(supportBox, tok)); err != nil {
 		t.Fatalf("delegate into the shared mailbox: %v", err)
 	}
 	if _, err := c.Select("INBOX", nil).Wait(); err != nil {
 		t.Fatal(err)
 	}
 	c = dialIMAP(t, s)
-	wantIMAPError(t, c.Authenticate(sasl.NewXOAuth2Client(other, tok)), imap.StatusResponseTypeNo, "AUTHENTICATE failed.")
+	wantIMAPError(t, c.Authenticate(sasl.NewXOAuth2Client(billingBox, tok)), imap.StatusResponseTypeNo, "AUTHENTICATE failed.")
+}
+
+// The shared mailboxes of these tests: alice has FullAccess and SendAs on
+// supportBox, nothing on billingBox.
+const supportBox, billingBox = "support@contoso.com", "billing@contoso.com"
+
+// sharedWorld is the test world with the shared mailboxes, and alice's
+// delegated token.
+func sharedWorld(t *testing.T) (*Server, string) {
+	s := newWorld(t, Options{})
+	s.AddSharedMailbox(supportBox)
+	s.AddSharedMailbox(billingBox)
+	s.GrantFullAccess(supportBox, alice)
+	s.GrantSendAs(alice, supportBox)
+	return s, s.IssueAccessToken(publicID, alice)
 }

@@ -427,19 +427,13 @@ func TestSMTPConcurrentSessions(t *testing.T) {
 // address with SendAs, and without SendAs MAIL FROM gets 550 5.7.60.
 func TestSMTPSharedMailbox(t *testing.T) {
 	t.Parallel()
-	s := newWorld(t, Options{})
-	const support, billing = "support@contoso.com", "billing@contoso.com"
-	s.AddSharedMailbox(support)
-	s.AddSharedMailbox(billing)
-	s.GrantFullAccess(support, alice)
-	s.GrantSendAs(alice, support)
-	tok := s.IssueAccessToken(publicID, alice)
+	s, tok := sharedWorld(t)
 	c := dialSMTP(t, s)
-	wantSMTPError(t, c.Auth(sasl.NewXOAuth2Client(support, tok)), 535, smtp.EnhancedCode{5, 7, 3}, "Authentication unsuccessful")
+	wantSMTPError(t, c.Auth(sasl.NewXOAuth2Client(supportBox, tok)), 535, smtp.EnhancedCode{5, 7, 3}, "Authentication unsuccessful")
 	c = dialSMTP(t, s)
 	if err := c.Auth(sasl.NewXOAuth2Client(alice, tok)); err != nil {
 		t.Fatal(err)
 	}
-	sendTestMail(t, c, support, []string{"x@example.net"}, "Subject: as support\r\n\r\nhi\r\n")
-	wantSMTPError(t, c.Mail(billing, nil), 550, smtp.EnhancedCode{5, 7, 60}, "does not have permissions to send as this sender")
+	sendTestMail(t, c, supportBox, []string{"x@example.net"}, "Subject: as support\r\n\r\nhi\r\n")
+	wantSMTPError(t, c.Mail(billingBox, nil), 550, smtp.EnhancedCode{5, 7, 60}, "does not have permissions to send as this sender")
 }
