@@ -5,6 +5,7 @@ import (
 	"errors"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/emersion/go-smtp"
 
@@ -27,6 +28,12 @@ import (
 // each message as the mailbox config's SMTPMailbox picks for its MAIL FROM,
 // over that mailbox's own Sender — its own pool and limits, as Exchange
 // counts them per mailbox.
+
+// queueReadyTimeout bounds the login check of a queueing account's
+// mailbox at AUTH: an upstream that does not answer must not hold the app
+// (the queue takes its mail whatever the upstream's state); only a refusal
+// within it fails the login.
+const queueReadyTimeout = 5 * time.Second
 
 // maxViews bounds the views an account keeps for reuse; past it a login
 // gets a view of its own (correct, only not shared).
@@ -163,10 +170,12 @@ func (r *mailboxRouter) Ready(ctx context.Context, cred upstream.Credentials) er
 		return nil
 	}
 	mb = r.mailbox(mb)
-	err := r.d.directFor(mb).Ready(ctx, cred)
 	if r.d.queue == nil {
-		return err
+		return r.d.directFor(mb).Ready(ctx, cred)
 	}
+	ctx, cancel := context.WithTimeout(ctx, queueReadyTimeout)
+	defer cancel()
+	err := r.d.directFor(mb).Ready(ctx, cred)
 	var ue *upstream.Error
 	if errors.As(err, &ue) && ue.Kind == upstream.Refused {
 		return err
