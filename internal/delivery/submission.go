@@ -77,6 +77,10 @@ func (s *Sender) mail(ctx context.Context, cred upstream.Credentials, from strin
 		if errors.As(err, &se) && se.Code != 421 {
 			// The upstream answered: the session is still in step.
 			s.learn(se, stageMail)
+			if hint := upstream.ExplainMail(se, from, s.target.Account.Mailbox); hint != "" && se.Code >= 500 {
+				s.log.Warn("the upstream refused the sender", "from", from, "mailbox", s.target.Account.Mailbox,
+					"reply", upstream.FormatReply(se), "fix", hint)
+			}
 			s.put(ss)
 			return nil, se
 		}
