@@ -51,9 +51,11 @@ func (s *Sender) Begin(ctx context.Context, cred upstream.Credentials, from stri
 
 // mail gets a session for a transaction and sends MAIL on it: Begin's
 // work after the pace, and a Submission's when it resumes on a fresh
-// session.
+// session. A session lost at MAIL is replaced: a parked one by the next
+// parked one or a login, a fresh login once by another.
 func (s *Sender) mail(ctx context.Context, cred upstream.Credentials, from string, opts *smtp.MailOptions, b budget) (*session, error) {
 	ss, login, err := s.acquire(ctx, b)
+	relogged := false
 	for {
 		if err != nil {
 			return nil, err
@@ -85,12 +87,20 @@ func (s *Sender) mail(ctx context.Context, cred upstream.Credentials, from strin
 			return nil, se
 		}
 		// The session is gone, or closing (421): never usable again.
-		if login {
+		if login && (relogged || se != nil) {
 			s.drop(ss)
 			if se != nil {
 				return nil, se
 			}
 			return nil, &LostError{Stage: stageMail, Err: err}
+		}
+		if login {
+			// A fresh session lost at its first MAIL: one more login,
+			// as for a parked one (nothing was sent).
+			s.drop(ss)
+			relogged = true
+			ss, login, err = s.acquire(ctx, b)
+			continue
 		}
 		// It died while parked: the next one, or a new one.
 		ss, login = s.replace(ss)

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"syscall"
 	"time"
 
 	"github.com/emersion/go-smtp"
@@ -162,7 +163,8 @@ func ProbeSMTP(ctx context.Context, t Target, cred Credentials, sender string) e
 }
 
 // cutOff reports a login that failed because its connection was cut after
-// it was made: no reply, no dial failure (the server is not there), no
+// it was made (a reset as the dial completes counts: something accepted
+// it): no reply, no other dial failure (the server is not there), no
 // timeout (a second wait would double the app's), no certificate the
 // relay refuses (that does not change), and ctx still alive.
 func cutOff(ctx context.Context, err error) bool {
@@ -174,7 +176,9 @@ func cutOff(ctx context.Context, err error) bool {
 	switch {
 	case err == nil, ctx.Err() != nil, !errors.As(err, &e):
 		return false
-	case e.Kind != Unavailable || e.Reply != nil || e.Reason == reasonCannotConnect:
+	case e.Kind != Unavailable || e.Reply != nil:
+		return false
+	case e.Reason == reasonCannotConnect && !errors.Is(err, syscall.ECONNRESET):
 		return false
 	case errors.As(err, &ne) && ne.Timeout(), errors.As(err, &ce):
 		return false
