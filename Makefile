@@ -7,7 +7,7 @@ LDFLAGS := -s -w -X main.version=$(VERSION)
 BIN     := bin/oauthrelay
 STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
-.PHONY: build test race demo bench lint dist clean fuzz fuzz-ci fuzz-corpus
+.PHONY: build test race demo bench lint dist clean fuzz fuzz-ci fuzz-corpus load soak
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/oauthrelay
@@ -55,6 +55,17 @@ fuzz-corpus:
 	  pkg=$${t%%:*}; name=$${t#*:}; src=$$cache/$${pkg#./}/$$name; \
 	  [ -d $$src ] || continue; mkdir -p $$pkg/testdata/fuzz/$$name; cp $$src/* $$pkg/testdata/fuzz/$$name/; \
 	done
+
+# 1,000 concurrent SMTP sessions and 5,000 idle IMAP sessions against one
+# relay process (figures, and the relay's open files after); soak adds
+# SOAKTIME (default 10 minutes) of steady traffic and fails if the relay
+# keeps more open files than it started with.
+SOAKTIME ?= 10m
+load: build
+	$(BIN) bench -only load
+
+soak: build
+	$(BIN) bench -only load -soak $(SOAKTIME)
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \

@@ -34,16 +34,19 @@ func runBench(ctx context.Context, args []string, _ io.Reader, stdout, stderr io
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	quick := fs.Bool("quick", false, "fewer messages (a smoke run)")
-	only := fs.String("only", "", "smtp, imap or delivery: run one part")
+	only := fs.String("only", "", "smtp, imap, delivery or load: run one part (load runs only when named)")
 	pin := fs.Bool("pin", true, "pin the relay and the load generator to separate CPUs (Linux)")
 	speed := fs.Float64("speed", defaultBenchSpeed, "delivery: how many times faster than real time the fake Exchange and the relay keep their limits")
+	soak := fs.Duration("soak", 0, "load: then run steady traffic this long, watching the relay's memory and open files")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	switch *only {
 	case "", "smtp", "imap", "delivery":
+	case "load":
+		return runLoad(ctx, *quick, *soak, *pin, stdout, stderr)
 	default:
-		return fmt.Errorf("bench: -only %q: want smtp, imap or delivery", *only)
+		return fmt.Errorf("bench: -only %q: want smtp, imap, delivery or load", *only)
 	}
 	if *only != "delivery" {
 		if err := proxyBench(ctx, *only, *quick, *pin, stdout, stderr); err != nil {
