@@ -14,6 +14,7 @@
 //	oauthrelay bench
 //	oauthrelay service install|uninstall|start|stop|run [-name NAME] [-config FILE] [-log FILE]
 //	oauthrelay version
+//	oauthrelay help (or -h, --help)
 package main
 
 import (
@@ -71,6 +72,13 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	if len(args) == 0 {
 		usage(stderr)
 		return 2
+	}
+	switch args[0] {
+	case "help", "-h", "-help", "--help":
+		// Asked for: the usage goes to stdout and is a success (the man
+		// page and README list the same commands).
+		usage(stdout)
+		return 0
 	}
 	for _, c := range commands() {
 		if c.name != args[0] {

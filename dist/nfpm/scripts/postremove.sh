@@ -1,0 +1,14 @@
+#!/bin/sh
+# dpkg --purge removes the conffile itself; the state (token store, its key,
+# the spool) goes with it, as Debian policy asks of purge. `dpkg -r` and rpm
+# -e keep it, so a reinstall finds its tokens. The system user stays.
+set -e
+case "$1" in
+  purge)
+    rm -rf /var/lib/oauthrelay
+    rmdir /etc/oauthrelay 2>/dev/null || true
+    ;;
+esac
+if [ -d /run/systemd/system ]; then
+  systemctl daemon-reload >/dev/null 2>&1 || true
+fi
