@@ -83,6 +83,8 @@ var schemaDocs = map[string]keyDoc{
 	"Admin.addr":          {desc: `host:port, or "off". A non-loopback address needs username and password_hash.`},
 	"Admin.username":      {desc: "HTTP basic auth user for the admin pages."},
 	"Admin.password_hash": {desc: "bcrypt hash (`oauthrelay hash-password`) of the admin password."},
+	"Admin.cert_file":     {desc: "PEM certificate (chain): the admin pages over HTTPS (with key_file)."},
+	"Admin.key_file":      {desc: "PEM private key matching cert_file."},
 
 	"Limits.connections":            {desc: "Authenticated upstream SMTP sessions at once (default 3, Exchange's); 1 to 100."},
 	"Limits.messages_per_minute":    {desc: "Default 30 (Exchange's); 1 to 1000000."},
