@@ -4,6 +4,7 @@
 //
 // Usage:
 //
+//	oauthrelay init [-config FILE] [-force] [FLAGS]
 //	oauthrelay serve -config FILE [-addr-file FILE]
 //	oauthrelay check -config FILE [ACCOUNT]
 //	oauthrelay login -config FILE ACCOUNT
@@ -40,6 +41,7 @@ type command struct {
 
 func commands() []command {
 	return []command{
+		{"init", "init [-config FILE] [-force] [FLAGS]  guided setup: config, secret file, Entra/Exchange PowerShell, sign-in (init -h)", runInit},
 		{"serve", "serve -config FILE [-addr-file FILE]  run the relay", runServe},
 		{"check", "check -config FILE [ACCOUNT]  get a token and log in over SMTP and IMAP for each account", runCheck},
 		{"login", "login -config FILE [-replace] ACCOUNT  sign an account in (authorization code or device code)", runLogin},
