@@ -192,7 +192,9 @@ func (a *initAnswers) ask(p *prompter) error {
 	fmt.Fprintln(p.out, "oauthrelay init: a configuration for Microsoft 365 in a few questions (Enter takes the [default]).")
 	steps := []func() error{
 		func() error { return p.choose(&a.Cloud, "Cloud", cloudChoices, config.CloudGlobal) },
-		func() error { return p.choose(&a.Grant, "Grant (how the relay gets its tokens)", grantChoices, config.GrantClientCredentials) },
+		func() error {
+			return p.choose(&a.Grant, "Grant (how the relay gets its tokens)", grantChoices, config.GrantClientCredentials)
+		},
 		func() error {
 			def := ""
 			if a.Grant != config.GrantClientCredentials {
