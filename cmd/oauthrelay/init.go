@@ -200,7 +200,7 @@ func (a *initAnswers) ask(p *prompter) error {
 			if a.Grant != config.GrantClientCredentials {
 				def = "organizations"
 			}
-			return p.text(&a.Tenant, "Directory (tenant) ID or a domain of the tenant (Entra admin center → Overview)", def, checkTenant)
+			return p.text(&a.Tenant, "Directory (tenant) ID or a domain of the tenant (Entra admin center → Overview)", def, checkNonEmpty)
 		},
 		func() error {
 			return p.text(&a.ClientID, "Application (client) ID (App registrations → the app → Overview)", "", checkNonEmpty)
@@ -433,13 +433,6 @@ func checkNonEmpty(s string) error {
 	return nil
 }
 
-func checkTenant(s string) error {
-	if strings.Trim(strings.ToLower(s), "abcdefghijklmnopqrstuvwxyz0123456789.-") != "" {
-		return fmt.Errorf("%q is not a tenant id or domain", s)
-	}
-	return nil
-}
-
 func checkFile(s string) error {
 	if _, err := os.Stat(s); err != nil {
 		return err
@@ -449,8 +442,8 @@ func checkFile(s string) error {
 
 func checkAddresses(list []string) error {
 	for _, s := range list {
-		local, domain, ok := strings.Cut(s, "@")
-		if !ok || local == "" || !strings.Contains(domain, ".") || strings.ContainsAny(s, " \"'`") {
+		// Quotes would also break the PowerShell's string literals.
+		if !config.IsAddress(s) || strings.ContainsAny(s, "\"'`$") {
 			return fmt.Errorf("%q is not an email address", s)
 		}
 	}
