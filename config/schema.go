@@ -120,7 +120,7 @@ var schemaDocs = map[string]keyDoc{
 
 	"Account.name":                 {desc: "Required, unique; letters, digits, . _ - (names the token file)."},
 	"Account.provider":             {desc: "A key of providers (required)."},
-	"Account.mailbox":              {desc: "The mailbox, the XOAUTH2 user (required)."},
+	"Account.mailbox":              {desc: "The mailbox, the XOAUTH2 user (required); for app-only grants also \"*@domain\" (a domain-wide account)."},
 	"Account.username":             {desc: "What the application logs in with; unique, case-insensitive."},
 	"Account.password_hash":        {desc: "bcrypt hash of the application's password (`oauthrelay hash-password`); never ${ENV}-expanded."},
 	"Account.password":             {desc: "grant password only: the mailbox's own password."},
@@ -131,7 +131,10 @@ var schemaDocs = map[string]keyDoc{
 	"Account.relay_from":           {desc: "IP addresses and CIDR prefixes that may send without AUTH (SMTP)."},
 	"Account.delivery": {desc: "direct (default): the app waits for the upstream's verdict; queue: spooled (fsync) before 250, delivered later.",
 		enum: []string{DeliveryDirect, DeliveryQueue}},
-	"Account.limits": {desc: "Overrides of the top-level limits for this account (any of its keys)."},
+	"Account.limits":    {desc: "Overrides of the top-level limits for this account (any of its keys)."},
+	"Account.mailboxes": {desc: "The addresses this account may open (a domain-wide mailbox pattern, or shared mailboxes a delegate opens)."},
+	"Account.send_as": {desc: "Who logs in upstream over SMTP for a MAIL FROM that is none of the account's mailboxes: mailbox (default; the mailbox logged in, which needs SendAs) or sender (app-only grants: that address itself).",
+		enum: []string{SendAsMailbox, SendAsSender}},
 
 	"LimitsOverride.connections":            {desc: "See limits.connections."},
 	"LimitsOverride.messages_per_minute":    {desc: "See limits.messages_per_minute."},

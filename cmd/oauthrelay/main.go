@@ -6,7 +6,7 @@
 //
 //	oauthrelay init [-config FILE] [-force] [FLAGS]
 //	oauthrelay serve -config FILE [-addr-file FILE]
-//	oauthrelay check -config FILE [ACCOUNT]
+//	oauthrelay check -config FILE [ACCOUNT [MAILBOX]]
 //	oauthrelay login -config FILE ACCOUNT
 //	oauthrelay token -config FILE ACCOUNT
 //	oauthrelay queue -config FILE list|show|retry|delete|export [ARGS]
@@ -43,7 +43,7 @@ func commands() []command {
 	return []command{
 		{"init", "init [-config FILE] [-force] [FLAGS]  guided setup: config, secret file, Entra/Exchange PowerShell, sign-in (init -h)", runInit},
 		{"serve", "serve -config FILE [-addr-file FILE]  run the relay", runServe},
-		{"check", "check -config FILE [ACCOUNT]  get a token and log in over SMTP and IMAP for each account", runCheck},
+		{"check", "check -config FILE [ACCOUNT [MAILBOX]]  get a token and log in over SMTP and IMAP for each account (or one mailbox of it)", runCheck},
 		{"login", "login -config FILE [-replace] ACCOUNT  sign an account in (authorization code or device code)", runLogin},
 		{"token", "token -config FILE ACCOUNT    print a fresh access token", runToken},
 		{"queue", "queue -config FILE list|show|retry|delete|export [ARGS]  see and steer delivery: queue (queue -h)", runQueue},

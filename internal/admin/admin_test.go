@@ -63,6 +63,9 @@ type worldOptions struct {
 	device bool
 	// tls serves the admin pages over HTTPS with this certificate.
 	tls *testutil.LocalCert
+	// accounts are more accounts (YAML list items; %[1]s is the local
+	// password's hash, %[2]s the daemon provider's name).
+	accounts string
 }
 
 type world struct {
@@ -173,6 +176,9 @@ accounts:
 accounts:
 `, ms.Tenant, deskAppID, ms.TokenURL, ms.DeviceURL, ms.SMTPAddr, ms.IMAPAddr, ms.CAFile), 1)
 		yaml += fmt.Sprintf("  - name: frontdesk\n    provider: desk\n    mailbox: %s\n    username: desk\n    password_hash: %q\n", deskBox, localHash)
+	}
+	if o.accounts != "" {
+		yaml += fmt.Sprintf(o.accounts, localHash, "daemon")
 	}
 	cfg, err := config.Parse("test.yaml", []byte(yaml), func(string) (string, bool) { return "", false })
 	if err != nil {
