@@ -145,7 +145,7 @@ func parseInitFlags(args []string) (*initAnswers, initOptions, error) {
 	fs.StringVar(&a.KeyFile, "client-key-file", "", "its private key")
 	mailboxes := fs.String("mailbox", "", "mailbox(es), comma-separated")
 	sendAs := fs.String("send-as", "", "other addresses the app sends as (From), comma-separated; \"-\" for none")
-	usernames := fs.String("username", "", "the application's local user name(s), one per mailbox, comma-separated")
+	usernames := fs.String("username", "", "the application's local user name(s), one per mailbox, comma-separated (\"-\" for a *@domain one)")
 	fs.StringVar(&a.Delivery, "delivery", "", "direct | queue")
 	fs.BoolVar(&a.RBAC, "rbac", false, "client_credentials: grant SMTP.SendAsApp by RBAC for Applications scoped to the mailboxes")
 	fs.StringVar(&a.TokenURL, "token-url", "", "advanced: token endpoint (default: the cloud's)")
@@ -209,14 +209,18 @@ func (a *initAnswers) ask(p *prompter) error {
 		a.askCredential(p),
 		func() error {
 			if len(a.Mailboxes) > 0 {
-				return checkAddresses(a.Mailboxes)
+				return a.checkMailboxes()
 			}
 			var s string
-			if err := p.text(&s, "Mailbox(es) the application sends from or reads, comma-separated", "", nil); err != nil {
+			q := "Mailbox(es) the application sends from or reads, comma-separated"
+			if a.Grant == config.GrantClientCredentials {
+				q += `; "*@domain" for every mailbox of a domain (the application then logs in with the mailbox's address)`
+			}
+			if err := p.text(&s, q, "", nil); err != nil {
 				return err
 			}
 			a.Mailboxes = splitList(s)
-			return checkAddresses(a.Mailboxes)
+			return a.checkMailboxes()
 		},
 		func() error {
 			if a.SendAs != nil {
@@ -285,9 +289,18 @@ func (a *initAnswers) askUsers(p *prompter) func() error {
 			return fmt.Errorf("-username has %d names for %d mailboxes", len(a.Usernames), len(a.Mailboxes))
 		}
 		if len(a.Usernames) == len(a.Mailboxes) {
+			for i, mb := range a.Mailboxes {
+				if config.IsMailboxPattern(mb) {
+					a.Usernames[i] = "" // the mailbox's address is the user name
+				}
+			}
 			return nil
 		}
 		for _, mb := range a.Mailboxes {
+			if config.IsMailboxPattern(mb) {
+				a.Usernames = append(a.Usernames, "")
+				continue
+			}
 			local, _, _ := strings.Cut(mb, "@")
 			var u string
 			if err := p.text(&u, "User name the application logs in to the relay with, for "+mb, local, checkNonEmpty); err != nil {
@@ -436,6 +449,30 @@ func checkNonEmpty(s string) error {
 func checkFile(s string) error {
 	if _, err := os.Stat(s); err != nil {
 		return err
+	}
+	return nil
+}
+
+// checkMailboxes: addresses, and for app-only access "*@domain" patterns
+// (a domain-wide account).
+func (a *initAnswers) checkMailboxes() error {
+	if len(a.Mailboxes) == 0 {
+		return errors.New("at least one mailbox is required")
+	}
+	for _, mb := range a.Mailboxes {
+		domain, pattern := strings.CutPrefix(mb, "*@")
+		switch {
+		case !pattern:
+			if err := checkAddresses([]string{mb}); err != nil {
+				return err
+			}
+		case a.Grant != config.GrantClientCredentials:
+			return fmt.Errorf("%q: a domain-wide mailbox needs grant client_credentials (app-only)", mb)
+		default:
+			if err := checkAddresses([]string{"x@" + domain}); err != nil {
+				return fmt.Errorf("%q is not \"*@\" and a domain", mb)
+			}
+		}
 	}
 	return nil
 }

@@ -23,7 +23,10 @@ func (a *initAnswers) accountNames() []string {
 	seen := map[string]bool{}
 	var out []string
 	for _, mb := range a.Mailboxes {
-		local, _, _ := strings.Cut(strings.ToLower(mb), "@")
+		local, domain, _ := strings.Cut(strings.ToLower(mb), "@")
+		if local == "*" {
+			local = "all-" + domain
+		}
 		name := strings.Map(func(r rune) rune {
 			if r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '-' || r == '_' || r == '.' {
 				return r
@@ -116,8 +119,14 @@ func (a *initAnswers) configYAML(hash string) string {
 	for i, mb := range a.Mailboxes {
 		p("  - name: %s", names[i])
 		p("    provider: %s", providerName)
-		p("    mailbox: %s", q(mb))
-		p("    username: %s", q(a.Usernames[i]))
+		if config.IsMailboxPattern(mb) {
+			p("    # Every mailbox of the domain: the application logs in with the mailbox's")
+			p("    # address as its user name (no username key) and the password below.")
+			p("    mailbox: %s", q(mb))
+		} else {
+			p("    mailbox: %s", q(mb))
+			p("    username: %s", q(a.Usernames[i]))
+		}
 		p("    # bcrypt hash of the application's password (`oauthrelay hash-password` makes a new one).")
 		p("    password_hash: %s", q(hash))
 		from := append([]string{mb}, a.SendAs...)
@@ -240,27 +249,42 @@ func (a *initAnswers) powerShell() string {
 			p("# Exchange lists it: Get-ManagementRole | Where-Object Name -like 'Application *'")
 			filters := make([]string, len(a.Mailboxes))
 			for i, mb := range a.Mailboxes {
-				filters[i] = "PrimarySmtpAddress -eq '" + strings.ReplaceAll(mb, "'", "") + "'"
+				filters[i] = mailboxFilter(mb)
 			}
 			scope := "oauthrelay-" + strings.ToLower(strings.ReplaceAll(a.AppName, " ", "-"))
-			p("New-ManagementScope -Name %s -RecipientRestrictionFilter \"%s\"", psQuote(scope),
-				strings.NewReplacer("`", "``", "$", "`$", "\"", "`\"").Replace(strings.Join(filters, " -or ")))
+			p("New-ManagementScope -Name %s -RecipientRestrictionFilter \"%s\"", psQuote(scope), strings.Join(filters, " -or "))
 			p("New-ManagementRoleAssignment -App $sp.Id -Role 'Application SMTP.SendAsApp' -CustomResourceScope %s", psQuote(scope))
-			p("Test-ServicePrincipalAuthorization -Identity $sp.Id -Resource %s", psQuote(a.Mailboxes[0]))
+			if !config.IsMailboxPattern(a.Mailboxes[0]) {
+				p("Test-ServicePrincipalAuthorization -Identity $sp.Id -Resource %s", psQuote(a.Mailboxes[0]))
+			}
 		}
 		p("# Mailbox access for the service principal (IMAP has no RBAC role: FullAccess per mailbox).")
 		for _, mb := range a.Mailboxes {
+			if config.IsMailboxPattern(mb) {
+				p("# Every mailbox of %s (run it again for mailboxes added later):", strings.TrimPrefix(mb, "*@"))
+				p("Get-Mailbox -ResultSize Unlimited -Filter \"%s\" | ForEach-Object { Add-MailboxPermission -Identity $_.Identity -User $sp.Id -AccessRights FullAccess }", mailboxFilter(mb))
+				continue
+			}
 			p("Add-MailboxPermission -Identity %s -User $sp.Id -AccessRights FullAccess", psQuote(mb))
 		}
 	}
 	p("# SMTP AUTH must be on for the mailbox, even with OAuth (else 535 5.7.139).")
 	for _, mb := range a.Mailboxes {
+		if config.IsMailboxPattern(mb) {
+			p("Get-Mailbox -ResultSize Unlimited -Filter \"%s\" | Set-CASMailbox -SmtpClientAuthenticationDisabled $false", mailboxFilter(mb))
+			continue
+		}
 		p("Set-CASMailbox -Identity %s -SmtpClientAuthenticationDisabled $false", psQuote(mb))
 	}
 	if len(a.SendAs) > 0 {
 		p("# Send as the other addresses (else 550 5.7.60 / SendAsDenied).")
 		for _, from := range a.SendAs {
 			for _, mb := range a.Mailboxes {
+				if config.IsMailboxPattern(mb) {
+					p("# ... and for each mailbox of %s that sends as %s:", strings.TrimPrefix(mb, "*@"), from)
+					p("# Add-RecipientPermission -Identity %s -Trustee <mailbox> -AccessRights SendAs -Confirm:$false", psQuote(from))
+					continue
+				}
 				p("Add-RecipientPermission -Identity %s -Trustee %s -AccessRights SendAs -Confirm:$false", psQuote(from), psQuote(mb))
 			}
 		}
@@ -273,6 +297,17 @@ func (a *initAnswers) powerShell() string {
 		p("# 3. Prove each step: oauthrelay check -config FILE")
 	}
 	return b.String()
+}
+
+// mailboxFilter is the OPATH filter (Get-Mailbox -Filter, a management
+// scope's -RecipientRestrictionFilter) of a mailbox or a "*@domain"
+// pattern, for a double-quoted PowerShell string; the addresses were
+// checked to hold no quote, backtick or $.
+func mailboxFilter(mb string) string {
+	if config.IsMailboxPattern(mb) {
+		return "PrimarySmtpAddress -like '" + mb + "'"
+	}
+	return "PrimarySmtpAddress -eq '" + mb + "'"
 }
 
 func psList(items []string) string {

@@ -43,9 +43,9 @@ func onLoopbackPort0(t *testing.T, path string) {
 // deliversThroughRelay proves the written configuration end to end: check
 // passes, serve starts, the app's login and a message go through to the
 // fake Exchange.
-func deliversThroughRelay(t *testing.T, ms *fakems.Server, path, user, pass, from, subject string) {
+func deliversThroughRelay(t *testing.T, ms *fakems.Server, path, user, pass, from, subject string, checkArgs ...string) {
 	t.Helper()
-	if r := runCmd(t, nil, "check", "-config", path); r.code != 0 || !strings.Contains(r.stdout, "All checks passed") {
+	if r := runCmd(t, nil, append([]string{"check", "-config", path}, checkArgs...)...); r.code != 0 || !strings.Contains(r.stdout, "All checks passed") {
 		t.Fatalf("check of the written configuration: %v", r)
 	}
 	onLoopbackPort0(t, path)
@@ -235,4 +235,37 @@ func TestInitDeviceCode(t *testing.T) {
 		t.Error("a delegated setup registers an Exchange service principal")
 	}
 	deliversThroughRelay(t, ms, path, salesUser, salesPass, salesBox, "init-device")
+}
+
+// TestInitDomainWide: "*@domain" as the mailbox (app-only) makes a
+// domain-wide account: no username key, the application logs in with a
+// mailbox's address; the PowerShell grants every mailbox of the domain.
+func TestInitDomainWide(t *testing.T) {
+	t.Parallel()
+	ms := startFake(t, fakems.Options{})
+	dir := t.TempDir()
+	path := filepath.Join(dir, "config.yaml")
+	args := append([]string{"init", "-config", path, "-tenant", ms.Tenant, "-client-id", appID, "-app-name", "ERP",
+		"-cloud", "global", "-grant", "client_credentials", "-credential", "secret", "-mailbox", "*@contoso.com",
+		"-send-as", "-", "-delivery", "direct"}, fakeFlags(ms, dir)...)
+	r := runCmd(t, strings.NewReader(appSecret+"\n"+localPass+"\n"), args...)
+	if r.code != 0 {
+		t.Fatalf("init: %v", r)
+	}
+	cfg, err := config.Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a := cfg.Accounts[0]; !a.DomainWide() || a.Username != "" || a.Name != "all-contoso.com" {
+		t.Errorf("account %+v", a)
+	}
+	wantAll(t, r.stdout, `Get-Mailbox -ResultSize Unlimited -Filter "PrimarySmtpAddress -like '*@contoso.com'" | ForEach-Object { Add-MailboxPermission`,
+		`Get-Mailbox -ResultSize Unlimited -Filter "PrimarySmtpAddress -like '*@contoso.com'" | Set-CASMailbox -SmtpClientAuthenticationDisabled $false`)
+	// A delegated grant cannot be domain-wide: refused before anything is written.
+	bad := append([]string{"init", "-config", filepath.Join(dir, "other.yaml"), "-grant", "device_code", "-credential", "none",
+		"-tenant", ms.Tenant, "-client-id", publicID, "-cloud", "global", "-mailbox", "*@contoso.com"}, fakeFlags(ms, dir)...)
+	if r := runCmd(t, strings.NewReader(localPass+"\n"), bad...); r.code != 1 || !strings.Contains(r.stderr, "needs grant client_credentials") {
+		t.Errorf("a domain-wide delegated init: %v", r)
+	}
+	deliversThroughRelay(t, ms, path, mailbox, localPass, mailbox, "init-domain", "all-contoso.com", mailbox)
 }
