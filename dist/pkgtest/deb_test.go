@@ -8,7 +8,6 @@ package pkgtest
 
 import (
 	"context"
-	"fmt"
 	"os"
 	"os/exec"
 	"os/user"
@@ -128,7 +127,7 @@ func TestDeb(t *testing.T) {
 		t.Logf("systemd-analyze verify: %v\n%s", err, out)
 	}
 
-	checkAgainstFake(t, gid)
+	checkAgainstFake(t, uid, gid)
 
 	// Remove cleanly: nothing of the package is left.
 	t.Log(must(t, "dpkg", "--purge", "oauthrelay"))
@@ -141,11 +140,11 @@ func TestDeb(t *testing.T) {
 	t.Logf("install, checks and purge took %v", time.Since(start).Round(time.Millisecond))
 }
 
-// checkAgainstFake writes a configuration for a fake Microsoft 365 into the
-// conffile (keeping its mode and group) and runs the installed binary's
-// `check` as the service's user: it must read the config through its group
-// and log in over SMTP and IMAP.
-func checkAgainstFake(t *testing.T, gid int) {
+// checkAgainstFake writes a configuration for a fake Microsoft 365 over
+// the conffile with the installed `oauthrelay init` and runs the installed
+// binary's `check` as the service's user: it must read the config through
+// its group, the secret as its owner, and log in over SMTP and IMAP.
+func checkAgainstFake(t *testing.T, uid, gid int) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	ms, err := fakems.Start(ctx, fakems.Options{})
@@ -158,7 +157,7 @@ func checkAgainstFake(t *testing.T, gid int) {
 	ms.GrantApp(appID, mailbox)
 
 	// The fake's CA where the service's user can read it; removed before
-	// the purge, which must find only the package's files.
+	// the purge, which must find only the package's files and init's.
 	ca := "/etc/oauthrelay/test-ca.pem"
 	pem, err := os.ReadFile(ms.CAFile)
 	if err != nil {
@@ -168,48 +167,23 @@ func checkAgainstFake(t *testing.T, gid int) {
 		t.Fatal(err)
 	}
 	defer os.Remove(ca)
-	secret := "/etc/oauthrelay/client-secret"
-	if err := os.WriteFile(secret, []byte(appSecret+"\n"), 0o640); err != nil {
-		t.Fatal(err)
-	}
-	defer os.Remove(secret)
-	if err := os.Chown(secret, 0, gid); err != nil {
-		t.Fatal(err)
-	}
-
-	cfg := fmt.Sprintf(`listen:
-  smtp: {addr: "off"}
-  imap: {addr: "off"}
-  admin: {addr: "off"}
-providers:
-  contoso:
-    type: microsoft
-    tenant: %q
-    client_id: %q
-    client_secret_file: client-secret
-    token_url: %q
-    smtp: {addr: %q, tls: starttls}
-    imap: {addr: %q, tls: implicit}
-    ca_file: test-ca.pem
-accounts:
-  - name: invoices
-    provider: contoso
-    mailbox: %q
-    username: erp
-    password_hash: "$2a$10$Z2JJfwYPewHYL9oAh66lIeDX4EX.KY/2tMTO.i.a3GtJF3iXSQLli"
-`, ms.Tenant, appID, ms.TokenURL, ms.SMTPAddr, ms.IMAPAddr, mailbox)
+	// The configuration as an administrator makes it: `oauthrelay init` as
+	// root, which gives the secret file to the service's user and the
+	// config to its group.
 	const conf = "/etc/oauthrelay/config.yaml"
-	// Write in place: the file keeps the package's mode and group.
-	f, err := os.OpenFile(conf, os.O_WRONLY|os.O_TRUNC, 0)
-	if err != nil {
-		t.Fatal(err)
+	ctx, cancel2 := context.WithTimeout(context.Background(), commandTimeout)
+	defer cancel2()
+	cmd := exec.CommandContext(ctx, "/usr/bin/oauthrelay", "init", "-config", conf, "-force", "-no-login",
+		"-cloud", "global", "-tenant", ms.Tenant, "-client-id", appID, "-app-name", "pkgtest",
+		"-grant", "client_credentials", "-credential", "secret", "-mailbox", mailbox, "-username", "erp",
+		"-send-as", "-", "-delivery", "direct",
+		"-token-url", ms.TokenURL, "-smtp", ms.SMTPAddr, "-imap", ms.IMAPAddr, "-ca-file", ca)
+	cmd.Stdin = strings.NewReader(appSecret + "\nerp-local-password\n")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("oauthrelay init: %v\n%s", err, out)
 	}
-	if _, err := f.WriteString(cfg); err != nil {
-		t.Fatal(err)
-	}
-	if err := f.Close(); err != nil {
-		t.Fatal(err)
-	}
+	wantOwner(t, conf, 0o640, 0, gid)
+	wantOwner(t, "/etc/oauthrelay/m365-client-secret", 0o600, uid, gid)
 	out, err := run(t, "runuser", "-u", "oauthrelay", "--", "/usr/bin/oauthrelay", "check", "-config", conf)
 	if err != nil || !strings.Contains(out, "All checks passed") {
 		t.Fatalf("oauthrelay check as user oauthrelay: %v\n%s", err, out)
