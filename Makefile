@@ -11,6 +11,8 @@ STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.8.2
 NFPM    ?= github.com/goreleaser/nfpm/v2/cmd/nfpm@v2.45.2
 # A deb/rpm version must start with a digit and hold no '-': v1.2.3 gives
 # 1.2.3, a bare commit 0.0~gitabc1234, v1.2.3-4-gabc 1.2.3~4~gabc.
+# The packaged config.yaml points editors at the installed schema.
+PKG_SCHEMA_LINE := \# yaml-language-server: $$schema=/usr/share/oauthrelay/config.schema.json
 PKG_VERSION ?= $(shell echo '$(VERSION)' | sed -E 's/^v([0-9]+\.)/\1/; /^[0-9]+\./!s/^/0.0~git/; s/-/~/g')
 
 .PHONY: build test race demo bench lint dist pkgtest clean
@@ -56,6 +58,7 @@ dist: bin/nfpm
 	done
 	@mkdir -p bin/pkg
 	$(GO) run ./dist/manpage -version '$(VERSION)' README.md | gzip -9n > bin/pkg/oauthrelay.1.gz
+	sed '1s|.*|$(PKG_SCHEMA_LINE)|' config.example.yaml > bin/pkg/config.yaml
 	for arch in amd64 arm64; do \
 	  cp bin/release/oauthrelay-$(VERSION)-linux-$$arch bin/pkg/oauthrelay || exit 1; \
 	  for p in deb rpm; do \
@@ -75,6 +78,7 @@ pkgtest:
 	set -e; $(MAKE) -s bin/nfpm; arch=$$(dpkg --print-architecture); mkdir -p bin/pkg; \
 	CGO_ENABLED=0 GOARCH=$$arch $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/pkg/oauthrelay ./cmd/oauthrelay; \
 	$(GO) run ./dist/manpage -version '$(VERSION)' README.md | gzip -9n > bin/pkg/oauthrelay.1.gz; \
+	sed '1s|.*|$(PKG_SCHEMA_LINE)|' config.example.yaml > bin/pkg/config.yaml; \
 	PKG_ARCH=$$arch PKG_VERSION='$(PKG_VERSION)' bin/nfpm package -f dist/nfpm/nfpm.yaml -p deb -t bin/pkg/oauthrelay.deb; \
 	OAUTHRELAY_DEB=$(CURDIR)/bin/pkg/oauthrelay.deb $(GO) test -count=1 -run TestDeb -v ./dist/pkgtest
 

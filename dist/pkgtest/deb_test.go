@@ -108,6 +108,10 @@ func TestDeb(t *testing.T) {
 			t.Errorf("not installed: %v", err)
 		}
 	}
+	if first := strings.SplitN(must(t, "head", "-n1", "/etc/oauthrelay/config.yaml"), "\n", 2)[0]; first !=
+		"# yaml-language-server: $schema=/usr/share/oauthrelay/config.schema.json" {
+		t.Errorf("the installed config's first line %q does not point at the installed schema", first)
+	}
 	if conf := must(t, "dpkg-query", "-W", "-f=${Conffiles}", "oauthrelay"); !strings.Contains(conf, "/etc/oauthrelay/config.yaml") {
 		t.Errorf("/etc/oauthrelay/config.yaml is not a conffile: %q", conf)
 	}
