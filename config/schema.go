@@ -136,6 +136,15 @@ var schemaDocs = map[string]keyDoc{
 	"Account.send_as": {desc: "Who logs in upstream over SMTP for a MAIL FROM that is none of the account's mailboxes: mailbox (default; the mailbox logged in, which needs SendAs) or sender (app-only grants: that address itself).",
 		enum: []string{SendAsMailbox, SendAsSender}},
 
+	// Keys of the Graph upstream (arriving from its branch: the entries wait
+	// here so that its merge needs only `go generate ./config`).
+	"Account.upstream": {desc: "smtp (default): SMTP AUTH with XOAUTH2; graph: Microsoft Graph sendMail; auto: SMTP until Exchange answers 535 5.7.139, then Graph.",
+		enum: []string{"smtp", "graph", "auto"}},
+	"Account.save_to_sent_items": {desc: "upstream graph or auto: keep a copy in Sent Items (default true)."},
+	"Provider.graph":             {desc: "Microsoft Graph, for accounts with upstream graph or auto (filled in from type and cloud)."},
+	"GraphAPI.url":               {desc: "Graph's base URL, e.g. https://graph.microsoft.com."},
+	"GraphAPI.scopes":            {desc: "Filled in from the grant when empty."},
+
 	"LimitsOverride.connections":            {desc: "See limits.connections."},
 	"LimitsOverride.messages_per_minute":    {desc: "See limits.messages_per_minute."},
 	"LimitsOverride.recipients_per_day":     {desc: "See limits.recipients_per_day."},
