@@ -242,6 +242,17 @@ func (a *initAnswers) ask(p *prompter) error {
 			return err
 		}
 	}
+	// The loader takes relative names from the config file's directory;
+	// the user typed them relative to the working directory.
+	for _, f := range []*string{&a.SecretFile, &a.CertFile, &a.KeyFile, &a.CAFile, &a.StateDir} {
+		if *f != "" {
+			abs, err := filepath.Abs(*f)
+			if err != nil {
+				return fmt.Errorf("init: %w", err)
+			}
+			*f = abs
+		}
+	}
 	if a.Delivery == config.DeliveryQueue && a.Grant == config.GrantPassword && a.MailboxPassword == "" {
 		return errors.New("delivery queue needs the mailbox password in a file (grant password)")
 	}

@@ -269,3 +269,31 @@ func TestInitDomainWide(t *testing.T) {
 	}
 	deliversThroughRelay(t, ms, path, mailbox, localPass, mailbox, "init-domain", "all-contoso.com", mailbox)
 }
+
+// TestInitRelativeFiles: a file named relative to the working directory
+// (an existing client secret file, here) is written into the config as an
+// absolute name, since the loader reads relative names from the config's
+// own directory.
+func TestInitRelativeFiles(t *testing.T) {
+	ms := startFake(t, fakems.Options{})
+	dir := t.TempDir()
+	t.Chdir(dir)
+	writeFile(t, "secret.txt", appSecret+"\n")
+	path := filepath.Join(dir, "etc", "config.yaml")
+	args := append([]string{"init", "-config", path, "-tenant", ms.Tenant, "-client-id", appID, "-app-name", "x",
+		"-cloud", "global", "-grant", "client_credentials", "-client-secret-file", "secret.txt", "-mailbox", mailbox,
+		"-username", localUser, "-send-as", "-", "-delivery", "direct"}, fakeFlags(ms, dir)...)
+	if r := runCmd(t, strings.NewReader(localPass+"\n"), args...); r.code != 0 {
+		t.Fatalf("init: %v", r)
+	}
+	cfg, err := config.Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p := cfg.Accounts[0].ProviderRef; p.ClientSecretFile != filepath.Join(dir, "secret.txt") || p.ClientSecret != appSecret {
+		t.Errorf("client_secret_file %q", p.ClientSecretFile)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "etc", "m365-client-secret")); err == nil {
+		t.Error("init copied a secret it was given as a file")
+	}
+}
