@@ -70,8 +70,9 @@ bin/nfpm:
 	GOBIN=$(CURDIR)/bin $(GO) install $(NFPM)
 
 # The .deb installed on this machine with dpkg, checked (version, check
-# against the fake Microsoft 365, files and owners) and purged: only as root
-# on Debian, where it changes the system; skipped elsewhere.
+# against the fake Microsoft 365, files and owners) and purged, and the .rpm
+# read with rpm: only as root on Debian, where it changes the system;
+# skipped elsewhere.
 pkgtest:
 	@if [ "$$(id -u)" != 0 ] || [ ! -e /etc/debian_version ] || ! command -v dpkg >/dev/null; then \
 	  echo "pkgtest: skipped: installing the .deb needs root on Debian (dpkg)"; exit 0; fi; \
@@ -79,8 +80,11 @@ pkgtest:
 	CGO_ENABLED=0 GOARCH=$$arch $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/pkg/oauthrelay ./cmd/oauthrelay; \
 	$(GO) run ./dist/manpage -version '$(VERSION)' README.md | gzip -9n > bin/pkg/oauthrelay.1.gz; \
 	sed '1s|.*|$(PKG_SCHEMA_LINE)|' config.example.yaml > bin/pkg/config.yaml; \
-	PKG_ARCH=$$arch PKG_VERSION='$(PKG_VERSION)' bin/nfpm package -f dist/nfpm/nfpm.yaml -p deb -t bin/pkg/oauthrelay.deb; \
-	OAUTHRELAY_DEB=$(CURDIR)/bin/pkg/oauthrelay.deb $(GO) test -count=1 -run TestDeb -v ./dist/pkgtest
+	for p in deb rpm; do \
+	  PKG_ARCH=$$arch PKG_VERSION='$(PKG_VERSION)' bin/nfpm package -f dist/nfpm/nfpm.yaml -p $$p -t bin/pkg/oauthrelay.$$p; \
+	done; \
+	OAUTHRELAY_DEB=$(CURDIR)/bin/pkg/oauthrelay.deb OAUTHRELAY_RPM=$(CURDIR)/bin/pkg/oauthrelay.rpm \
+	  $(GO) test -count=1 -run 'TestDeb|TestRPM' -v ./dist/pkgtest
 
 clean:
 	rm -rf bin
