@@ -206,6 +206,12 @@ type Admin struct {
 	// HTTP basic auth; required when Addr is not a loopback address.
 	Username     string `yaml:"username"`
 	PasswordHash string `yaml:"password_hash"`
+	// CertFile and KeyFile (PEM), both or neither, serve the admin pages
+	// over HTTPS; without them it is plain HTTP, which the relay warns
+	// about on a non-loopback address (the basic auth password would cross
+	// the network in clear).
+	CertFile string `yaml:"cert_file"`
+	KeyFile  string `yaml:"key_file"`
 }
 
 // Provider is one identity provider app registration.

@@ -160,6 +160,10 @@ func TestProblems(t *testing.T) {
 		{"admin exposed", prov + acct + "listen: {admin: {addr: \"10.0.0.1:8025\", username: admin}}\n", []string{
 			`c.yaml:5: listen.admin.addr: "10.0.0.1:8025" is not a loopback address: username and password_hash are required`}},
 		{"admin hash required", prov + acct + "listen: {admin: {username: admin}}\n", []string{`c.yaml:5: listen.admin.password_hash: required with username`}},
+		{"admin tls pair", prov + acct + "listen: {admin: {cert_file: srv.crt}}\n", []string{`c.yaml:5: listen.admin.key_file: required with cert_file`}},
+		{"admin tls cert", prov + acct + "listen: {admin: {key_file: srv.key}}\n", []string{`c.yaml:5: listen.admin.cert_file: required with key_file`}},
+		{"admin tls load", prov + acct + "listen: {admin: {cert_file: srv.crt, key_file: client.key}}\n", []string{
+			`c.yaml:5: listen.admin.cert_file: cannot load with key_file: tls: private key type does not match public key type`}},
 		{"admin username required", prov + acct + "listen: {admin: {password_hash: \"HASH\"}}\n", []string{`c.yaml:5: listen.admin.username: required with password_hash`}},
 		{"admin bad hash", prov + acct + "listen: {admin: {username: a, password_hash: secret}}\n", []string{
 			"c.yaml:5: listen.admin.password_hash: not a bcrypt hash (make one with `oauthrelay hash-password`): crypto/bcrypt: hashedSecret too short to be a bcrypted password"}},
@@ -266,7 +270,7 @@ func TestValid(t *testing.T) {
 listen:
   smtp: {addr: "0.0.0.0:2525", tls: starttls, cert_file: srv.crt, key_file: srv.key}
   imap: {addr: off}
-  admin: {addr: "[::]:8025", username: admin, password_hash: "HASH"}
+  admin: {addr: "[::]:8025", username: admin, password_hash: "HASH", cert_file: srv.crt, key_file: srv.key}
 providers:
   cert: {type: microsoft, tenant: t.com, client_id: id, client_certificate_file: client.crt, client_key_file: client.key, ca_file: srv.crt}
   ropc: {type: microsoft, client_id: id, grant: password}
@@ -282,6 +286,9 @@ accounts:
 	abs := func(name string) string { return filepath.Join(dir, name) }
 	if c.StateDir != abs("state") || c.Listen.SMTP.CertFile != abs("srv.crt") || c.Listen.SMTP.KeyFile != abs("srv.key") {
 		t.Errorf("paths not resolved: %q %q %q", c.StateDir, c.Listen.SMTP.CertFile, c.Listen.SMTP.KeyFile)
+	}
+	if c.Listen.Admin.CertFile != abs("srv.crt") || c.Listen.Admin.KeyFile != abs("srv.key") {
+		t.Errorf("admin TLS paths not resolved: %q %q", c.Listen.Admin.CertFile, c.Listen.Admin.KeyFile)
 	}
 	p := c.Providers["cert"]
 	if p.Name != "cert" || p.ClientCertificateFile != abs("client.crt") || p.ClientKeyFile != abs("client.key") || p.CAFile != abs("srv.crt") {

@@ -191,6 +191,17 @@ func validateAdmin(r *report, a *Admin) {
 	if a.PasswordHash != "" {
 		checkHash(r, "listen.admin.password_hash", a.PasswordHash)
 	}
+	switch {
+	case a.CertFile == "" && a.KeyFile == "":
+	case a.CertFile == "":
+		r.add("listen.admin.cert_file", "required with key_file")
+	case a.KeyFile == "":
+		r.add("listen.admin.key_file", "required with cert_file")
+	default:
+		if _, err := tls.LoadX509KeyPair(a.CertFile, a.KeyFile); err != nil {
+			r.add("listen.admin.cert_file", "cannot load with key_file: %w", err)
+		}
+	}
 }
 
 func checkHash(r *report, key, hash string) {

@@ -4,6 +4,7 @@
 //
 // Usage:
 //
+//	oauthrelay init [-config FILE] [-force] [FLAGS]
 //	oauthrelay serve -config FILE [-addr-file FILE]
 //	oauthrelay check -config FILE [ACCOUNT [MAILBOX]]
 //	oauthrelay login -config FILE ACCOUNT
@@ -14,6 +15,7 @@
 //	oauthrelay bench
 //	oauthrelay service install|uninstall|start|stop|run [-name NAME] [-config FILE] [-log FILE]
 //	oauthrelay version
+//	oauthrelay help (or -h, --help)
 package main
 
 import (
@@ -39,6 +41,7 @@ type command struct {
 
 func commands() []command {
 	return []command{
+		{"init", "init [-config FILE] [-force] [FLAGS]  guided setup: config, secret file, Entra/Exchange PowerShell, sign-in (init -h)", runInit},
 		{"serve", "serve -config FILE [-addr-file FILE]  run the relay", runServe},
 		{"check", "check -config FILE [ACCOUNT [MAILBOX]]  get a token and log in over SMTP and IMAP for each account (or one mailbox of it)", runCheck},
 		{"login", "login -config FILE [-replace] ACCOUNT  sign an account in (authorization code or device code)", runLogin},
@@ -71,6 +74,13 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	if len(args) == 0 {
 		usage(stderr)
 		return 2
+	}
+	switch args[0] {
+	case "help", "-h", "-help", "--help":
+		// Asked for: the usage goes to stdout and is a success (the man
+		// page and README list the same commands).
+		usage(stdout)
+		return 0
 	}
 	for _, c := range commands() {
 		if c.name != args[0] {
