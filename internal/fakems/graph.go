@@ -95,7 +95,6 @@ type GraphMessage struct {
 	// Attachments are the draft's file attachments.
 	Attachments       []GraphAttachment
 	InternetMessageID string
-	SaveToSentItems   bool
 	// Via is "sendMail" or "draft".
 	Via string
 }
@@ -224,6 +223,19 @@ func (s *Server) WaitGraphMessages(ctx context.Context, n int) ([]GraphMessage, 
 	}
 }
 
+// SentItems returns the Internet Message-IDs in the mailbox's Sent Items
+// (every message Graph sent, less those deleted).
+func (s *Server) SentItems(mailbox string) []string {
+	s.graph.mu.Lock()
+	defer s.graph.mu.Unlock()
+	var out []string
+	for mid := range s.graph.sentIDs[lower(mailbox)] {
+		out = append(out, mid)
+	}
+	slices.Sort(out)
+	return out
+}
+
 // graphHandler routes the Graph endpoints.
 func (s *Server) graphHandler() http.Handler {
 	mux := http.NewServeMux()
@@ -232,7 +244,7 @@ func (s *Server) graphHandler() http.Handler {
 	mux.HandleFunc("POST /v1.0/users/{mailbox}/messages/{id}/attachments", s.graphAPI(s.graphAddAttachment))
 	mux.HandleFunc("POST /v1.0/users/{mailbox}/messages/{id}/attachments/createUploadSession", s.graphAPI(s.graphCreateUpload))
 	mux.HandleFunc("POST /v1.0/users/{mailbox}/messages/{id}/send", s.graphAPI(s.graphSendDraft))
-	mux.HandleFunc("DELETE /v1.0/users/{mailbox}/messages/{id}", s.graphAPI(s.graphDeleteDraft))
+	mux.HandleFunc("DELETE /v1.0/users/{mailbox}/messages/{id}", s.graphAPI(s.graphDelete))
 	mux.HandleFunc("GET /v1.0/users/{mailbox}/mailFolders/{folder}/messages", s.graphAPI(s.graphListSent))
 	mux.HandleFunc("PUT /upload/{token}", s.graphUploadChunk)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
@@ -458,11 +470,8 @@ func (s *Server) graphSendMail(w http.ResponseWriter, r *http.Request, c *graphC
 		writeFailure(w, f)
 		return
 	}
-	save := r.URL.Query().Get("saveToSentItems") != "false" // the MIME form has no JSON flag; see graph client
-	if v := r.Header.Get("X-Fake-SaveToSentItems"); v != "" {
-		save = v != "false"
-	}
-	s.recordGraph(c, from, mime, nil, save, "sendMail")
+	// The MIME form has no saveToSentItems: Graph always saves a copy.
+	s.recordGraph(c, from, mime, nil, "sendMail")
 	if failing {
 		writeFailure(w, f)
 		return
@@ -498,11 +507,22 @@ func (s *Server) draft(w http.ResponseWriter, r *http.Request, c *graphCaller) *
 	return d
 }
 
-func (s *Server) graphDeleteDraft(w http.ResponseWriter, r *http.Request, c *graphCaller, _ []byte) {
+// graphDelete deletes a draft or a message in Sent Items.
+func (s *Server) graphDelete(w http.ResponseWriter, r *http.Request, c *graphCaller, _ []byte) {
 	if !c.has(permMailReadWrite) {
 		accessDenied(w)
 		return
 	}
+	s.graph.mu.Lock()
+	for mid, id := range s.graph.sentIDs[c.mailbox] {
+		if id == r.PathValue("id") {
+			delete(s.graph.sentIDs[c.mailbox], mid)
+			s.graph.mu.Unlock()
+			w.WriteHeader(http.StatusNoContent)
+			return
+		}
+	}
+	s.graph.mu.Unlock()
 	if d := s.draft(w, r, c); d != nil {
 		s.graph.mu.Lock()
 		delete(s.graph.drafts, d.id)
@@ -692,7 +712,7 @@ func (s *Server) graphSendDraft(w http.ResponseWriter, r *http.Request, c *graph
 	delete(s.graph.drafts, d.id)
 	atts := d.attachments
 	s.graph.mu.Unlock()
-	s.recordGraph(c, from, d.mime, atts, true, "draft")
+	s.recordGraph(c, from, d.mime, atts, "draft")
 	if failing {
 		writeFailure(w, f)
 		return
@@ -734,7 +754,7 @@ func (s *Server) graphListSent(w http.ResponseWriter, r *http.Request, c *graphC
 // recordGraph keeps a sent message: its recipients from the MIME headers
 // (To, Cc, Bcc, as Graph delivers), the MIME reassembled with the draft's
 // attachments, and its Sent Items entry.
-func (s *Server) recordGraph(c *graphCaller, from string, mime []byte, atts []GraphAttachment, save bool, via string) {
+func (s *Server) recordGraph(c *graphCaller, from string, mime []byte, atts []GraphAttachment, via string) {
 	h := parseHeader(mime)
 	var rcpts []string
 	for _, k := range []string{"To", "Cc", "Bcc"} {
@@ -751,7 +771,7 @@ func (s *Server) recordGraph(c *graphCaller, from string, mime []byte, atts []Gr
 	m := GraphMessage{
 		Mailbox: c.mailbox, ClientID: c.clientID, AppOnly: c.appOnly, From: from, Recipients: rcpts,
 		Size: int64(len(full)), SHA256: sha256.Sum256(full), Attachments: atts, InternetMessageID: mid,
-		SaveToSentItems: save, Via: via,
+		Via: via,
 	}
 	if !s.opts.DiscardData {
 		m.MIME = full
@@ -763,12 +783,10 @@ func (s *Server) recordGraph(c *graphCaller, from string, mime []byte, atts []Gr
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	g.messages = append(g.messages, m)
-	if save {
-		if g.sentIDs[c.mailbox] == nil {
-			g.sentIDs[c.mailbox] = map[string]string{}
-		}
-		g.sentIDs[c.mailbox][mid] = "AAMkSent" + randString(20)
+	if g.sentIDs[c.mailbox] == nil {
+		g.sentIDs[c.mailbox] = map[string]string{}
 	}
+	g.sentIDs[c.mailbox][mid] = "AAMkSent" + randString(20)
 	close(g.changed)
 	g.changed = make(chan struct{})
 	s.log.Info("graph: message sent", "mailbox", c.mailbox, "via", via, "recipients", len(rcpts), "attachments", len(atts))
