@@ -33,20 +33,32 @@ type senderKey struct {
 	server  string // the provider's SMTP address
 }
 
-// attachDelivery gives a its Delivery: direct over the mailbox's Sender,
-// or a queue in the spool that delivers over the same Sender.
+// attachDelivery gives a its Delivery: direct over the mailbox's Sender
+// (upstream smtp), through Graph (graph), or SMTP moving to Graph (auto);
+// with delivery: queue, a queue in the spool that delivers through the
+// same.
 func (r *Relay) attachDelivery(cfg *config.Config, a *Account) error {
-	sender := r.sender(cfg, a)
-	if a.Account.Delivery != config.DeliveryQueue {
-		a.Delivery = delivery.NewDirect(a.Info(), sender, r.observer,
-			delivery.DirectOptions{MaxWait: a.EffectiveLimits.MaxWait, SharedSender: true})
+	queued := a.Account.Delivery == config.DeliveryQueue
+	maxWait := a.EffectiveLimits.MaxWait
+	if queued {
+		// The worker waits longer than an app would for the mailbox's
+		// pace: no one is waiting on the other end, and a message past it
+		// is only deferred.
+		maxWait = queueMaxWait
+	}
+	var send delivery.Delivery
+	switch a.Upstream {
+	case config.UpstreamGraph:
+		send = r.graphDelivery(cfg, a)
+	case config.UpstreamAuto:
+		send = delivery.NewAuto(a.Info(), r.direct(cfg, a, maxWait), r.graphDelivery(cfg, a), r.log)
+	default:
+		send = r.direct(cfg, a, maxWait)
+	}
+	if !queued {
+		a.Delivery = send
 		return nil
 	}
-	// The worker waits longer than an app would for the mailbox's pace:
-	// no one is waiting on the other end, and a message past it is only
-	// deferred.
-	direct := delivery.NewDirect(a.Info(), sender, r.observer,
-		delivery.DirectOptions{MaxWait: queueMaxWait, SharedSender: true})
 	sp, err := r.openSpool(cfg)
 	if err != nil {
 		return err
@@ -54,7 +66,7 @@ func (r *Relay) attachDelivery(cfg *config.Config, a *Account) error {
 	a.Delivery = delivery.NewQueue(delivery.QueueOptions{
 		Account:              a.Info(),
 		Spool:                sp,
-		Sender:               direct,
+		Sender:               send,
 		Credentials:          r.Credentials(netip.Addr{}, a, ""),
 		MaxAge:               cfg.Queue.MaxAge,
 		MaxSize:              queueMaxSize,
@@ -63,6 +75,12 @@ func (r *Relay) attachDelivery(cfg *config.Config, a *Account) error {
 		Observer:             r.observer,
 	})
 	return nil
+}
+
+// direct is a's direct delivery over the mailbox's Sender.
+func (r *Relay) direct(cfg *config.Config, a *Account, maxWait time.Duration) *delivery.Direct {
+	return delivery.NewDirect(a.Info(), r.sender(cfg, a), r.observer,
+		delivery.DirectOptions{MaxWait: maxWait, SharedSender: true})
 }
 
 // startDelivery starts the background work of a's delivery (a queue's
@@ -141,11 +159,19 @@ func (r *Relay) expireFailed() {
 // closeUnusedSenders closes the senders no account of snap uses any more.
 func (r *Relay) closeUnusedSenders(snap *snapshot) {
 	used := make(map[senderKey]bool)
+	usedGraph := make(map[graphKey]bool)
 	for _, a := range snap.accounts {
 		used[senderKey{mailbox: strings.ToLower(a.Mailbox), server: a.ProviderRef.SMTP.Addr}] = true
+		usedGraph[graphKeyOf(a)] = true
 	}
 	r.deliveryMu.Lock()
 	defer r.deliveryMu.Unlock()
+	for k, c := range r.graphs {
+		if !usedGraph[k] {
+			c.CloseIdle()
+			delete(r.graphs, k)
+		}
+	}
 	for k, s := range r.senders {
 		if !used[k] {
 			s.Close()
@@ -161,6 +187,10 @@ func (r *Relay) closeDelivery() {
 	for k, s := range r.senders {
 		s.Close()
 		delete(r.senders, k)
+	}
+	for k, c := range r.graphs {
+		c.CloseIdle()
+		delete(r.graphs, k)
 	}
 	if r.spool != nil {
 		r.spool.Close()

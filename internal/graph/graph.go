@@ -137,6 +137,10 @@ func New(o Options) *Client {
 	return &Client{o: o, sem: make(chan struct{}, Concurrency), log: o.Logger.With("mailbox", o.Mailbox, "upstream", "graph")}
 }
 
+// CloseIdle closes the client's idle HTTPS connections (the relay
+// stopping); the Client stays usable.
+func (c *Client) CloseIdle() { c.o.HTTPClient.CloseIdleConnections() }
+
 func sleep(ctx context.Context, d time.Duration) error {
 	t := time.NewTimer(d)
 	defer t.Stop()

@@ -4,11 +4,8 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
-	"encoding/base64"
 	"fmt"
 	"math/rand/v2"
-	"mime/multipart"
-	"net/textproto"
 	"strings"
 	"sync"
 	"testing"
@@ -18,6 +15,7 @@ import (
 	"golang.org/x/oauth2/clientcredentials"
 
 	"github.com/oauthrelay/oauthrelay/internal/fakems"
+	"github.com/oauthrelay/oauthrelay/internal/testutil"
 )
 
 const (
@@ -87,33 +85,11 @@ func client(s *fakems.Server, o ...func(*Options)) *Client {
 	return New(opts)
 }
 
-// message builds a MIME message with attachments of the given sizes
-// (random bytes, base64), To b@example.com and Cc c@example.com.
+// message builds a MIME message with attachments of the given sizes, To
+// b@example.com and Cc c@example.com.
 func message(t *testing.T, sizes ...int) ([]byte, [][]byte) {
-	t.Helper()
-	var buf bytes.Buffer
-	mw := multipart.NewWriter(&buf)
-	fmt.Fprintf(&buf, "From: %s\r\nTo: Bee <b@example.com>\r\nCc: c@example.com\r\nSubject: invoice\r\nMessage-ID: <inv-%d@erp.example>\r\nX-ERP-Batch: 42\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=%s\r\n\r\n", mbox, rand.Int(), mw.Boundary())
-	w, _ := mw.CreatePart(textproto.MIMEHeader{"Content-Type": {"text/plain; charset=utf-8"}})
-	w.Write([]byte("Please find the invoice attached.\r\n"))
-	var atts [][]byte
-	for i, n := range sizes {
-		data := make([]byte, n)
-		for j := range data {
-			data[j] = byte(rand.IntN(256))
-		}
-		atts = append(atts, data)
-		w, _ := mw.CreatePart(textproto.MIMEHeader{"Content-Type": {"application/pdf"},
-			"Content-Disposition": {fmt.Sprintf(`attachment; filename="inv%d.pdf"`, i)}, "Content-Transfer-Encoding": {"base64"}})
-		enc := base64.StdEncoding.EncodeToString(data)
-		for len(enc) > 76 {
-			w.Write([]byte(enc[:76] + "\r\n"))
-			enc = enc[76:]
-		}
-		w.Write([]byte(enc + "\r\n"))
-	}
-	mw.Close()
-	return buf.Bytes(), atts
+	return testutil.MIMEMessage([]string{"From: " + mbox, "To: Bee <b@example.com>", "Cc: c@example.com", "Subject: invoice",
+		fmt.Sprintf("Message-ID: <inv-%d@erp.example>", rand.Int()), "X-ERP-Batch: 42"}, sizes...)
 }
 
 func send(t *testing.T, c *Client, tk TokenSource, msg []byte, rcpts ...string) (Result, error) {
