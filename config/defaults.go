@@ -165,8 +165,21 @@ func providerDefaults(p *Provider) {
 	setDefault(&p.IMAP.TLS, TLSImplicit)
 	setDefault(&p.Graph.URL, d.graph)
 	if len(p.Graph.Scopes) == 0 && p.Graph.URL != "" {
-		p.Graph.Scopes = graphScopes(p.Graph.URL, p.Grant == GrantClientCredentials)
+		// The scopes name Graph's resource, not where requests go: a
+		// graph.url through a proxy keeps the cloud's; one of Graph's
+		// own hosts (DoD's) is its own resource.
+		root := d.graph
+		if graphHosts[strings.TrimRight(p.Graph.URL, "/")] || root == "" {
+			root = p.Graph.URL
+		}
+		p.Graph.Scopes = graphScopes(root, p.Grant == GrantClientCredentials)
 	}
+}
+
+// graphHosts are the Microsoft Graph roots of the national clouds.
+var graphHosts = map[string]bool{
+	"https://graph.microsoft.com": true, "https://graph.microsoft.us": true,
+	"https://dod-graph.microsoft.us": true, "https://microsoftgraph.chinacloudapi.cn": true,
 }
 
 // graphScopes are the scopes of Graph tokens for the Graph at root:

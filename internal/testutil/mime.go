@@ -4,9 +4,12 @@ import (
 	"bytes"
 	"encoding/base64"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"mime/multipart"
 	"net/textproto"
+
+	"github.com/emersion/go-message/mail"
 )
 
 // MIMEMessage builds a multipart/mixed message: the header lines given
@@ -47,4 +50,30 @@ func MIMEMessage(header []string, sizes ...int) ([]byte, [][]byte) {
 	}
 	mw.Close()
 	return buf.Bytes(), atts
+}
+
+// Attachments returns the decoded attachments of a MIME message, in order
+// (go-message's reading of it, not the relay's).
+func Attachments(raw []byte) ([][]byte, error) {
+	mr, err := mail.CreateReader(bytes.NewReader(raw))
+	if err != nil {
+		return nil, err
+	}
+	var out [][]byte
+	for {
+		p, err := mr.NextPart()
+		if err == io.EOF {
+			return out, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+		if _, ok := p.Header.(*mail.AttachmentHeader); ok {
+			b, err := io.ReadAll(p.Body)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, b)
+		}
+	}
 }
