@@ -47,10 +47,10 @@ func newGraphSource(ca *config.Account, opts Options, a *Account) (*oauth.Source
 	})
 }
 
-// graphClient returns the Graph client of a's mailbox, making it on first
+// GraphClient returns the Graph client of a's mailbox, making it on first
 // use: HTTPS verified against the system roots and the provider's
 // ca_file, the proxy from the environment, and the mailbox's pace.
-func (r *Relay) graphClient(a *Account) *graph.Client {
+func (r *Relay) GraphClient(a *Account) *graph.Client {
 	k := graphKeyOf(a)
 	r.deliveryMu.Lock()
 	defer r.deliveryMu.Unlock()
@@ -80,7 +80,7 @@ func (r *Relay) graphDelivery(cfg *config.Config, a *Account) *delivery.Graph {
 	}
 	return delivery.NewGraph(delivery.GraphOptions{
 		Account:              a.Info(),
-		Client:               r.graphClient(a),
+		Client:               r.GraphClient(a),
 		Tokens:               a.GraphSource,
 		URL:                  a.ProviderRef.Graph.URL,
 		SaveToSentItems:      a.SavesToSentItems(),

@@ -153,6 +153,7 @@ func startFake(t testing.TB, opts fakems.Options) *fakems.Server {
 type acct struct {
 	name, provider, mailbox, username, hash string
 	allowedFrom                             []string
+	upstream                                string // "" leaves the default (smtp)
 }
 
 // cfgSpec is a test configuration. Providers "app" (client credentials),
@@ -207,6 +208,7 @@ providers:
     token_url: %q
     smtp: {addr: %q, tls: starttls}
     imap: {addr: %q, tls: implicit}
+    graph: {url: %q}
     ca_file: %q
   device:
     type: microsoft
@@ -230,7 +232,7 @@ providers:
     ca_file: %q
 accounts:
 `, spec.stateDir, spec.level, spec.format, off(spec.smtp), off(spec.imap), off(spec.admin),
-		ms.Tenant, appID, spec.secret, ms.TokenURL, ms.SMTPAddr, ms.IMAPAddr, ms.CAFile,
+		ms.Tenant, appID, spec.secret, ms.TokenURL, ms.SMTPAddr, ms.IMAPAddr, ms.GraphURL, ms.CAFile,
 		ms.Tenant, publicID, ms.TokenURL, ms.DeviceURL, ms.SMTPAddr, ms.IMAPAddr, ms.CAFile,
 		ms.Tenant, publicID, ms.TokenURL, ms.AuthorizeURL, ms.SMTPAddr, ms.IMAPAddr, ms.CAFile)
 	for _, a := range spec.accounts {
@@ -244,6 +246,9 @@ accounts:
 				q[i] = fmt.Sprintf("%q", f)
 			}
 			fmt.Fprintf(&b, "    allowed_from: [%s]\n", strings.Join(q, ", "))
+		}
+		if a.upstream != "" {
+			fmt.Fprintf(&b, "    upstream: %s\n", a.upstream)
 		}
 	}
 	return b.String()

@@ -15,6 +15,9 @@ func Explain(e *Error) (reason, fix string) {
 	case e.Code == "ErrorSendAsDenied":
 		return "Microsoft Graph refused: the mailbox may not send as this sender (ErrorSendAsDenied)",
 			"grant Send As: Add-RecipientPermission -Identity <sender> -Trustee <mailbox> -AccessRights SendAs, or fix allowed_from"
+	case e.Code == "ErrorAccessDenied" && e.Op == "search Sent Items":
+		return "the app may not read Sent Items (no Mail.Read): after a timeout or a 504 the relay cannot tell whether a message went out, and may send it twice",
+			"grant the app the Microsoft Graph permission Mail.Read or Mail.ReadWrite (application, with admin consent; delegated: consent to it)"
 	case e.Code == "ErrorAccessDenied" && draftStep:
 		return "Microsoft Graph refused to create the draft a message over 3 MB needs (ErrorAccessDenied: no Mail.ReadWrite)",
 			"grant the app the Microsoft Graph permission Mail.ReadWrite (application, with admin consent; delegated: consent to Mail.ReadWrite), " +
