@@ -30,6 +30,9 @@ type Account struct {
 	GraphSource *oauth.Source
 	// Delivery is how mail submitted for this account leaves the relay.
 	Delivery delivery.Delivery
+	// auto is the upstream: auto delivery inside Delivery (nil for the
+	// others), for the status page.
+	auto *delivery.Auto
 	// roots verify the provider's upstream servers (system roots plus
 	// ca_file).
 	roots *x509.CertPool

@@ -51,7 +51,8 @@ func (r *Relay) attachDelivery(cfg *config.Config, a *Account) error {
 	case config.UpstreamGraph:
 		send = r.graphDelivery(cfg, a)
 	case config.UpstreamAuto:
-		send = delivery.NewAuto(a.Info(), r.direct(cfg, a, maxWait), r.graphDelivery(cfg, a), r.log)
+		a.auto = delivery.NewAuto(a.Info(), r.direct(cfg, a, maxWait), r.graphDelivery(cfg, a), r.log)
+		send = a.auto
 	default:
 		send = r.direct(cfg, a, maxWait)
 	}

@@ -90,3 +90,14 @@ func (r *Relay) graphDelivery(cfg *config.Config, a *Account) *delivery.Graph {
 		Observer:             r.observer,
 	})
 }
+
+// AutoState reports where the upstream: auto account called name sends
+// now (admin.AutoStater); ok is false for other accounts.
+func (r *Relay) AutoState(name string) (delivery.AutoState, bool) {
+	for _, a := range r.Accounts() {
+		if a.Name == name && a.auto != nil {
+			return a.auto.State(), true
+		}
+	}
+	return delivery.AutoState{}, false
+}

@@ -56,6 +56,8 @@ type worldOptions struct {
 	ready     func() error // Options.Ready
 	// queueAlerts gives alerts delivery: queue (a spool in state_dir).
 	queueAlerts bool
+	// autoAlerts gives alerts upstream: auto (SMTP, or Graph).
+	autoAlerts bool
 }
 
 type world struct {
@@ -120,6 +122,7 @@ providers:
     client_id: %[12]s
     client_secret: %[13]q
     token_url: %[7]s
+    graph: {url: %[17]q}
     smtp: {addr: %[9]q, tls: starttls}
     imap: {addr: %[10]q, tls: implicit}
     ca_file: %[11]s
@@ -135,7 +138,10 @@ accounts:
     username: monitor
     password_hash: %[16]q
 `, t.TempDir(), ln.Addr().String(), auth, ms.Tenant, webAppID, webSecret, ms.TokenURL, ms.AuthorizeURL,
-		ms.SMTPAddr, ms.IMAPAddr, ms.CAFile, daemonAppID, daemonSecret, invoicesBox, alertsBox, localHash)
+		ms.SMTPAddr, ms.IMAPAddr, ms.CAFile, daemonAppID, daemonSecret, invoicesBox, alertsBox, localHash, ms.GraphURL)
+	if o.autoAlerts {
+		yaml += "    upstream: auto\n"
+	}
 	if o.queueAlerts {
 		yaml += "    delivery: queue\n" // alerts is the last account
 	}
