@@ -34,7 +34,7 @@ func runBench(ctx context.Context, args []string, _ io.Reader, stdout, stderr io
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	quick := fs.Bool("quick", false, "fewer messages (a smoke run)")
-	only := fs.String("only", "", "smtp, imap or delivery: run one part")
+	only := fs.String("only", "", "smtp, imap, delivery or graph: run one part")
 	pin := fs.Bool("pin", true, "pin the relay and the load generator to separate CPUs (Linux)")
 	speed := fs.Float64("speed", defaultBenchSpeed, "delivery: how many times faster than real time the fake Exchange and the relay keep their limits")
 	if err := fs.Parse(args); err != nil {
@@ -42,8 +42,10 @@ func runBench(ctx context.Context, args []string, _ io.Reader, stdout, stderr io
 	}
 	switch *only {
 	case "", "smtp", "imap", "delivery":
+	case "graph":
+		return graphBench(ctx, *quick, *pin, stdout, stderr)
 	default:
-		return fmt.Errorf("bench: -only %q: want smtp, imap or delivery", *only)
+		return fmt.Errorf("bench: -only %q: want smtp, imap, delivery or graph", *only)
 	}
 	if *only != "delivery" {
 		if err := proxyBench(ctx, *only, *quick, *pin, stdout, stderr); err != nil {
@@ -54,7 +56,10 @@ func runBench(ctx context.Context, args []string, _ io.Reader, stdout, stderr io
 		return nil
 	}
 	db := &deliveryBench{pin: *pin, quick: *quick, speed: max(*speed, 1), stdout: stdout, stderr: stderr}
-	return db.run(ctx)
+	if err := db.run(ctx); err != nil || *only != "" {
+		return err
+	}
+	return graphBench(ctx, *quick, *pin, stdout, stderr)
 }
 
 // proxyBench is the SMTP and IMAP proxies' part of the bench (only: "",
