@@ -185,9 +185,7 @@ func runDemo(ctx context.Context, args []string, _ io.Reader, stdout, stderr io.
 	}
 	m := msgs[0]
 	p("   the fake Exchange delivered it (XOAUTH2 user %s, app-only token: %v, %d bytes):", m.AuthUser, m.AppOnly, m.Size)
-	for _, l := range strings.Split(strings.TrimRight(string(m.Data), "\r\n"), "\r\n") {
-		p("   | %s", l)
-	}
+	printLines(p, m.Data)
 	return demoRest(ctx, fw, d, p)
 }
 
@@ -289,8 +287,13 @@ func demoGraph(ctx context.Context, fw *fakeWorld, p func(string, ...any)) error
 	p("   Exchange refused SMTP AUTH (535 5.7.139, disabled for the tenant), so the relay (upstream: auto)")
 	p("   moved to Microsoft Graph; the fake Graph took it by %s (app-only token: %v, %d bytes) for %s:",
 		m.Via, m.AppOnly, m.Size, strings.Join(m.Recipients, ", "))
-	for _, l := range strings.Split(strings.TrimRight(string(m.MIME), "\r\n"), "\r\n") {
+	printLines(p, m.MIME)
+	return nil
+}
+
+// printLines shows a message line by line, indented.
+func printLines(p func(string, ...any), msg []byte) {
+	for _, l := range strings.Split(strings.TrimRight(string(msg), "\r\n"), "\r\n") {
 		p("   | %s", l)
 	}
-	return nil
 }

@@ -78,10 +78,6 @@ type GraphOptions struct {
 type Graph struct {
 	o   GraphOptions
 	log *slog.Logger
-	// explained remembers the refusals already explained in full, so a
-	// busy app does not repeat the fix in every log line.
-	explainedMu sync.Mutex
-	explained   map[string]bool
 }
 
 // NewGraph returns the Graph delivery of o.Account.
@@ -95,7 +91,7 @@ func NewGraph(o GraphOptions) *Graph {
 	if o.Host == "" {
 		o.Host, _ = os.Hostname()
 	}
-	return &Graph{o: o, log: o.Logger.With("account", o.Account.Name, "upstream", "graph"), explained: map[string]bool{}}
+	return &Graph{o: o, log: o.Logger.With("account", o.Account.Name, "upstream", "graph")}
 }
 
 // Ready implements Delivery: the account's Graph token must come. The
@@ -278,7 +274,7 @@ func (e *readErr) Read(p []byte) (int, error) {
 // reply maps a Graph failure to what the app (or the Queue) is told:
 // 451 4.x for what may pass (throttling, outages: the app keeps the
 // message, a Queue retries), 550 5.7.x for refusals an administrator must
-// fix — logged with the fix in plain words, once per kind in full.
+// fix — logged with the fix in plain words.
 func (g *Graph) reply(err error, mid string) error {
 	var ge *graph.Error
 	if !errors.As(err, &ge) {

@@ -461,6 +461,14 @@ func (s *Server) graphSendMail(w http.ResponseWriter, r *http.Request, c *graphC
 	if !ok {
 		return
 	}
+	// The MIME form has no saveToSentItems: Graph always saves a copy.
+	s.deliver(w, c, mime, nil, "sendMail", nil)
+}
+
+// deliver sends a message as Graph would: From checked, then an injected
+// failure answered before the send (it did not happen) or after it (the
+// 504 that had sent it); commit runs just before the message is recorded.
+func (s *Server) deliver(w http.ResponseWriter, c *graphCaller, mime []byte, atts func() []GraphAttachment, via string, commit func()) {
 	from, ok := s.checkFrom(w, c.mailbox, mime)
 	if !ok {
 		return
@@ -470,8 +478,14 @@ func (s *Server) graphSendMail(w http.ResponseWriter, r *http.Request, c *graphC
 		writeFailure(w, f)
 		return
 	}
-	// The MIME form has no saveToSentItems: Graph always saves a copy.
-	s.recordGraph(c, from, mime, nil, "sendMail")
+	var a []GraphAttachment
+	if commit != nil {
+		commit()
+	}
+	if atts != nil {
+		a = atts()
+	}
+	s.recordGraph(c, from, mime, a, via)
 	if failing {
 		writeFailure(w, f)
 		return
@@ -698,26 +712,14 @@ func (s *Server) graphSendDraft(w http.ResponseWriter, r *http.Request, c *graph
 	if d == nil {
 		return
 	}
-	from, ok := s.checkFrom(w, c.mailbox, d.mime)
-	if !ok {
-		return
-	}
-	f, failing := s.takeFailure()
-	if failing && !f.AfterSend {
-		writeFailure(w, f)
-		return
-	}
-	s.graph.mu.Lock()
-	d.sent = true
-	delete(s.graph.drafts, d.id)
-	atts := d.attachments
-	s.graph.mu.Unlock()
-	s.recordGraph(c, from, d.mime, atts, "draft")
-	if failing {
-		writeFailure(w, f)
-		return
-	}
-	w.WriteHeader(http.StatusAccepted)
+	var atts []GraphAttachment
+	s.deliver(w, c, d.mime, func() []GraphAttachment { return atts }, "draft", func() {
+		s.graph.mu.Lock()
+		defer s.graph.mu.Unlock()
+		d.sent = true
+		delete(s.graph.drafts, d.id)
+		atts = d.attachments
+	})
 }
 
 // graphListSent answers the Sent Items lookup the relay makes after a

@@ -66,16 +66,7 @@ func (k *tokens) Invalidate() { k.mu.Lock(); k.invalidated++; k.mu.Unlock() }
 
 // fastSleep is Retry-After divided by 1000: the waits are taken, in order,
 // without the test waiting seconds.
-func fastSleep(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d / 1000)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-}
+func fastSleep(ctx context.Context, d time.Duration) error { return sleep(ctx, d/1000) }
 
 func client(s *fakems.Server, o ...func(*Options)) *Client {
 	opts := Options{URL: s.GraphURL, Mailbox: mbox, HTTPClient: s.HTTPClient(), Sleep: fastSleep}
