@@ -22,6 +22,8 @@ func TestUpstreamProblems(t *testing.T) {
 			`c.yaml:4: accounts[0].upstream: graph needs Microsoft Graph: provider p has no graph.url (set it, or use type microsoft)`}},
 		{"passthrough", ropc + "accounts:\n  - {name: a, provider: p, mailbox: a@b.c, username: u, password_passthrough: true, upstream: auto}\n", []string{
 			`c.yaml:4: accounts[0].upstream: auto is not possible with password_passthrough: Graph tokens are the account's own, not the app session's`}},
+		{"many mailboxes", prov + "accounts:\n  - {name: a, provider: p, mailbox: \"*@b.c\", relay_from: [10.0.0.1], upstream: graph}\n", []string{
+			`c.yaml:4: accounts[0].upstream: graph sends as the account's one mailbox: not with a domain-wide mailbox, mailboxes or send_as: sender (use one account per mailbox)`}},
 		{"sent items for smtp", prov + "accounts:\n  - {name: a, provider: p, mailbox: a@b.c, relay_from: [10.0.0.1], save_to_sent_items: false}\n", []string{
 			`c.yaml:4: accounts[0].save_to_sent_items: only for upstream graph or auto (SMTP submission always saves to Sent Items)`}},
 		{"graph url", "providers:\n  p: {type: microsoft, tenant: t, client_id: id, client_secret: s, graph: {url: \"http://graph.example\"}}\n" + acct, []string{

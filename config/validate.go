@@ -29,7 +29,8 @@ const (
 )
 
 // validate reports every problem of a decoded, defaulted Config. It fills
-// the derived RelayNets; it changes nothing else.
+// the derived RelayNets and the accounts' normalised mailbox sets; it
+// changes nothing else.
 func validate(c *Config, r *report) {
 	oneOf(r, "log.level", c.Log.Level, "log level", "debug", "info", "warn", "error")
 	oneOf(r, "log.format", c.Log.Format, "log format", "text", "json")
@@ -59,6 +60,7 @@ func validate(c *Config, r *report) {
 		}
 		usernames[lower] = path
 	}
+	validateLoginNames(r, c)
 }
 
 // oneOf checks an enumerated key; empty means it is required.
@@ -332,12 +334,14 @@ func validateAccount(r *report, path string, a *Account, c *Config) {
 	}
 	validateUpstreamMode(r, path, a)
 	validateLimits(r, path+".limits", a.Limits)
-	if a.Mailbox == "" {
-		r.add(path+".mailbox", "required")
-	} else if !isAddress(a.Mailbox) {
-		r.add(path+".mailbox", "%q is not an email address", a.Mailbox)
-	}
+	validateMailboxes(r, path, a)
 	switch {
+	case a.DomainWide():
+		if a.PasswordHash == "" && len(a.RelayFrom) == 0 {
+			r.add(path+".password_hash", "required (apps log in with a mailbox address and this password), or relay_from")
+		} else if a.PasswordHash != "" {
+			checkHash(r, path+".password_hash", a.PasswordHash)
+		}
 	case a.Username == "" && len(a.RelayFrom) == 0:
 		r.add(path+".username", "required (or relay_from, for an account that only relays)")
 	case a.Username == "" && a.PasswordHash != "":
@@ -385,6 +389,8 @@ func validateUpstreamMode(r *report, path string, a *Account) {
 		r.add(path+".upstream", "%s needs Microsoft Graph: provider %s has no graph.url (set it, or use type microsoft)", a.Upstream, a.Provider)
 	case a.PasswordPassthrough:
 		r.add(path+".upstream", "%s is not possible with password_passthrough: Graph tokens are the account's own, not the app session's", a.Upstream)
+	case a.DomainWide() || len(a.Mailboxes) > 0 || a.SendAs == SendAsSender:
+		r.add(path+".upstream", "%s sends as the account's one mailbox: not with a domain-wide mailbox, mailboxes or send_as: sender (use one account per mailbox)", a.Upstream)
 	}
 }
 

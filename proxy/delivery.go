@@ -36,8 +36,17 @@ type senderKey struct {
 // attachDelivery gives a its Delivery: direct over the mailbox's Sender
 // (upstream smtp), through Graph (graph), or SMTP moving to Graph (auto);
 // with delivery: queue, a queue in the spool that delivers through the
-// same.
+// same; for an account whose messages log in as several mailboxes, a
+// mailboxRouter over one such delivery per mailbox (SMTP only).
 func (r *Relay) attachDelivery(cfg *config.Config, a *Account) error {
+	if routesMailboxes(a.Account) {
+		m, err := r.newMailboxRouter(cfg, a)
+		if err != nil {
+			return err
+		}
+		a.Delivery = m
+		return nil
+	}
 	queued := a.Account.Delivery == config.DeliveryQueue
 	maxWait := a.EffectiveLimits.MaxWait
 	if queued {
@@ -60,28 +69,39 @@ func (r *Relay) attachDelivery(cfg *config.Config, a *Account) error {
 		a.Delivery = send
 		return nil
 	}
-	sp, err := r.openSpool(cfg)
+	q, err := r.newQueue(cfg, a, send, nil)
 	if err != nil {
 		return err
 	}
-	a.Delivery = delivery.NewQueue(delivery.QueueOptions{
+	a.Delivery = q
+	return nil
+}
+
+// direct is a's direct delivery over its mailbox's Sender.
+func (r *Relay) direct(cfg *config.Config, a *Account, maxWait time.Duration) *delivery.Direct {
+	return delivery.NewDirect(a.Info(), r.sender(cfg, a, a.Mailbox), r.observer,
+		delivery.DirectOptions{MaxWait: maxWait, SharedSender: true})
+}
+
+// newQueue makes a's queue in the spool, delivering over sender (or by
+// route, see delivery.QueueOptions.Route).
+func (r *Relay) newQueue(cfg *config.Config, a *Account, sender delivery.Delivery, route func(string) delivery.Delivery) (*delivery.Queue, error) {
+	sp, err := r.openSpool(cfg)
+	if err != nil {
+		return nil, err
+	}
+	return delivery.NewQueue(delivery.QueueOptions{
 		Account:              a.Info(),
 		Spool:                sp,
-		Sender:               send,
+		Sender:               sender,
+		Route:                route,
 		Credentials:          r.Credentials(netip.Addr{}, a, ""),
 		MaxAge:               cfg.Queue.MaxAge,
 		MaxSize:              queueMaxSize,
 		RecipientsPerMessage: a.EffectiveLimits.RecipientsPerMessage,
 		Logger:               r.log,
 		Observer:             r.observer,
-	})
-	return nil
-}
-
-// direct is a's direct delivery over the mailbox's Sender.
-func (r *Relay) direct(cfg *config.Config, a *Account, maxWait time.Duration) *delivery.Direct {
-	return delivery.NewDirect(a.Info(), r.sender(cfg, a), r.observer,
-		delivery.DirectOptions{MaxWait: maxWait, SharedSender: true})
+	}), nil
 }
 
 // startDelivery starts the background work of a's delivery (a queue's
@@ -94,17 +114,19 @@ func startDelivery(a *Account) {
 	}
 }
 
-// sender returns the Sender of a's mailbox, making it on first use, with
-// the mailbox's limits in cfg (the most restrictive of every account that
-// sends as it); a reload puts changed limits in force.
-func (r *Relay) sender(cfg *config.Config, a *Account) *delivery.Sender {
-	k := senderKey{mailbox: strings.ToLower(a.Mailbox), server: a.ProviderRef.SMTP.Addr}
-	limits := cfg.MailboxLimits(a.Mailbox)
+// sender returns the Sender of mailbox (one a sends as), making it on
+// first use, with the mailbox's limits in cfg (the most restrictive of
+// every account that sends as it); a reload puts changed limits in force.
+func (r *Relay) sender(cfg *config.Config, a *Account, mailbox string) *delivery.Sender {
+	k := senderKey{mailbox: strings.ToLower(mailbox), server: a.ProviderRef.SMTP.Addr}
+	limits := cfg.MailboxLimits(mailbox)
 	r.deliveryMu.Lock()
 	defer r.deliveryMu.Unlock()
 	s := r.senders[k]
 	if s == nil {
-		s = delivery.NewSender(a.Target(events.SMTP), delivery.SenderOptions{Limits: limits, Logger: r.log,
+		t := a.Target(events.SMTP)
+		t.Account = a.infoFor(mailbox)
+		s = delivery.NewSender(t, delivery.SenderOptions{Limits: limits, Logger: r.log,
 			Clock: SenderClock(os.LookupEnv, r.log)})
 		r.senders[k] = s
 	} else {
@@ -157,26 +179,33 @@ func (r *Relay) expireFailed() {
 	}
 }
 
-// closeUnusedSenders closes the senders no account of snap uses any more.
+// closeUnusedSenders closes the senders no account of snap sends as any
+// more (a domain-wide account's mailboxes stay, with their pace and pool).
 func (r *Relay) closeUnusedSenders(snap *snapshot) {
-	used := make(map[senderKey]bool)
+	used := func(k senderKey) bool {
+		for _, a := range snap.accounts {
+			if a.ProviderRef.SMTP.Addr == k.server && a.SendsAs(k.mailbox) {
+				return true
+			}
+		}
+		return false
+	}
 	usedGraph := make(map[graphKey]bool)
 	for _, a := range snap.accounts {
-		used[senderKey{mailbox: strings.ToLower(a.Mailbox), server: a.ProviderRef.SMTP.Addr}] = true
 		usedGraph[graphKeyOf(a)] = true
 	}
 	r.deliveryMu.Lock()
 	defer r.deliveryMu.Unlock()
+	for k, s := range r.senders {
+		if !used(k) {
+			s.Close()
+			delete(r.senders, k)
+		}
+	}
 	for k, c := range r.graphs {
 		if !usedGraph[k] {
 			c.CloseIdle()
 			delete(r.graphs, k)
-		}
-	}
-	for k, s := range r.senders {
-		if !used[k] {
-			s.Close()
-			delete(r.senders, k)
 		}
 	}
 }

@@ -30,7 +30,7 @@ func runCheck(ctx context.Context, args []string, _ io.Reader, stdout, stderr io
 	if err != nil {
 		return err
 	}
-	if len(rest) > 1 {
+	if len(rest) > 2 {
 		return errUsage
 	}
 	cfg, err := config.Load(path)
@@ -45,8 +45,15 @@ func runCheck(ctx context.Context, args []string, _ io.Reader, stdout, stderr io
 	var results []checkResult
 	withGraph := false
 	for _, a := range relay.Accounts() {
-		if len(rest) == 1 && a.Name != rest[0] {
+		if len(rest) >= 1 && a.Name != rest[0] {
 			continue
+		}
+		if len(rest) == 2 {
+			v, ok := a.ForMailbox(rest[1])
+			if !ok {
+				return fmt.Errorf("%s: account %s has no mailbox %q (see its mailbox and mailboxes keys)", path, a.Name, rest[1])
+			}
+			a = v
 		}
 		res := checkAccount(ctx, a)
 		if a.GraphSource != nil {
@@ -116,6 +123,9 @@ func (s step) short() string {
 
 func checkAccount(ctx context.Context, a *proxy.Account) checkResult {
 	r := checkResult{account: a.Name, grant: a.ProviderRef.Grant}
+	if a.Base() != a {
+		r.account += " " + a.Mailbox
+	}
 	if a.PasswordPassthrough {
 		r.token.skipped = "password passthrough: needs the app's password"
 		return r
@@ -125,6 +135,11 @@ func checkAccount(ctx context.Context, a *proxy.Account) checkResult {
 	cancel()
 	r.token = tokenStep(err)
 	if err != nil {
+		return r
+	}
+	if a.DomainWide() {
+		r.smtp.skipped = "domain-wide: name a mailbox, check " + a.Name + " MAILBOX"
+		r.imap.skipped = r.smtp.skipped
 		return r
 	}
 	switch {
@@ -162,14 +177,24 @@ func checkSMTP(ctx context.Context, a *proxy.Account) step {
 	ctx, cancel := context.WithTimeout(ctx, checkTimeout)
 	defer cancel()
 	sender := ""
+	if a.Base() != a && a.AllowsSender(a.Mailbox) {
+		sender = a.Mailbox // a mailbox of a domain-wide account sends as itself
+	}
 	for _, f := range a.AllowedFrom {
-		if !strings.Contains(f, "*") && f != "<>" {
+		if sender == "" && !strings.Contains(f, "*") && f != "<>" {
 			sender = f
-			break
 		}
 	}
-	err := upstream.ProbeSMTP(ctx, a.Target(events.SMTP), a.Source, sender)
-	return upstreamStep(err, a.ProviderRef.SMTP.Addr)
+	t := a.SMTPTarget(sender)
+	err := upstream.ProbeSMTP(ctx, t, a.Source, sender)
+	st := upstreamStep(err, a.ProviderRef.SMTP.Addr)
+	var e *upstream.Error
+	if errors.As(err, &e) && e.Reply != nil && sender != "" {
+		if x := upstream.ExplainMail(e.Reply, sender, t.Account.Mailbox); x != "" {
+			st.explain = x // with the sender's and the mailbox's addresses
+		}
+	}
+	return st
 }
 
 // checkIMAP logs in as the relay does and opens INBOX read-only: Exchange

@@ -103,7 +103,7 @@ func TestCheckWrongSecret(t *testing.T) {
 
 func TestCheckNotGranted(t *testing.T) {
 	t.Parallel()
-	ms := startFake(t, fakems.Options{})
+	ms := startFake(t, fakems.Options{IMAPNotConnected: true})
 	a := acct{name: "nogrant", provider: "app", mailbox: noGrantBox, username: "ng", hash: hashOf(t, "x"),
 		allowedFrom: []string{noGrantBox}}
 	path := newConfig(t, ms, cfgSpec{accounts: []acct{a}})
@@ -140,7 +140,8 @@ func TestCheckSendAs(t *testing.T) {
 	}
 	wantRow(t, r.stdout, "invoices", "ok", "FAILED", "ok")
 	wantRow(t, r.stdout, "sales", "ok", "ok", "ok")
-	wantAll(t, r.stdout, "invoices SMTP:", "550", "send as this sender", "Add-RecipientPermission", "allowed_from")
+	wantAll(t, r.stdout, "invoices SMTP:", "550", "send as this sender", "allowed_from",
+		"Add-RecipientPermission -Identity ceo@contoso.com -Trustee "+mailbox+" -AccessRights SendAs")
 	if strings.Contains(r.stdout, "sales SMTP:") {
 		t.Errorf("sales reported as failed:\n%s", r.stdout)
 	}

@@ -58,6 +58,9 @@ type worldOptions struct {
 	queueAlerts bool
 	// autoAlerts gives alerts upstream: auto (SMTP, or Graph).
 	autoAlerts bool
+	// accounts are more accounts (YAML list items; %[1]s is the local
+	// password's hash, %[2]s the daemon provider's name).
+	accounts string
 }
 
 type world struct {
@@ -144,6 +147,9 @@ accounts:
 	}
 	if o.queueAlerts {
 		yaml += "    delivery: queue\n" // alerts is the last account
+	}
+	if o.accounts != "" {
+		yaml += fmt.Sprintf(o.accounts, localHash, "daemon")
 	}
 	cfg, err := config.Parse("test.yaml", []byte(yaml), func(string) (string, bool) { return "", false })
 	if err != nil {

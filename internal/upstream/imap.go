@@ -100,10 +100,16 @@ func IMAP(ctx context.Context, t Target, cred Credentials) (*IMAPSession, error)
 	}
 	start := time.Now()
 	s, err := imapLogin(ctx, t, tok)
+	tokenRefused := err != nil
+	if err == nil && t.CheckMailbox {
+		if err = s.checkMailbox(ctx); err != nil {
+			s.Close()
+		}
+	}
 	t.observe(events.IMAP, err, start)
 	if err != nil {
 		var e *Error
-		if errors.As(err, &e) && e.Kind == Refused {
+		if errors.As(err, &e) && e.Kind == Refused && tokenRefused {
 			// Revoked, expired early, permissions changed: the next login
 			// gets a fresh token instead of this one again.
 			cred.Invalidate()
@@ -116,7 +122,7 @@ func IMAP(ctx context.Context, t Target, cred Credentials) (*IMAPSession, error)
 func imapLogin(ctx context.Context, t Target, token string) (_ *IMAPSession, err error) {
 	conn, err := t.Dial(ctx)
 	if err != nil {
-		reason := "cannot connect"
+		reason := reasonCannotConnect
 		if ctx.Err() != nil {
 			reason += " (cancelled)"
 		}
@@ -366,6 +372,33 @@ func (s *IMAPSession) Examine(ctx context.Context, mailbox string) error {
 	}
 	if r.status != "OK" {
 		reason := what + ": the upstream replied " + r.String()
+		if hint := ExplainIMAP(r.text); hint != "" {
+			reason += "; " + hint
+		}
+		return &Error{Kind: Refused, Proto: events.IMAP, Addr: s.t.Server.Addr, Reason: reason}
+	}
+	return nil
+}
+
+// checkMailbox asks for the INBOX's message count (STATUS, RFC 9051
+// §6.3.11), which needs the mailbox and changes no state the app sees:
+// Exchange accepts an app-only token for a mailbox the app has no
+// permission on and fails every command after, so without it the app's
+// login would pass and its first command fail. A NO or BAD is an *Error
+// with Kind Refused (the token itself was accepted: it is not
+// invalidated).
+func (s *IMAPSession) checkMailbox(ctx context.Context) error {
+	r, bye, err := s.run(ctx, "STATUS INBOX (MESSAGES)")
+	if err != nil {
+		reason := "STATUS INBOX after login failed"
+		if bye != "" {
+			reason += " (the upstream said " + bye + ")"
+		}
+		return imapUnavailable(s.t, reason, err)
+	}
+	if r.status != "OK" {
+		reason := "the upstream accepted the token but cannot open mailbox " + s.t.Account.Mailbox +
+			": STATUS INBOX: " + r.String()
 		if hint := ExplainIMAP(r.text); hint != "" {
 			reason += "; " + hint
 		}

@@ -64,6 +64,11 @@ type Target struct {
 	Dialer *net.Dialer
 	// Observer hears about each login; nil: events.Nop.
 	Observer events.Observer
+	// CheckMailbox (IMAP): after the login, make sure the mailbox can be
+	// opened (see IMAPSession.checkMailbox), so that a mailbox the token
+	// gives no access to fails the login rather than the app's first
+	// command. Set for mailboxes an app chose by its login name.
+	CheckMailbox bool
 }
 
 // Kind is what a failed login means for the app.
