@@ -356,18 +356,24 @@ func (p *graphPace) Take(ctx context.Context) (func(), error) {
 		}
 		changed := p.changed
 		p.mu.Unlock()
-		wait := time.Second
+		// A place frees when a request in flight is answered (changed)
+		// or, on the pace's clock, when the oldest counted one ages out.
+		var aged chan struct{}
+		var t Timer
 		if !at.IsZero() {
-			wait = min(wait, at.Sub(now))
+			ch := make(chan struct{})
+			aged, t = ch, p.clock.AfterFunc(at.Sub(now), func() { close(ch) })
 		}
-		t := time.NewTimer(max(wait, time.Millisecond))
 		select {
-		case <-t.C:
+		case <-aged:
 		case <-changed:
 		case <-ctx.Done():
+		}
+		if t != nil {
 			t.Stop()
+		}
+		if ctx.Err() != nil {
 			return nil, fmt.Errorf("waiting for the mailbox's Graph pace: %w", ctx.Err())
 		}
-		t.Stop()
 	}
 }

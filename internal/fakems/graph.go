@@ -63,6 +63,9 @@ type GraphFailure struct {
 	// AfterSend sends the message first, then answers the failure: the
 	// 504 that had in fact sent it.
 	AfterSend bool
+	// Delay holds the answer back this long (a send that times out at the
+	// client); with Status 0 the answer is then Graph's 202.
+	Delay time.Duration
 }
 
 // GraphAttachment is a file attachment of a message sent through Graph.
@@ -475,6 +478,7 @@ func (s *Server) deliver(w http.ResponseWriter, c *graphCaller, mime []byte, att
 	}
 	f, failing := s.takeFailure()
 	if failing && !f.AfterSend {
+		s.pause(f.Delay)
 		writeFailure(w, f)
 		return
 	}
@@ -487,6 +491,9 @@ func (s *Server) deliver(w http.ResponseWriter, c *graphCaller, mime []byte, att
 	}
 	s.recordGraph(c, from, mime, a, via)
 	if failing {
+		s.pause(f.Delay)
+	}
+	if failing && f.Status != 0 {
 		writeFailure(w, f)
 		return
 	}

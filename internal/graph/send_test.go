@@ -192,6 +192,23 @@ func TestSend504ThatHadSent(t *testing.T) {
 	}
 }
 
+// TestSendTimeoutThatHadSent: the answer came after the client gave up
+// (its timeout), though Graph had sent it: found in Sent Items, not sent
+// again.
+func TestSendTimeoutThatHadSent(t *testing.T) {
+	s := world(t)
+	msg, _ := message(t)
+	s.FailGraphSends(1, fakems.GraphFailure{AfterSend: true, Delay: 3 * time.Second})
+	c := client(s, func(o *Options) {
+		o.HTTPClient = s.HTTPClient()
+		o.HTTPClient.Timeout = 300 * time.Millisecond
+	})
+	res, err := send(t, c, newTokens(t, s), msg, "b@example.com")
+	if err != nil || !res.FoundInSent || len(s.GraphMessages()) != 1 {
+		t.Fatalf("%+v %v, %d sent", res, err, len(s.GraphMessages()))
+	}
+}
+
 // TestSendConcurrency: 16 senders through one Client never pass Graph's 4
 // concurrent requests (the fake would answer 429).
 func TestSendConcurrency(t *testing.T) {
