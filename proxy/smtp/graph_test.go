@@ -17,6 +17,8 @@ import (
 
 	"github.com/oauthrelay/oauthrelay/internal/fakems"
 	"github.com/oauthrelay/oauthrelay/internal/testutil"
+
+	gosasl "github.com/emersion/go-sasl"
 )
 
 func (w *world) waitGraph(n int) []fakems.GraphMessage {
@@ -238,5 +240,28 @@ func TestGraphQueue(t *testing.T) {
 	m := w.waitGraph(1)[0]
 	if !slices.Equal(m.Recipients, []string{recipient, "bcc@example.net"}) {
 		t.Errorf("recipients %v", m.Recipients)
+	}
+}
+
+// Graph token failures at AUTH: the identity platform down is 454 4.7.0
+// (the app retries), a refused client secret 535 5.7.8 needs attention.
+func TestGraphTokenFailures(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		failure fakems.TokenFailure
+		code    int
+		enh     string
+	}{
+		{"unavailable", fakems.TokenFailure{Status: 503, Error: "temporarily_unavailable"}, 454, "4.7.0"},
+		{"bad secret", fakems.TokenFailure{Status: 401, Error: "invalid_client", AADSTS: 7000215, Description: "Invalid client secret provided."}, 535, "5.7.8"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			w := newWorld(t, worldOptions{upstream: "graph", tokenFailure: &tc.failure})
+			err := w.dial().Auth(gosasl.NewPlainClient("", username, password))
+			wantCode(t, err, tc.code, tc.enh)
+			if !strings.Contains(w.log.String(), "Graph token") {
+				t.Error("the log does not say it was the Graph token")
+			}
+		})
 	}
 }
