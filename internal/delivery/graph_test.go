@@ -1,48 +1,19 @@
 package delivery
 
 import (
-	"context"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
-	"golang.org/x/oauth2"
-	"golang.org/x/oauth2/clientcredentials"
-
 	"github.com/oauthrelay/oauthrelay/internal/graph"
+	"github.com/oauthrelay/oauthrelay/internal/testutil"
 )
-
-// graphCreds are app-only Graph tokens from the fake (x/oauth2's client
-// credentials, not the relay's Source).
-type graphCreds struct {
-	mu sync.Mutex
-	ts oauth2.TokenSource
-}
-
-func (w *world) graphCreds() *graphCreds {
-	cfg := clientcredentials.Config{ClientID: testClientID, ClientSecret: testSecret, TokenURL: w.fake.TokenURL,
-		Scopes: []string{"https://graph.microsoft.com/.default"}, AuthStyle: oauth2.AuthStyleInParams}
-	return &graphCreds{ts: cfg.TokenSource(context.WithValue(context.Background(), oauth2.HTTPClient, w.fake.HTTPClient()))}
-}
-
-func (g *graphCreds) Token(context.Context) (string, error) {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	t, err := g.ts.Token()
-	if err != nil {
-		return "", err
-	}
-	return t.AccessToken, nil
-}
-
-func (g *graphCreds) Invalidate() {}
 
 // graphDelivery is testAccount's Graph delivery against the fake's Graph.
 func (w *world) graphDelivery(t *testing.T) *Graph {
 	c := graph.New(graph.Options{URL: w.fake.GraphURL, Mailbox: testMailbox, HTTPClient: w.fake.HTTPClient(), Logger: testLogger(t)})
 	t.Cleanup(c.CloseIdle)
-	return NewGraph(GraphOptions{Account: testAccount, Client: c, Tokens: w.graphCreds(), URL: w.fake.GraphURL,
+	return NewGraph(GraphOptions{Account: testAccount, Client: c, Tokens: testutil.NewGraphTokens(w.fake.TokenURL, testClientID, testSecret, w.fake.HTTPClient()), URL: w.fake.GraphURL,
 		SaveToSentItems: true, TempDir: t.TempDir(), Logger: testLogger(t), Observer: w.obs})
 }
 

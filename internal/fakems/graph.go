@@ -455,12 +455,17 @@ func writeFailure(w http.ResponseWriter, f GraphFailure) {
 	writeGraphError(w, f.Status, code, "injected failure", f.RetryAfter)
 }
 
-func (s *Server) graphSendMail(w http.ResponseWriter, r *http.Request, c *graphCaller, body []byte) {
-	if !c.has(permMailSend) {
+// mimeRequest checks perm and reads the request's MIME body.
+func mimeRequest(w http.ResponseWriter, r *http.Request, c *graphCaller, perm string, body []byte) ([]byte, bool) {
+	if !c.has(perm) {
 		accessDenied(w)
-		return
+		return nil, false
 	}
-	mime, ok := decodeMIME(w, r, body)
+	return decodeMIME(w, r, body)
+}
+
+func (s *Server) graphSendMail(w http.ResponseWriter, r *http.Request, c *graphCaller, body []byte) {
+	mime, ok := mimeRequest(w, r, c, permMailSend, body)
 	if !ok {
 		return
 	}
@@ -501,11 +506,7 @@ func (s *Server) deliver(w http.ResponseWriter, c *graphCaller, mime []byte, att
 }
 
 func (s *Server) graphCreateDraft(w http.ResponseWriter, r *http.Request, c *graphCaller, body []byte) {
-	if !c.has(permMailReadWrite) {
-		accessDenied(w)
-		return
-	}
-	mime, ok := decodeMIME(w, r, body)
+	mime, ok := mimeRequest(w, r, c, permMailReadWrite, body)
 	if !ok {
 		return
 	}

@@ -11,9 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/oauth2"
-	"golang.org/x/oauth2/clientcredentials"
-
 	"github.com/oauthrelay/oauthrelay/internal/fakems"
 	"github.com/oauthrelay/oauthrelay/internal/testutil"
 )
@@ -38,31 +35,9 @@ func world(t *testing.T) *fakems.Server {
 	return s
 }
 
-// tokens is an app-only Graph token source (x/oauth2, not the relay's).
-type tokens struct {
-	ts          oauth2.TokenSource
-	mu          sync.Mutex
-	invalidated int
+func newTokens(t *testing.T, s *fakems.Server) *testutil.GraphTokens {
+	return testutil.NewGraphTokens(s.TokenURL, clientID, secret, s.HTTPClient())
 }
-
-func newTokens(t *testing.T, s *fakems.Server) *tokens {
-	cfg := clientcredentials.Config{ClientID: clientID, ClientSecret: secret, TokenURL: s.TokenURL,
-		Scopes: []string{"https://graph.microsoft.com/.default"}, AuthStyle: oauth2.AuthStyleInParams}
-	ctx := context.WithValue(context.Background(), oauth2.HTTPClient, s.HTTPClient())
-	return &tokens{ts: cfg.TokenSource(ctx)}
-}
-
-func (k *tokens) Token(ctx context.Context) (string, error) {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	t, err := k.ts.Token()
-	if err != nil {
-		return "", err
-	}
-	return t.AccessToken, nil
-}
-
-func (k *tokens) Invalidate() { k.mu.Lock(); k.invalidated++; k.mu.Unlock() }
 
 // fastSleep is Retry-After divided by 1000: the waits are taken, in order,
 // without the test waiting seconds.
