@@ -351,6 +351,12 @@ func TestDefaults(t *testing.T) {
 	delegated := func(host string) []string {
 		return []string{"https://" + host + "/IMAP.AccessAsUser.All", "https://" + host + "/SMTP.Send", "offline_access"}
 	}
+	graphApp := func(host string) GraphAPI {
+		return GraphAPI{URL: "https://" + host, Scopes: []string{"https://" + host + "/.default"}}
+	}
+	graphUser := func(host string) GraphAPI {
+		return GraphAPI{URL: "https://" + host, Scopes: []string{"https://" + host + "/Mail.Send", "https://" + host + "/Mail.ReadWrite", "offline_access"}}
+	}
 	tests := []struct {
 		provider string
 		want     Provider
@@ -362,6 +368,7 @@ func TestDefaults(t *testing.T) {
 			DeviceURL:    "https://login.microsoftonline.com/t.com/oauth2/v2.0/devicecode",
 			Scopes:       []string{"https://outlook.office365.com/.default"},
 			SMTP:         Upstream{"smtp.office365.com:587", "starttls"}, IMAP: Upstream{"outlook.office365.com:993", "implicit"},
+			Graph: graphApp("graph.microsoft.com"),
 		}},
 		{"{type: microsoft, grant: device_code, client_id: id}", Provider{
 			Type: "microsoft", Cloud: "global", Tenant: "organizations", Grant: "device_code",
@@ -370,6 +377,7 @@ func TestDefaults(t *testing.T) {
 			DeviceURL:    "https://login.microsoftonline.com/organizations/oauth2/v2.0/devicecode",
 			Scopes:       delegated("outlook.office.com"),
 			SMTP:         Upstream{"smtp.office365.com:587", "starttls"}, IMAP: Upstream{"outlook.office365.com:993", "implicit"},
+			Graph: graphUser("graph.microsoft.com"),
 		}},
 		{"{type: microsoft, cloud: usgov, tenant: t.us, client_id: id, client_secret: s}", Provider{
 			Type: "microsoft", Cloud: "usgov", Tenant: "t.us", Grant: "client_credentials",
@@ -378,6 +386,7 @@ func TestDefaults(t *testing.T) {
 			DeviceURL:    "https://login.microsoftonline.us/t.us/oauth2/v2.0/devicecode",
 			Scopes:       []string{"https://outlook.office365.us/.default"},
 			SMTP:         Upstream{"smtp.office365.us:587", "starttls"}, IMAP: Upstream{"outlook.office365.us:993", "implicit"},
+			Graph: graphApp("graph.microsoft.us"),
 		}},
 		{"{type: microsoft, cloud: usgov, grant: authorization_code, client_id: id}", Provider{
 			Type: "microsoft", Cloud: "usgov", Tenant: "organizations", Grant: "authorization_code",
@@ -386,6 +395,7 @@ func TestDefaults(t *testing.T) {
 			DeviceURL:    "https://login.microsoftonline.us/organizations/oauth2/v2.0/devicecode",
 			Scopes:       delegated("outlook.office365.us"),
 			SMTP:         Upstream{"smtp.office365.us:587", "starttls"}, IMAP: Upstream{"outlook.office365.us:993", "implicit"},
+			Graph: graphUser("graph.microsoft.us"),
 		}},
 		{"{type: microsoft, cloud: china, tenant: t.cn, client_id: id, client_secret: s}", Provider{
 			Type: "microsoft", Cloud: "china", Tenant: "t.cn", Grant: "client_credentials",
@@ -394,6 +404,7 @@ func TestDefaults(t *testing.T) {
 			DeviceURL:    "https://login.partner.microsoftonline.cn/t.cn/oauth2/v2.0/devicecode",
 			Scopes:       []string{"https://partner.outlook.cn/.default"},
 			SMTP:         Upstream{"smtp.partner.outlook.cn:587", "starttls"}, IMAP: Upstream{"partner.outlook.cn:993", "implicit"},
+			Graph: graphApp("microsoftgraph.chinacloudapi.cn"),
 		}},
 		{"{type: microsoft, cloud: china, grant: authorization_code, client_id: id}", Provider{
 			Type: "microsoft", Cloud: "china", Tenant: "organizations", Grant: "authorization_code",
@@ -402,6 +413,7 @@ func TestDefaults(t *testing.T) {
 			DeviceURL:    "https://login.partner.microsoftonline.cn/organizations/oauth2/v2.0/devicecode",
 			Scopes:       delegated("partner.outlook.cn"),
 			SMTP:         Upstream{"smtp.partner.outlook.cn:587", "starttls"}, IMAP: Upstream{"partner.outlook.cn:993", "implicit"},
+			Graph: graphUser("microsoftgraph.chinacloudapi.cn"),
 		}},
 		{"{type: google, client_id: id}", Provider{
 			Type: "google", Grant: "authorization_code",
@@ -421,6 +433,7 @@ func TestDefaults(t *testing.T) {
 			DeviceURL:    "https://login.microsoftonline.com/t.com/oauth2/v2.0/devicecode",
 			Scopes:       []string{"x"},
 			SMTP:         Upstream{"localhost:2587", "starttls"}, IMAP: Upstream{"outlook.office365.com:993", "implicit"},
+			Graph: graphApp("graph.microsoft.com"),
 		}},
 	}
 	for _, tt := range tests {

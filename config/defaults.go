@@ -85,6 +85,7 @@ func applyDefaults(c *Config, getenv func(string) (string, bool)) {
 		}
 		setDefault(&a.SendAs, SendAsMailbox)
 		setDefault(&a.Delivery, DeliveryDirect)
+		setDefault(&a.Upstream, UpstreamSMTP)
 		a.EffectiveLimits = c.Limits.with(a.Limits)
 	}
 }
@@ -170,6 +171,35 @@ func providerDefaults(p *Provider) {
 	setDefault(&p.SMTP.TLS, TLSStartTLS)
 	setDefault(&p.IMAP.Addr, d.imap)
 	setDefault(&p.IMAP.TLS, TLSImplicit)
+	setDefault(&p.Graph.URL, d.graph)
+	if len(p.Graph.Scopes) == 0 && p.Graph.URL != "" {
+		// The scopes name Graph's resource, not where requests go: a
+		// graph.url through a proxy keeps the cloud's; one of Graph's
+		// own hosts (DoD's) is its own resource.
+		root := d.graph
+		if graphHosts[strings.TrimRight(p.Graph.URL, "/")] || root == "" {
+			root = p.Graph.URL
+		}
+		p.Graph.Scopes = graphScopes(root, p.Grant == GrantClientCredentials)
+	}
+}
+
+// graphHosts are the Microsoft Graph roots of the national clouds.
+var graphHosts = map[string]bool{
+	"https://graph.microsoft.com": true, "https://graph.microsoft.us": true,
+	"https://dod-graph.microsoft.us": true, "https://microsoftgraph.chinacloudapi.cn": true,
+}
+
+// graphScopes are the scopes of Graph tokens for the Graph at root:
+// app-only the .default of the application permissions (Mail.Send, and
+// Mail.ReadWrite for drafts and attachments over 3 MB); delegated the same
+// permissions by name, and offline_access.
+func graphScopes(root string, appOnly bool) []string {
+	root = strings.TrimRight(root, "/")
+	if appOnly {
+		return []string{root + "/.default"}
+	}
+	return []string{root + "/Mail.Send", root + "/Mail.ReadWrite", "offline_access"}
 }
 
 // preset is what a provider type (and cloud) implies.
@@ -177,6 +207,7 @@ type preset struct {
 	token, authorize, device string
 	scopes                   []string
 	smtp, imap               string
+	graph                    string // Microsoft Graph's root
 }
 
 // microsoft returns the endpoints of a Microsoft cloud. Delegated scopes in
@@ -184,17 +215,21 @@ type preset struct {
 // outlook.office365.com (as Microsoft documents); the national clouds use
 // one host for both.
 func microsoft(cloud, tenant string, appOnly bool) (preset, bool) {
-	var login, smtp, imap, scopeHost string
+	var login, smtp, imap, scopeHost, graph string
 	switch cloud {
 	case CloudGlobal:
 		login, smtp, imap, scopeHost = "login.microsoftonline.com", "smtp.office365.com:587", "outlook.office365.com:993", "outlook.office.com"
+		graph = "https://graph.microsoft.com"
 		if appOnly {
 			scopeHost = "outlook.office365.com"
 		}
 	case CloudUSGov:
+		// GCC High; DoD tenants set graph.url to https://dod-graph.microsoft.us.
 		login, smtp, imap, scopeHost = "login.microsoftonline.us", "smtp.office365.us:587", "outlook.office365.us:993", "outlook.office365.us"
+		graph = "https://graph.microsoft.us"
 	case CloudChina:
 		login, smtp, imap, scopeHost = "login.partner.microsoftonline.cn", "smtp.partner.outlook.cn:587", "partner.outlook.cn:993", "partner.outlook.cn"
+		graph = "https://microsoftgraph.chinacloudapi.cn"
 	default:
 		return preset{}, false
 	}
@@ -209,7 +244,7 @@ func microsoft(cloud, tenant string, appOnly bool) (preset, bool) {
 	}
 	return preset{
 		token: base + "token", authorize: base + "authorize", device: base + "devicecode",
-		scopes: scopes, smtp: smtp, imap: imap,
+		scopes: scopes, smtp: smtp, imap: imap, graph: graph,
 	}, true
 }
 

@@ -34,7 +34,7 @@ func runBench(ctx context.Context, args []string, _ io.Reader, stdout, stderr io
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	quick := fs.Bool("quick", false, "fewer messages (a smoke run)")
-	only := fs.String("only", "", "smtp, imap, delivery or load: run one part (load runs only when named)")
+	only := fs.String("only", "", "smtp, imap, delivery, graph or load: run one part (graph and load run only when named)")
 	pin := fs.Bool("pin", true, "pin the relay and the load generator to separate CPUs (Linux)")
 	speed := fs.Float64("speed", defaultBenchSpeed, "delivery: how many times faster than real time the fake Exchange and the relay keep their limits")
 	soak := fs.Duration("soak", 0, "load: then run steady traffic this long, watching the relay's memory and open files")
@@ -45,8 +45,10 @@ func runBench(ctx context.Context, args []string, _ io.Reader, stdout, stderr io
 	case "", "smtp", "imap", "delivery":
 	case "load":
 		return runLoad(ctx, *quick, *soak, *pin, stdout, stderr)
+	case "graph":
+		return graphBench(ctx, *quick, *pin, stdout, stderr)
 	default:
-		return fmt.Errorf("bench: -only %q: want smtp, imap, delivery or load", *only)
+		return fmt.Errorf("bench: -only %q: want smtp, imap, delivery, graph or load", *only)
 	}
 	if *only != "delivery" {
 		if err := proxyBench(ctx, *only, *quick, *pin, stdout, stderr); err != nil {
@@ -57,7 +59,10 @@ func runBench(ctx context.Context, args []string, _ io.Reader, stdout, stderr io
 		return nil
 	}
 	db := &deliveryBench{pin: *pin, quick: *quick, speed: max(*speed, 1), stdout: stdout, stderr: stderr}
-	return db.run(ctx)
+	if err := db.run(ctx); err != nil || *only != "" {
+		return err
+	}
+	return graphBench(ctx, *quick, *pin, stdout, stderr)
 }
 
 // proxyBench is the SMTP and IMAP proxies' part of the bench (only: "",

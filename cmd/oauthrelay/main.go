@@ -11,7 +11,7 @@
 //	oauthrelay token -config FILE ACCOUNT
 //	oauthrelay queue -config FILE list|show|retry|delete|export [ARGS]
 //	oauthrelay hash-password < password
-//	oauthrelay demo
+//	oauthrelay demo [-graph]
 //	oauthrelay bench
 //	oauthrelay service install|uninstall|start|stop|run [-name NAME] [-config FILE] [-log FILE]
 //	oauthrelay version
@@ -48,7 +48,7 @@ func commands() []command {
 		{"token", "token -config FILE ACCOUNT    print a fresh access token", runToken},
 		{"queue", "queue -config FILE list|show|retry|delete|export [ARGS]  see and steer delivery: queue (queue -h)", runQueue},
 		{"hash-password", "hash-password                 read a password on stdin, print its bcrypt hash", runHashPassword},
-		{"demo", "demo                          run the relay against a fake Microsoft 365 on loopback", runDemo},
+		{"demo", "demo [-graph]                 run the relay against a fake Microsoft 365 on loopback (-graph: SMTP AUTH off, sent through Graph)", runDemo},
 		{"bench", "bench                         measure relay vs direct throughput against the fake", runBench},
 		{"service", "service install|uninstall|start|stop|run [-name NAME] [-config FILE] [-log FILE]  Windows service", runService},
 		{"version", "version                       print the version", runVersion},

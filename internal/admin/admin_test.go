@@ -63,6 +63,8 @@ type worldOptions struct {
 	device bool
 	// tls serves the admin pages over HTTPS with this certificate.
 	tls *testutil.LocalCert
+	// autoAlerts gives alerts upstream: auto (SMTP, or Graph).
+	autoAlerts bool
 	// accounts are more accounts (YAML list items; %[1]s is the local
 	// password's hash, %[2]s the daemon provider's name).
 	accounts string
@@ -140,6 +142,7 @@ providers:
     client_id: %[12]s
     client_secret: %[13]q
     token_url: %[7]s
+    graph: {url: %[17]q}
     smtp: {addr: %[9]q, tls: starttls}
     imap: {addr: %[10]q, tls: implicit}
     ca_file: %[11]s
@@ -155,7 +158,10 @@ accounts:
     username: monitor
     password_hash: %[16]q
 `, t.TempDir(), ln.Addr().String(), auth, ms.Tenant, webAppID, webSecret, ms.TokenURL, ms.AuthorizeURL,
-		ms.SMTPAddr, ms.IMAPAddr, ms.CAFile, daemonAppID, daemonSecret, invoicesBox, alertsBox, localHash)
+		ms.SMTPAddr, ms.IMAPAddr, ms.CAFile, daemonAppID, daemonSecret, invoicesBox, alertsBox, localHash, ms.GraphURL)
+	if o.autoAlerts {
+		yaml += "    upstream: auto\n"
+	}
 	if o.queueAlerts {
 		yaml += "    delivery: queue\n" // alerts is the last account
 	}
