@@ -93,6 +93,9 @@ type Config struct {
 	Queue     Queue                `yaml:"queue"`
 	Providers map[string]*Provider `yaml:"providers"`
 	Accounts  []*Account           `yaml:"accounts"`
+	// Cluster shares limits and token state with other instances (see
+	// Cluster); the zero value is one relay on its own.
+	Cluster Cluster `yaml:"cluster"`
 }
 
 // Limits are what one mailbox may do upstream, shared by every account that

@@ -38,6 +38,8 @@ func resolvePaths(c *Config, dir string) {
 	for _, a := range c.Accounts {
 		abs(&a.PasswordFile)
 	}
+	abs(&c.Cluster.PasswordFile)
+	abs(&c.Cluster.CAFile)
 }
 
 // readSecrets fills ClientSecret and Password from their *_file keys. A file
@@ -51,6 +53,7 @@ func readSecrets(c *Config, r *report) {
 	for i, a := range c.Accounts {
 		readSecret(r, fmt.Sprintf("accounts[%d]", i), "password", &a.Password, a.PasswordFile)
 	}
+	readSecret(r, "cluster", "password", &c.Cluster.Password, c.Cluster.PasswordFile)
 }
 
 // readSecret reads the secret called name (at path) from file into value.

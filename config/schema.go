@@ -66,6 +66,14 @@ var schemaDocs = map[string]keyDoc{
 	"Config.queue":     {desc: "Retries of accounts with delivery: queue."},
 	"Config.providers": {desc: "Identity providers: one entry per app registration, referenced by name from accounts."},
 	"Config.accounts":  {desc: "Accounts: each maps a local login to a mailbox."},
+	"Config.cluster":   {desc: "Several relay instances sharing one set of mailbox limits and token state on Redis/Valkey; left out, the relay is on its own."},
+
+	"Cluster.store":         {desc: "redis://host:port[/db] or rediss://host:port[/db] (TLS, verified). No password in the URL."},
+	"Cluster.instance":      {desc: "This relay's name among the others (letters, digits, . _ -); required with store."},
+	"Cluster.username":      {desc: "Redis ACL user (default: the default user)."},
+	"Cluster.password":      {desc: "The store's password; prefer password_file or ${ENV}."},
+	"Cluster.password_file": {desc: "File holding the store's password."},
+	"Cluster.ca_file":       {desc: "PEM CA certificates trusted besides the system roots (rediss:// only)."},
 
 	"Log.level":  {desc: "Default info; secrets are never logged.", enum: []string{"debug", "info", "warn", "error"}},
 	"Log.format": {desc: "Default text.", enum: []string{"text", "json"}},

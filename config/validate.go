@@ -61,6 +61,7 @@ func validate(c *Config, r *report) {
 		usernames[lower] = path
 	}
 	validateLoginNames(r, c)
+	validateCluster(r, &c.Cluster)
 }
 
 // oneOf checks an enumerated key; empty means it is required.
