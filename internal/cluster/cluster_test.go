@@ -1,0 +1,193 @@
+package cluster
+
+import (
+	"context"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/oauthrelay/oauthrelay/config"
+	"github.com/oauthrelay/oauthrelay/internal/testutil"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+func open(t *testing.T, r *testutil.Redis, name string) *Store {
+	t.Helper()
+	s, err := Open(config.Cluster{Store: r.URL, Instance: name}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+// Three instances asking for one mailbox's connections at once get 3 in
+// total; a slot released is taken by the next, and one whose holder
+// stopped renewing it (an instance that died) frees at its lease's end.
+func TestConnectionSemaphore(t *testing.T) {
+	r := testutil.StartRedis(t)
+	stores := []*Store{open(t, r, "a"), open(t, r, "b"), open(t, r, "c")}
+	ctx := context.Background()
+	var got atomic.Int32
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var slots []string
+	for i := range 30 {
+		wg.Go(func() {
+			h, ok, err := stores[i%3].TakeConnection(ctx, "A@x", 3)
+			if err != nil {
+				t.Error(err)
+			}
+			if ok {
+				got.Add(1)
+				mu.Lock()
+				slots = append(slots, h)
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	if got.Load() != 3 {
+		t.Fatalf("%d slots taken of 3", got.Load())
+	}
+	if _, ok, _ := stores[0].TakeConnection(ctx, "a@x", 3); ok {
+		t.Fatal("a 4th slot (the key ignores case)")
+	}
+	stores[0].ReleaseConnection("a@x", slots[0])
+	if _, ok, _ := stores[1].TakeConnection(ctx, "a@x", 3); !ok {
+		t.Fatal("a released slot was not free")
+	}
+
+	// A dead instance's slot: d takes one with a short lease and never
+	// renews it (its heartbeat is stopped by closing only the loop).
+	d := open(t, r, "d")
+	d.lease = 300 * time.Millisecond
+	if _, ok, _ := d.TakeConnection(ctx, "dead@x", 1); !ok {
+		t.Fatal("d got no slot")
+	}
+	if _, ok, _ := stores[0].TakeConnection(ctx, "dead@x", 1); ok {
+		t.Fatal("slot free while d holds it")
+	}
+	d.mu.Lock()
+	d.held = map[string]map[string]bool{} // d "dies": nothing renews it
+	d.mu.Unlock()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if _, ok, _ := stores[0].TakeConnection(ctx, "dead@x", 1); ok {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("a dead holder's slot never freed")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// The shared pace admits limit messages in a window across instances and
+// says when the next slot frees; a refunded slot is free at once, a sent
+// one a window after it was sent.
+func TestPace(t *testing.T) {
+	r := testutil.StartRedis(t)
+	a, b := open(t, r, "a"), open(t, r, "b")
+	ctx := context.Background()
+	now := time.UnixMilli(1_000_000_000_000)
+	var ids []string
+	for i := range 4 {
+		s := []*Store{a, b}[i%2]
+		id, ok, _, err := s.TakePace(ctx, "m@x", 4, now, time.Minute)
+		if err != nil || !ok {
+			t.Fatalf("take %d: %v %v", i, ok, err)
+		}
+		ids = append(ids, id)
+	}
+	if _, ok, _, _ := b.TakePace(ctx, "m@x", 4, now, time.Minute); ok {
+		t.Fatal("a 5th message in the window")
+	}
+	a.RefundPace("m@x", ids[0])
+	if _, ok, _, _ := b.TakePace(ctx, "m@x", 4, now, time.Minute); !ok {
+		t.Fatal("a refunded slot was not free")
+	}
+	for _, id := range ids[1:] {
+		a.PaceSent("m@x", id, now, time.Minute)
+	}
+	_, ok, free, _ := a.TakePace(ctx, "m@x", 4, now.Add(time.Second), time.Minute)
+	if ok || !free.Equal(now.Add(time.Minute)) {
+		t.Fatalf("full: ok %v free %v, want %v", ok, free, now.Add(time.Minute))
+	}
+	if _, ok, _, _ := a.TakePace(ctx, "m@x", 4, now.Add(time.Minute), time.Minute); !ok {
+		t.Fatal("no slot a window after the sends")
+	}
+	if err := a.AddPace(ctx, "n@x", []time.Time{now, now}, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok, _, _ := a.TakePace(ctx, "n@x", 2, now, time.Minute); ok {
+		t.Fatal("messages added after an outage did not count")
+	}
+}
+
+// Of two instances that read the same value, only one swaps it; a lease
+// has one owner at a time.
+func TestSwapAndLease(t *testing.T) {
+	r := testutil.StartRedis(t)
+	a, b := open(t, r, "a"), open(t, r, "b")
+	ctx := context.Background()
+	if ok, err := a.Swap(ctx, "rt", "", "v1", 0); !ok || err != nil {
+		t.Fatal(ok, err)
+	}
+	okA, _ := a.Swap(ctx, "rt", "v1", "v2a", 0)
+	okB, _ := b.Swap(ctx, "rt", "v1", "v2b", 0)
+	if okA == okB {
+		t.Fatalf("both or neither swapped: %v %v", okA, okB)
+	}
+	if v, _ := b.Get(ctx, "rt"); v != "v2a" {
+		t.Fatalf("value %q", v)
+	}
+	if ok, _ := a.Lease(ctx, "acct", time.Minute); !ok {
+		t.Fatal("a got no lease")
+	}
+	if ok, _ := b.Lease(ctx, "acct", time.Minute); ok {
+		t.Fatal("b got a's lease")
+	}
+	b.ReleaseLease(ctx, "acct") // not b's: nothing happens
+	if ok, _ := a.Lease(ctx, "acct", time.Minute); !ok {
+		t.Fatal("a lost its lease to b's release")
+	}
+	a.ReleaseLease(ctx, "acct")
+	if ok, _ := b.Lease(ctx, "acct", time.Minute); !ok {
+		t.Fatal("b got no released lease")
+	}
+}
+
+// A store that stops is noticed by the next call (Healthy false, Changed
+// closed) and one that comes back by the heartbeat.
+func TestDownAndBack(t *testing.T) {
+	r := testutil.StartRedis(t)
+	a := open(t, r, "a")
+	ctx := context.Background()
+	if err := a.Ping(ctx); err != nil || !a.Healthy() {
+		t.Fatal(err)
+	}
+	ch := a.Changed()
+	r.Stop()
+	if _, _, err := a.TakeConnection(ctx, "m@x", 3); err == nil {
+		t.Fatal("no error from a stopped store")
+	}
+	<-ch
+	if a.Healthy() {
+		t.Fatal("healthy with the store stopped")
+	}
+	ch = a.Changed()
+	r.Start()
+	select {
+	case <-ch:
+	case <-time.After(3 * heartbeatEvery):
+		t.Fatal("the heartbeat did not notice the store back")
+	}
+	if !a.Healthy() {
+		t.Fatal("not healthy after the store came back")
+	}
+}

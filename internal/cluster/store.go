@@ -1,0 +1,263 @@
+// Package cluster is the store several relay instances share: a Redis (or
+// Valkey) server holding what must be counted once for all of them — each
+// mailbox's upstream connections, its pace and its daily recipients — and
+// the instances' heartbeats and queue depths.
+//
+// Every primitive is one Lua script, so it is atomic on the server however
+// many instances call it at once (Redis runs a script to its end before
+// any other command). Times that Exchange's limits are counted in (the
+// pace, the day) come from the caller's clock, as the local limits do;
+// leases that must expire when an instance dies are kept on the server's
+// own clock (TIME), so instances' clocks need not agree.
+//
+// The client is github.com/redis/go-redis/v9, the maintained client of the
+// Redis project: connection pooling, RESP2/3, TLS, ACL users, EVALSHA with
+// a fallback to EVAL. Writing that well is more than this relay should own.
+package cluster
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/oauthrelay/oauthrelay/config"
+)
+
+const (
+	// keyPrefix starts every key of the relay in the store, so it can
+	// share a server (and a database) with other users.
+	keyPrefix = "oauthrelay:"
+	// opTimeout bounds one call to the store. On loopback a call takes
+	// well under a millisecond; one that takes this long means the store
+	// is unreachable, and the caller falls back to its safe share.
+	opTimeout = 500 * time.Millisecond
+	// heartbeatEvery is how often an instance says it is alive (and
+	// renews its connection leases, and checks a store found down);
+	// leaseTTL how long a lease outlives its last renewal: an instance
+	// that dies holding connection slots frees them within it.
+	heartbeatEvery = 2 * time.Second
+	leaseTTL       = 15 * time.Second
+)
+
+// Store is one instance's connection to the shared store. Its methods are
+// safe for concurrent use; Close ends it.
+type Store struct {
+	rdb      *redis.Client
+	instance string
+	log      *slog.Logger
+
+	// lease is leaseTTL; tests shorten it.
+	lease time.Duration
+
+	down      atomic.Bool // the last call failed; see Healthy
+	instances atomic.Int64
+	// changed is closed and replaced when down flips (see Changed).
+	mu      sync.Mutex
+	changed chan struct{}
+	held    map[string]map[string]bool // semaphore key → holders of this instance, renewed
+	publish func() (string, bool)      // the queue stats to publish, see PublishQueue
+
+	stop chan struct{}
+	wg   sync.WaitGroup
+}
+
+// Open connects to the store of c (c.Enabled()). It fails only on a
+// configuration it cannot use; a store that does not answer yet is a
+// store that is down (Healthy false), and the instance runs on its safe
+// share until it answers.
+func Open(c config.Cluster, log *slog.Logger) (*Store, error) {
+	opt, err := options(c)
+	if err != nil {
+		return nil, err
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	s := &Store{
+		rdb:      redis.NewClient(opt),
+		instance: c.Instance,
+		log:      log.With("store", opt.Addr, "instance", c.Instance),
+		changed:  make(chan struct{}),
+		held:     map[string]map[string]bool{},
+		stop:     make(chan struct{}),
+		lease:    leaseTTL,
+	}
+	s.instances.Store(1)
+	s.heartbeat()
+	s.wg.Go(s.loop)
+	return s, nil
+}
+
+// options turns the configuration into the client's.
+func options(c config.Cluster) (*redis.Options, error) {
+	u, err := url.Parse(c.Store)
+	if err != nil {
+		return nil, fmt.Errorf("cluster.store: %w", err)
+	}
+	opt := &redis.Options{
+		Addr:            u.Host,
+		Username:        c.Username,
+		Password:        c.Password,
+		DialTimeout:     opTimeout,
+		ReadTimeout:     opTimeout,
+		WriteTimeout:    opTimeout,
+		MaxRetries:      -1, // a failed call is the caller's to handle, now
+		PoolSize:        16,
+		DisableIdentity: true,
+		Protocol:        2,
+	}
+	if db := strings.Trim(u.Path, "/"); db != "" {
+		if opt.DB, err = strconv.Atoi(db); err != nil {
+			return nil, fmt.Errorf("cluster.store: database %q: %w", db, err)
+		}
+	}
+	if u.Scheme == "rediss" {
+		roots, err := x509.SystemCertPool()
+		if err != nil {
+			roots = x509.NewCertPool()
+		}
+		if c.CAFile != "" {
+			pem, err := os.ReadFile(c.CAFile)
+			if err != nil {
+				return nil, fmt.Errorf("cluster.ca_file: %w", err)
+			}
+			if !roots.AppendCertsFromPEM(pem) {
+				return nil, fmt.Errorf("cluster.ca_file: no PEM certificates in %s", c.CAFile)
+			}
+		}
+		opt.TLSConfig = &tls.Config{RootCAs: roots, ServerName: u.Hostname(), MinVersion: tls.VersionTLS12}
+	}
+	return opt, nil
+}
+
+// Instance is this relay's name in the store.
+func (s *Store) Instance() string { return s.instance }
+
+// Healthy reports whether the store answered the last call.
+func (s *Store) Healthy() bool { return !s.down.Load() }
+
+// Instances is how many instances were alive at the last heartbeat that
+// reached the store (at least 1): the divisor of the safe share.
+func (s *Store) Instances() int { return int(max(s.instances.Load(), 1)) }
+
+// Changed returns a channel closed when Healthy next changes.
+func (s *Store) Changed() <-chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.changed
+}
+
+// result records the outcome of a call: the first failure is logged once,
+// as is the recovery, however many calls fail in between.
+func (s *Store) result(err error) error {
+	if err == nil || errors.Is(err, redis.Nil) {
+		if s.down.CompareAndSwap(true, false) {
+			s.log.Warn("the shared store is back: the mailboxes' limits are shared again")
+			s.flip()
+		}
+		return nil
+	}
+	if s.down.CompareAndSwap(false, true) {
+		s.log.Error("the shared store is unreachable: each mailbox falls back to this instance's safe share "+
+			"(1 connection, its fraction of the pace) until it is back", "err", err, "instances", s.Instances())
+		s.flip()
+	}
+	return fmt.Errorf("shared store: %w", err)
+}
+
+func (s *Store) flip() {
+	s.mu.Lock()
+	close(s.changed)
+	s.changed = make(chan struct{})
+	s.mu.Unlock()
+}
+
+// ctx bounds one call.
+func callCtx(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, opTimeout)
+}
+
+// loop beats the heart until Close.
+func (s *Store) loop() {
+	t := time.NewTicker(heartbeatEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.stop:
+			return
+		case <-t.C:
+			s.heartbeat()
+		}
+	}
+}
+
+// heartbeat says this instance is alive, learns how many are, renews
+// this instance's leases of connection slots and publishes its queue.
+func (s *Store) heartbeat() {
+	ctx, cancel := callCtx(context.Background())
+	defer cancel()
+	n, err := heartbeatScript.Run(ctx, s.rdb, []string{keyPrefix + "instances"}, s.instance, s.lease.Milliseconds()).Int64()
+	if s.result(err) != nil {
+		return
+	}
+	s.instances.Store(n)
+	s.mu.Lock()
+	held := make(map[string][]string, len(s.held))
+	for key, hs := range s.held {
+		for h := range hs {
+			held[key] = append(held[key], h)
+		}
+	}
+	publish := s.publish
+	s.mu.Unlock()
+	for key, hs := range held {
+		for _, h := range hs {
+			if err := s.result(renewScript.Run(ctx, s.rdb, []string{key}, h, s.lease.Milliseconds()).Err()); err != nil {
+				return
+			}
+		}
+	}
+	if publish != nil {
+		if v, ok := publish(); ok {
+			s.result(s.rdb.Set(ctx, keyPrefix+"queue:"+s.instance, v, 3*heartbeatEvery+s.lease).Err())
+		}
+	}
+}
+
+// Ping asks the store now (for /readyz) and reports whether it answered.
+func (s *Store) Ping(ctx context.Context) error {
+	ctx, cancel := callCtx(ctx)
+	defer cancel()
+	return s.result(s.rdb.Ping(ctx).Err())
+}
+
+// Close stops the heartbeat, frees the connection slots still held and
+// closes the client.
+func (s *Store) Close() error {
+	close(s.stop)
+	s.wg.Wait()
+	ctx, cancel := callCtx(context.Background())
+	defer cancel()
+	s.mu.Lock()
+	for key, hs := range s.held {
+		for h := range hs {
+			s.rdb.ZRem(ctx, key, h)
+		}
+	}
+	s.held = map[string]map[string]bool{}
+	s.mu.Unlock()
+	s.rdb.ZRem(ctx, keyPrefix+"instances", s.instance)
+	return s.rdb.Close()
+}
