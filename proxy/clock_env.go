@@ -4,6 +4,7 @@ import (
 	"log/slog"
 	"math"
 	"strconv"
+	"time"
 
 	"github.com/oauthrelay/oauthrelay/internal/delivery"
 )
@@ -18,6 +19,12 @@ import (
 // ignored unless set; a relay with it set does not keep Exchange's limits,
 // and says so in its log.
 const ClockSpeedEnv = "OAUTHRELAY_TEST_CLOCK_SPEED"
+
+// ClockEpochEnv, with ClockSpeedEnv, is when the fast clock started (Unix
+// nanoseconds), so that several relay processes sharing their limits in a
+// store, and the fake they send to, keep them on one time. Unset, each
+// process's clock starts when it does.
+const ClockEpochEnv = "OAUTHRELAY_TEST_CLOCK_EPOCH"
 
 // SenderClock returns the clock a mailbox's Sender keeps its limits by
 // (delivery.SenderOptions.Clock): nil, the system clock, unless
@@ -35,5 +42,11 @@ func SenderClock(lookup func(string) (string, bool), log *slog.Logger) delivery.
 		return nil
 	}
 	log.Warn(ClockSpeedEnv+" is set: the mailboxes' limits run faster than real time (benchmarks and tests only; Exchange's limits are not kept)", "speed", speed)
+	if e, ok := lookup(ClockEpochEnv); ok && e != "" {
+		if ns, err := strconv.ParseInt(e, 10, 64); err == nil {
+			return delivery.NewScaledClockAt(speed, time.Unix(0, ns))
+		}
+		log.Error(ClockEpochEnv+" is not Unix nanoseconds: ignored", "value", e)
+	}
 	return delivery.NewScaledClock(speed)
 }

@@ -127,7 +127,7 @@ func (r *Relay) sender(cfg *config.Config, a *Account, mailbox string) *delivery
 		t := a.Target(events.SMTP)
 		t.Account = a.infoFor(mailbox)
 		s = delivery.NewSender(t, delivery.SenderOptions{Limits: limits, Logger: r.log,
-			Clock: SenderClock(os.LookupEnv, r.log)})
+			Clock: SenderClock(os.LookupEnv, r.log), Shared: r.opts.Shared})
 		r.senders[k] = s
 	} else {
 		s.SetLimits(limits)

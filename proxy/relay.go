@@ -43,6 +43,9 @@ type Options struct {
 	// Observer is told about logins and relayed mail (metrics, status
 	// page); nil: nothing is recorded.
 	Observer Observer
+	// Shared, when set (cluster in the configuration), counts every
+	// mailbox's connections and pace with the other relay instances.
+	Shared delivery.SharedLimits
 }
 
 // Relay is the shared state of all sessions.

@@ -157,10 +157,13 @@ type relayProc struct {
 // cleanup kills it if it still runs and waits for it. addrFile must be a
 // new path: a SIGKILLed serve leaves its file behind, and the test must
 // not read an earlier life's ports.
-func startRelay(t *testing.T, bin, cfg, addrFile string) *relayProc {
+func startRelay(t *testing.T, bin, cfg, addrFile string, env ...string) *relayProc {
 	t.Helper()
 	p := &relayProc{log: &syncBuffer{}, addrFile: addrFile, exited: make(chan struct{})}
 	p.cmd = exec.Command(bin, "serve", "-config", cfg, "-addr-file", addrFile)
+	if len(env) > 0 {
+		p.cmd.Env = append(os.Environ(), env...)
+	}
 	p.cmd.Stdout, p.cmd.Stderr = p.log, p.log
 	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := p.cmd.Start(); err != nil {

@@ -19,6 +19,8 @@ import (
 
 	"github.com/oauthrelay/oauthrelay/config"
 	"github.com/oauthrelay/oauthrelay/internal/admin"
+	"github.com/oauthrelay/oauthrelay/internal/cluster"
+	"github.com/oauthrelay/oauthrelay/internal/delivery"
 	"github.com/oauthrelay/oauthrelay/internal/oauth"
 	"github.com/oauthrelay/oauthrelay/internal/tokenstore"
 	"github.com/oauthrelay/oauthrelay/proxy"
@@ -145,12 +147,16 @@ func openStoreAlways(cfg *config.Config, log *slog.Logger) (*tokenstore.Store, e
 }
 
 // newRelay builds the relay for cfg with the token store it needs.
-func newRelay(cfg *config.Config, log *slog.Logger, obs proxy.Observer, hc *http.Client) (*proxy.Relay, oauth.Store, error) {
+func newRelay(cfg *config.Config, log *slog.Logger, obs proxy.Observer, hc *http.Client, shared ...delivery.SharedLimits) (*proxy.Relay, oauth.Store, error) {
 	store, err := openStore(cfg, log)
 	if err != nil {
 		return nil, nil, err
 	}
-	relay, err := proxy.NewRelay(cfg, proxy.Options{Logger: log, Store: store, Observer: obs, HTTPClient: hc})
+	opts := proxy.Options{Logger: log, Store: store, Observer: obs, HTTPClient: hc}
+	if len(shared) > 0 {
+		opts.Shared = shared[0]
+	}
+	relay, err := proxy.NewRelay(cfg, opts)
 	return relay, store, err
 }
 
@@ -185,6 +191,11 @@ type daemon struct {
 
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
+
+	// cluster is the shared store (nil without cluster in the
+	// configuration); joined once it answered (see ready).
+	cluster *cluster.Store
+	joined  atomic.Bool
 }
 
 // bound is a listener of the daemon and the server that serves it.
@@ -199,8 +210,20 @@ type bound struct {
 // cannot be bound, and the error names it.
 func startDaemon(ctx context.Context, cfg *config.Config, log *slog.Logger) (*daemon, error) {
 	metrics := admin.NewMetrics()
-	relay, store, err := newRelay(cfg, log, metrics, nil)
+	var shared []delivery.SharedLimits
+	var cl *cluster.Store
+	if cfg.Cluster.Enabled() {
+		s, err := cluster.Open(cfg.Cluster, log)
+		if err != nil {
+			return nil, err
+		}
+		cl, shared = s, []delivery.SharedLimits{s}
+	}
+	relay, store, err := newRelay(cfg, log, metrics, nil, shared...)
 	if err != nil {
+		if cl != nil {
+			cl.Close()
+		}
 		return nil, err
 	}
 	lns, err := bindListeners(cfg, log)
@@ -208,7 +231,7 @@ func startDaemon(ctx context.Context, cfg *config.Config, log *slog.Logger) (*da
 		return nil, err
 	}
 	runCtx, cancel := context.WithCancel(context.Background())
-	d := &daemon{log: log, relay: relay, cfg: cfg, listeners: lns, cancel: cancel}
+	d := &daemon{log: log, relay: relay, cfg: cfg, listeners: lns, cancel: cancel, cluster: cl}
 	d.wg.Go(func() { relay.Run(runCtx) })
 	if err := d.newServers(ctx, metrics, store); err != nil {
 		d.close()
@@ -330,6 +353,16 @@ func (d *daemon) ready() error {
 		return err
 	}
 	var errs []error
+	if d.cluster != nil && !d.joined.Load() {
+		// Not ready until the instance has reached the shared store once:
+		// a new instance takes no traffic before it counts its limits with
+		// the others. Later outages keep it ready, on its safe share, so
+		// that a store down does not take every instance out of service.
+		if err := d.cluster.Ping(context.Background()); err != nil {
+			return fmt.Errorf("the shared store has not answered yet: %w", err)
+		}
+		d.joined.Store(true)
+	}
 	for _, b := range d.listeners {
 		if ae, ok := b.ln.(acceptErrer); ok {
 			if err := ae.Err(); err != nil {
@@ -425,4 +458,7 @@ func (d *daemon) close() {
 	}
 	d.cancel()
 	d.wg.Wait()
+	if d.cluster != nil {
+		d.cluster.Close()
+	}
 }

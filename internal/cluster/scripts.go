@@ -11,12 +11,16 @@ import "github.com/redis/go-redis/v9"
 const serverNow = `local t = redis.call('TIME'); local now = t[1]*1000 + math.floor(t[2]/1000)
 `
 
-// heartbeatScript: KEYS[1] instances, ARGV instance, ttl ms → live count.
+// heartbeatScript: KEYS[1] instances, KEYS[2] epoch, ARGV instance, ttl
+// ms, a new epoch → {live count, epoch}. The epoch is set once per life of
+// the store's data: a different one means the store restarted empty.
 var heartbeatScript = redis.NewScript(serverNow + `
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
 redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]) * 4)
-return redis.call('ZCARD', KEYS[1])`)
+local e = redis.call('GET', KEYS[2])
+if not e then e = ARGV[3]; redis.call('SET', KEYS[2], e) end
+return {redis.call('ZCARD', KEYS[1]), e}`)
 
 // semAcquireScript: KEYS[1] semaphore, ARGV holder, limit, ttl ms → 1 when
 // the holder holds one of limit slots (now or already), 0 when all are

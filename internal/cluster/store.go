@@ -47,8 +47,13 @@ const (
 	// renews its connection leases, and checks a store found down);
 	// leaseTTL how long a lease outlives its last renewal: an instance
 	// that dies holding connection slots frees them within it.
-	heartbeatEvery = 2 * time.Second
+	heartbeatEvery = time.Second
 	leaseTTL       = 15 * time.Second
+	// probeEvery is how often a store found down is asked again, so that
+	// the instances notice its return within this of each other (see
+	// delivery.SharedLimits: each keeps its safe share for a pace window
+	// after it rejoins, for the ones that have not yet).
+	probeEvery = 100 * time.Millisecond
 )
 
 // Store is one instance's connection to the shared store. Its methods are
@@ -62,6 +67,8 @@ type Store struct {
 	lease time.Duration
 
 	down      atomic.Bool // the last call failed; see Healthy
+	gen       atomic.Uint64
+	epoch     string // the store's epoch at the last heartbeat (loop only)
 	instances atomic.Int64
 	// changed is closed and replaced when down flips (see Changed).
 	mu      sync.Mutex
@@ -152,6 +159,10 @@ func (s *Store) Healthy() bool { return !s.down.Load() }
 // reached the store (at least 1): the divisor of the safe share.
 func (s *Store) Instances() int { return int(max(s.instances.Load(), 1)) }
 
+// Generation changes each time the store comes back from an outage or is
+// found to have restarted: what an instance registered before may be gone.
+func (s *Store) Generation() uint64 { return s.gen.Load() }
+
 // Changed returns a channel closed when Healthy next changes.
 func (s *Store) Changed() <-chan struct{} {
 	s.mu.Lock()
@@ -165,6 +176,7 @@ func (s *Store) result(err error) error {
 	if err == nil || errors.Is(err, redis.Nil) {
 		if s.down.CompareAndSwap(true, false) {
 			s.log.Warn("the shared store is back: the mailboxes' limits are shared again")
+			s.gen.Add(1)
 			s.flip()
 		}
 		return nil
@@ -191,11 +203,15 @@ func callCtx(ctx context.Context) (context.Context, context.CancelFunc) {
 
 // loop beats the heart until Close.
 func (s *Store) loop() {
-	t := time.NewTicker(heartbeatEvery)
-	defer t.Stop()
 	for {
+		every := heartbeatEvery
+		if s.down.Load() {
+			every = probeEvery
+		}
+		t := time.NewTimer(every)
 		select {
 		case <-s.stop:
+			t.Stop()
 			return
 		case <-t.C:
 			s.heartbeat()
@@ -208,11 +224,24 @@ func (s *Store) loop() {
 func (s *Store) heartbeat() {
 	ctx, cancel := callCtx(context.Background())
 	defer cancel()
-	n, err := heartbeatScript.Run(ctx, s.rdb, []string{keyPrefix + "instances"}, s.instance, s.lease.Milliseconds()).Int64()
+	r, err := heartbeatScript.Run(ctx, s.rdb, []string{keyPrefix + "instances", keyPrefix + "epoch"},
+		s.instance, s.lease.Milliseconds(), s.newID()).Slice()
 	if s.result(err) != nil {
 		return
 	}
-	s.instances.Store(n)
+	if len(r) == 2 {
+		n, _ := r[0].(int64)
+		e, _ := r[1].(string)
+		s.instances.Store(n)
+		if s.epoch != "" && e != s.epoch {
+			// The store restarted without this instance noticing: what
+			// it held there is gone, as after an outage.
+			s.log.Warn("the shared store restarted and lost its counts: this instance registers what it holds again")
+			s.gen.Add(1)
+			s.flip()
+		}
+		s.epoch = e
+	}
 	s.mu.Lock()
 	held := make(map[string][]string, len(s.held))
 	for key, hs := range s.held {

@@ -45,6 +45,13 @@ func NewScaledClock(speed float64) *ScaledClock {
 	return &ScaledClock{speed: max(speed, 1), start: time.Now()}
 }
 
+// NewScaledClockAt returns a clock of speed that started at start: clocks
+// made at start in several processes (relay instances sharing their
+// limits, and the fake they send to) tell the same time.
+func NewScaledClockAt(speed float64, start time.Time) *ScaledClock {
+	return &ScaledClock{speed: max(speed, 1), start: start}
+}
+
 // Now returns the start time plus the real time elapsed since, scaled.
 func (c *ScaledClock) Now() time.Time {
 	return c.start.Add(time.Duration(float64(time.Since(c.start)) * c.speed))

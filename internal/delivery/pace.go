@@ -52,6 +52,18 @@ func (w *window) expire(now time.Time) {
 	}
 }
 
+// sentSince returns the times of the messages sent at or after t still in
+// the window.
+func (w *window) sentSince(t time.Time) []time.Time {
+	var out []time.Time
+	for _, at := range w.sent {
+		if !at.Before(t) {
+			out = append(out, at)
+		}
+	}
+	return out
+}
+
 // count returns the messages that count against the pace at now.
 func (w *window) count(now time.Time) int {
 	w.expire(now)

@@ -119,29 +119,70 @@ func (s *Sender) limitErrLocked(now time.Time) *LimitError {
 
 // reservePace waits for the message's slot in the pace and takes it. A
 // day's quota that frees only after the wait could end fails at once.
-func (s *Sender) reservePace(ctx context.Context, b budget) error {
+// With shared limits the slot is taken in the store too, and returned
+// (empty otherwise) for the Submission to settle.
+func (s *Sender) reservePace(ctx context.Context, b budget) (string, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if ok, free := s.dayOpenLocked(s.clock.Now()); !ok && (free.IsZero() || free.After(b.deadline)) {
 		s.stats.limitReplies++
 		s.log.Warn("a message was turned away: the mailbox reached its daily recipient limit",
 			"limit", s.limits.RecipientsPerDay, "frees_at", free)
-		return errDailyLimit(s.target.Account.Mailbox, s.limits.RecipientsPerDay, free)
+		return "", errDailyLimit(s.target.Account.Mailbox, s.limits.RecipientsPerDay, free)
 	}
-	return s.awaitLocked(ctx, b, &s.paceQ, func(now time.Time) (bool, time.Time) {
+	var slot string
+	err := s.awaitLocked(ctx, b, &s.paceQ, func(now time.Time) (bool, time.Time) {
 		if ok, free := s.dayOpenLocked(now); !ok {
 			return false, free
 		}
 		if now.Before(s.learned.paceUntil) {
 			return false, s.learned.paceUntil
 		}
-		ok, free := s.pace.free(now, s.limits.MessagesPerMinute)
+		ok, free, sl := s.paceFreeLocked(ctx, now)
 		if ok {
+			slot = sl
 			s.pace.take()
 			s.notifyLocked()
 		}
 		return ok, free
 	})
+	return slot, err
+}
+
+// paceFreeLocked is window.free for the limit in force: the configured
+// one alone, or with the store's count of every instance's messages, or
+// the safe share while the store is down.
+func (s *Sender) paceFreeLocked(ctx context.Context, now time.Time) (bool, time.Time, string) {
+	limit := s.limits.MessagesPerMinute
+	shared := s.sharedLocked(ctx)
+	if s.shared != nil && !shared {
+		if s.inGraceLocked(now) {
+			return false, s.degradedAt.Add(s.pace.length()), ""
+		}
+		limit = s.safePace(limit)
+	}
+	local := limit
+	if shared && s.inReturnLocked(now) {
+		local = s.safePace(limit)
+	}
+	ok, free := s.pace.free(now, local)
+	if !ok || !shared {
+		return ok, free, ""
+	}
+	slot, ok, free, err := s.shared.TakePace(ctx, s.sharedKey, limit, now, s.pace.length())
+	switch {
+	case err != nil:
+		s.degradeLocked()
+		return false, s.degradedAt.Add(s.pace.length()), "" // see inGraceLocked
+	case ok:
+		return true, time.Time{}, slot
+	}
+	// Another instance's message in flight frees its slot without a
+	// word to this one: ask again soon, or when one frees by time.
+	if retry := now.Add(sharedRetry); free.IsZero() || free.After(retry) {
+		free = retry
+	}
+	return false, free, ""
 }
 
 // dayOpenLocked reports whether the mailbox may take a message's
@@ -185,6 +226,9 @@ func (s *Sender) takeLocked(now time.Time) (ss *session, login, ok bool, at time
 		return ss, false, true, time.Time{}
 	}
 	if s.canLoginLocked(now) {
+		if !s.takeSharedConnLocked() {
+			return nil, false, false, now.Add(sharedRetry) // taken by other instances
+		}
 		s.open++
 		s.logging++
 		s.notifyLocked()
@@ -207,6 +251,9 @@ func (s *Sender) canLoginLocked(now time.Time) bool {
 // connLimitLocked is the connection limit in force.
 func (s *Sender) connLimitLocked(now time.Time) int {
 	n := s.limits.Connections
+	if s.shared != nil && (s.degraded || !s.shared.Healthy() || s.inReturnLocked(now)) {
+		n = 1 // the safe share
+	}
 	if now.Before(s.learned.connsUntil) {
 		n = min(n, s.learned.conns)
 	}

@@ -68,6 +68,18 @@ type Sender struct {
 	learned      learned
 	stats        counters
 
+	// shared counts the limits with other instances (nil: this relay
+	// alone), under sharedKey; slots are the shared connection slots held
+	// (one per open session while shared); degraded is the safe share in
+	// force since degradedAt (see SharedLimits).
+	shared     SharedLimits
+	sharedKey  string
+	slots      []string
+	degraded   bool
+	degradedAt time.Time
+	rejoinedAt time.Time // the last rejoin (see inReturnLocked)
+	gen        uint64    // the store's Generation at the last rejoin
+
 	idleTimer, wakeTimer timerSlot
 	// timers counts timer callbacks armed or running, waiting the Begins
 	// in a wait, bg the QUITs of sessions closed while in use: Close joins
@@ -92,6 +104,7 @@ type counters struct {
 	paceWaitTime   time.Duration
 	limitReplies   uint64
 	exchangeLimits uint64
+	degraded       uint64 // times the safe share came into force
 }
 
 // session is one authenticated upstream session.
@@ -115,6 +128,9 @@ type SenderOptions struct {
 	// Logger hears about limits Exchange enforced and messages turned
 	// away; nil discards.
 	Logger *slog.Logger
+	// Shared, when set, counts the connections and the pace with other
+	// relay instances (see SharedLimits).
+	Shared SharedLimits
 }
 
 // NewSender returns the Sender of t's mailbox. Without options it keeps
@@ -142,6 +158,8 @@ func NewSender(t upstream.Target, opts ...SenderOptions) *Sender {
 		maxAge:      maxSessionAge,
 		limits:      sane(o.Limits),
 		changed:     make(chan struct{}),
+		shared:      o.Shared,
+		sharedKey:   t.Account.Mailbox,
 	}
 }
 
@@ -174,7 +192,7 @@ func (s *Sender) Ready(ctx context.Context, cred upstream.Credentials) error {
 	s.mu.Lock()
 	now := s.clock.Now()
 	s.expireIdleLocked(now)
-	login := !s.closed && s.open == s.logging && s.canLoginLocked(now)
+	login := !s.closed && s.open == s.logging && s.canLoginLocked(now) && s.takeSharedConnLocked()
 	if login {
 		s.open++
 		s.logging++
@@ -250,6 +268,12 @@ type Stats struct {
 	// Limits are the configured limits; Effective the ones in force
 	// (Connections lowered after Exchange's 432).
 	Limits, Effective config.Limits
+	// Shared: the limits are counted with other instances in a store;
+	// SafeShare: the store is unreachable and this instance keeps its
+	// safe share (1 connection, its fraction of the pace) on its own;
+	// SafeShares counts the times it had to.
+	Shared, SafeShare bool
+	SafeShares        uint64
 	// ConnectionsLoweredUntil, LoginsPausedUntil, PaceBlockedUntil and
 	// QuotaBlockedUntil are the ends of what Exchange's replies imposed;
 	// zero when not in force.
@@ -289,6 +313,14 @@ func (s *Sender) Stats() Stats {
 		Effective:            s.limits,
 	}
 	st.Effective.Connections = s.connLimitLocked(now)
+	if s.shared != nil {
+		st.Shared = true
+		st.SafeShare = s.degraded || !s.shared.Healthy()
+		st.SafeShares = s.stats.degraded
+		if st.SafeShare {
+			st.Effective.MessagesPerMinute = s.safePace(s.limits.MessagesPerMinute)
+		}
+	}
 	future := func(t time.Time) time.Time {
 		if now.Before(t) {
 			return t
@@ -308,6 +340,9 @@ func (s *Sender) Stats() Stats {
 func (s *Sender) notifyLocked() {
 	close(s.changed)
 	s.changed = make(chan struct{})
+	if s.shared != nil {
+		s.trimSlotsLocked()
+	}
 }
 
 // quit ends a healthy session politely.

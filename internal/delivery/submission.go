@@ -36,10 +36,11 @@ const (
 // upstream refusal is returned as it is.
 func (s *Sender) Begin(ctx context.Context, cred upstream.Credentials, from string, opts *smtp.MailOptions, wait time.Duration) (*Submission, error) {
 	b := s.budget(wait)
-	if err := s.reservePace(ctx, b); err != nil {
+	slot, err := s.reservePace(ctx, b)
+	if err != nil {
 		return nil, err
 	}
-	m := &Submission{s: s, ctx: ctx, paced: true, cred: cred, from: from, opts: opts, budget: b}
+	m := &Submission{s: s, ctx: ctx, paced: true, paceSlot: slot, cred: cred, from: from, opts: opts, budget: b}
 	ss, err := s.mail(ctx, cred, from, opts, b)
 	if err != nil {
 		m.finish(false, false)
@@ -131,6 +132,9 @@ type Submission struct {
 	ss    *session // nil once finished
 	rcpts int      // accepted upstream, pending in the day's count
 	paced bool     // holds its slot in the pace
+	// paceSlot is its slot in the shared pace (empty: none, see
+	// SharedLimits).
+	paceSlot string
 
 	// What resume needs to replay the transaction on a fresh session.
 	cred     upstream.Credentials
@@ -301,6 +305,17 @@ func (m *Submission) finish(sent, counted bool) {
 			s.pace.done(now)
 		} else {
 			s.pace.refund()
+		}
+		if slot := m.paceSlot; slot != "" {
+			m.paceSlot = ""
+			window := s.pace.length()
+			s.bg.Go(func() {
+				if sent {
+					s.shared.PaceSent(s.sharedKey, slot, now, window)
+				} else {
+					s.shared.RefundPace(s.sharedKey, slot)
+				}
+			})
 		}
 	}
 	s.day.pending -= m.rcpts
