@@ -5,6 +5,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -109,6 +110,24 @@ func TestClusterSharesLimits(t *testing.T) {
 	c.waitAll("every acknowledged message, after the store came back")
 
 	t.Logf("%v: %d delivered, limit replies %+v", time.Since(epoch).Round(time.Millisecond), len(fw.ms.Messages()), fw.ms.LimitReplies())
+	// Every instance's queue, through the store, from any host's
+	// `queue list`.
+	deadline := time.Now().Add(clusterWait)
+	for {
+		out, err := exec.Command(bin, "queue", "-config", c.cfgs[0], "list").CombinedOutput()
+		if err != nil {
+			t.Fatalf("queue list: %v\n%s", err, out)
+		}
+		if strings.Contains(string(out), "relay-0") && strings.Contains(string(out), "relay-1") && strings.Contains(string(out), "relay-2") {
+			t.Logf("queue list:\n%s", out)
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("queue list does not show the three instances:\n%s", out)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+
 	if l := fw.ms.LimitReplies(); l.Total() != 0 {
 		t.Fatalf("the fake refused %+v for Exchange's limits: the instances together went over them", l)
 	}

@@ -287,6 +287,11 @@ func (q *queueRun) list(o *queueOpts, _ []string) error {
 			return err
 		}
 	} else {
+		if q.cfg.Cluster.Enabled() && !o.failed {
+			if err := printClusterQueues(q.ctx, q.cfg.Cluster, q.stdout, q.now); err != nil {
+				fmt.Fprintln(q.stderr, "oauthrelay:", err)
+			}
+		}
 		q.table(envs, o.failed)
 		fmt.Fprintln(q.stdout, q.summary(envs, o))
 	}

@@ -226,6 +226,10 @@ func startDaemon(ctx context.Context, cfg *config.Config, log *slog.Logger) (*da
 		}
 		return nil, err
 	}
+	if cl != nil {
+		cl.PublishQueue(func() (cluster.QueueStats, bool) { return queueStats(relay) })
+		cl.Join()
+	}
 	lns, err := bindListeners(cfg, log)
 	if err != nil {
 		return nil, err

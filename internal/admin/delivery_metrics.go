@@ -213,6 +213,7 @@ func contains(list []string, s string) bool {
 type senderCollector struct {
 	relayHolder
 	sessions, waiting, waits, waitTime, limitReplies, limit, backoff, window, rcptsDay, rcptsPending *prometheus.Desc
+	safeShare, safeShares                                                                            *prometheus.Desc
 }
 
 func newSenderCollector() *senderCollector {
@@ -239,13 +240,17 @@ func newSenderCollector() *senderCollector {
 			"Recipients of the messages sent in the last 24 hours (against recipients_per_day).", l, nil),
 		rcptsPending: prometheus.NewDesc("oauthrelay_mailbox_recipients_pending",
 			"Recipients accepted in open transactions, held against recipients_per_day.", l, nil),
+		safeShare: prometheus.NewDesc("oauthrelay_mailbox_safe_share",
+			"With cluster: 1 while the shared store is unreachable and this instance keeps a safe share of the mailbox's limits on its own (1 connection, its fraction of the pace), 0 while they are shared.", l, nil),
+		safeShares: prometheus.NewDesc("oauthrelay_mailbox_safe_shares_total",
+			"With cluster: times this instance fell back to its safe share of the mailbox's limits.", l, nil),
 	}
 }
 
 // Describe implements prometheus.Collector.
 func (c *senderCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.sessions, c.waiting, c.waits, c.waitTime, c.limitReplies, c.limit,
-		c.backoff, c.window, c.rcptsDay, c.rcptsPending} {
+		c.backoff, c.window, c.rcptsDay, c.rcptsPending, c.safeShare, c.safeShares} {
 		ch <- d
 	}
 }
@@ -283,6 +288,10 @@ func (c *senderCollector) Collect(ch chan<- prometheus.Metric) {
 		emit(c.window, g, float64(st.MessagesInWindow))
 		emit(c.rcptsDay, g, float64(st.RecipientsToday))
 		emit(c.rcptsPending, g, float64(st.PendingRecipients))
+		if st.Shared {
+			emit(c.safeShare, g, boolValue(st.SafeShare))
+			emit(c.safeShares, ctr, float64(st.SafeShares))
+		}
 	})
 }
 

@@ -194,6 +194,9 @@ func poolOf(st delivery.Stats, server string, now time.Time) *poolView {
 		{"Recipients a message", fmt.Sprint(e.RecipientsPerMessage), ""},
 		{"Max wait", plainDuration(e.MaxWait), ""},
 	}
+	if st.Shared {
+		p.Limits = append(p.Limits, sharedRow(st))
+	}
 	at := st.At
 	if at.IsZero() {
 		at = now

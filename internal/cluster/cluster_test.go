@@ -21,6 +21,7 @@ func open(t *testing.T, r *testutil.Redis, name string) *Store {
 	if err != nil {
 		t.Fatal(err)
 	}
+	s.Join()
 	t.Cleanup(func() { s.Close() })
 	return s
 }

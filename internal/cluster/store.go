@@ -19,6 +19,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -74,7 +75,7 @@ type Store struct {
 	mu      sync.Mutex
 	changed chan struct{}
 	held    map[string]map[string]bool // semaphore key → holders of this instance, renewed
-	publish func() (string, bool)      // the queue stats to publish, see PublishQueue
+	publish func() (QueueStats, bool)  // the queue stats to publish, see PublishQueue
 
 	stop chan struct{}
 	wg   sync.WaitGroup
@@ -83,7 +84,8 @@ type Store struct {
 // Open connects to the store of c (c.Enabled()). It fails only on a
 // configuration it cannot use; a store that does not answer yet is a
 // store that is down (Healthy false), and the instance runs on its safe
-// share until it answers.
+// share until it answers. Only Join makes it an instance that others
+// count (a command such as `queue list` only reads).
 func Open(c config.Cluster, log *slog.Logger) (*Store, error) {
 	opt, err := options(c)
 	if err != nil {
@@ -102,9 +104,13 @@ func Open(c config.Cluster, log *slog.Logger) (*Store, error) {
 		lease:    leaseTTL,
 	}
 	s.instances.Store(1)
+	return s, nil
+}
+
+// Join starts the instance's heartbeat (see heartbeat) until Close.
+func (s *Store) Join() {
 	s.heartbeat()
 	s.wg.Go(s.loop)
-	return s, nil
 }
 
 // options turns the configuration into the client's.
@@ -259,8 +265,11 @@ func (s *Store) heartbeat() {
 		}
 	}
 	if publish != nil {
-		if v, ok := publish(); ok {
-			s.result(s.rdb.Set(ctx, keyPrefix+"queue:"+s.instance, v, 3*heartbeatEvery+s.lease).Err())
+		if st, ok := publish(); ok {
+			st.Instance, st.At = s.instance, time.Now()
+			if v, err := json.Marshal(st); err == nil {
+				s.result(s.rdb.Set(ctx, queueKey(s.instance), v, queueTTL).Err())
+			}
 		}
 	}
 }

@@ -12,7 +12,13 @@ import (
 
 // budget is how long one message may wait in all: for its slot in the
 // pace and for a session, however often it has to.
-type budget struct{ deadline time.Time }
+type budget struct {
+	deadline time.Time
+	// shared: the message took its slot in the shared pace, when the
+	// safe share had come into force degradations times (see acquire).
+	shared       bool
+	degradations uint64
+}
 
 // budget starts a message's wait of at most wait (MailboxMaxWait: the
 // mailbox's MaxWait).
@@ -157,7 +163,7 @@ func (s *Sender) paceFreeLocked(ctx context.Context, now time.Time) (bool, time.
 	shared := s.sharedLocked(ctx)
 	if s.shared != nil && !shared {
 		if s.inGraceLocked(now) {
-			return false, s.degradedAt.Add(s.pace.length()), ""
+			return false, s.graceEndLocked(), ""
 		}
 		limit = s.safePace(limit)
 	}
@@ -173,7 +179,7 @@ func (s *Sender) paceFreeLocked(ctx context.Context, now time.Time) (bool, time.
 	switch {
 	case err != nil:
 		s.degradeLocked()
-		return false, s.degradedAt.Add(s.pace.length()), "" // see inGraceLocked
+		return false, s.graceEndLocked(), "" // see inGraceLocked
 	case ok:
 		return true, time.Time{}, slot
 	}
@@ -210,7 +216,39 @@ func (s *Sender) acquire(ctx context.Context, b budget) (ss *session, login bool
 		ss, login, ok, at = s.takeLocked(now)
 		return ok, at
 	})
-	return ss, login, err
+	if err != nil || !b.shared || s.stats.degraded == b.degradations {
+		return ss, login, err
+	}
+	// The message took its slot in the shared pace, and the store was
+	// lost while it waited for a session: sent now, it could land in a
+	// window the other instances fill on their safe shares. It goes on
+	// only once this instance's own safe share has room for it (it is
+	// already counted in the local window).
+	err = s.awaitLocked(ctx, b, &s.paceQ, func(now time.Time) (bool, time.Time) {
+		if s.inGraceLocked(now) {
+			return false, s.graceEndLocked()
+		}
+		if !s.degraded {
+			return true, time.Time{}
+		}
+		if n := s.pace.count(now); n <= s.safePace(s.limits.MessagesPerMinute) {
+			return true, time.Time{}
+		}
+		return false, now.Add(sharedRetry)
+	})
+	if err != nil {
+		if ss != nil {
+			s.idle = append(s.idle, ss)
+			ss.since = s.clock.Now()
+			s.rearmIdleLocked(ss.since)
+		} else if login {
+			s.open--
+			s.logging--
+		}
+		s.notifyLocked()
+		return nil, false, err
+	}
+	return ss, login, nil
 }
 
 // takeLocked takes the most recently parked session, or a slot for a new

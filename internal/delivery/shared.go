@@ -153,7 +153,21 @@ func (s *Sender) takeSharedConnLocked() bool {
 // logs in (transactions under way finish, and sessions over the share
 // close when they come back); after it the share alone is in force.
 func (s *Sender) inGraceLocked(now time.Time) bool {
-	return s.degraded && now.Before(s.degradedAt.Add(s.pace.length()))
+	return s.degraded && now.Before(s.graceEndLocked())
+}
+
+// graceEndLocked is when the safe share's grace ends: a window, and a
+// sixth of one more for the transactions under way when the store was
+// lost (admitted in the shared count, they end a little later).
+func (s *Sender) graceEndLocked() time.Time {
+	return s.degradedAt.Add(s.pace.length() + s.pace.length()/6)
+}
+
+// degradations is how many times the safe share came into force.
+func (s *Sender) degradations() uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.stats.degraded
 }
 
 // inReturnLocked reports whether the Sender rejoined the store less than a

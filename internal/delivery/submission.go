@@ -40,6 +40,9 @@ func (s *Sender) Begin(ctx context.Context, cred upstream.Credentials, from stri
 	if err != nil {
 		return nil, err
 	}
+	if slot != "" {
+		b.shared, b.degradations = true, s.degradations()
+	}
 	m := &Submission{s: s, ctx: ctx, paced: true, paceSlot: slot, cred: cred, from: from, opts: opts, budget: b}
 	ss, err := s.mail(ctx, cred, from, opts, b)
 	if err != nil {

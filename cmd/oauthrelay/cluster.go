@@ -1,0 +1,54 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"text/tabwriter"
+	"time"
+
+	"github.com/oauthrelay/oauthrelay/config"
+	"github.com/oauthrelay/oauthrelay/internal/cluster"
+	"github.com/oauthrelay/oauthrelay/proxy"
+)
+
+// queueStats is what an instance publishes of its queue (see
+// cluster.PublishQueue): ok false while no account has delivery: queue.
+func queueStats(relay *proxy.Relay) (cluster.QueueStats, bool) {
+	st, ok, err := relay.QueueStats()
+	if !ok || err != nil && st.Depth == 0 && st.Failed == 0 {
+		return cluster.QueueStats{}, false
+	}
+	return cluster.QueueStats{Depth: st.Depth, InFlight: st.InFlight, Failed: st.Failed, Oldest: st.Oldest}, true
+}
+
+// printClusterQueues prints every instance's queue as published in the
+// shared store (`queue list` with cluster in the configuration): each
+// instance keeps its own spool, which only that host can list in full.
+func printClusterQueues(ctx context.Context, c config.Cluster, w io.Writer, now time.Time) error {
+	st, err := cluster.Open(c, nil)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	qs, err := st.Queues(ctx)
+	if err != nil {
+		return fmt.Errorf("queue: the instances' queues: %w", err)
+	}
+	fmt.Fprintf(w, "Instances sharing %s (queues as each last published them):\n", c.Store)
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "  INSTANCE\tQUEUED\tIN FLIGHT\tFAILED\tOLDEST\tPUBLISHED")
+	for _, q := range qs {
+		oldest := "-"
+		if !q.Oldest.IsZero() {
+			oldest = humanDuration(now.Sub(q.Oldest)) + " ago"
+		}
+		fmt.Fprintf(tw, "  %s\t%d\t%d\t%d\t%s\t%s ago\n", q.Instance, q.Depth, q.InFlight, q.Failed, oldest, humanDuration(now.Sub(q.At)))
+	}
+	if len(qs) == 0 {
+		fmt.Fprintln(tw, "  (none has published a queue)")
+	}
+	tw.Flush()
+	fmt.Fprintln(w)
+	return nil
+}
