@@ -34,7 +34,7 @@ func runBench(ctx context.Context, args []string, _ io.Reader, stdout, stderr io
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	quick := fs.Bool("quick", false, "fewer messages (a smoke run)")
-	only := fs.String("only", "", "smtp, imap, delivery, graph or load: run one part (graph and load run only when named)")
+	only := fs.String("only", "", "smtp, imap, delivery, graph, load or cluster: run one part (graph, load and cluster run only when named)")
 	pin := fs.Bool("pin", true, "pin the relay and the load generator to separate CPUs (Linux)")
 	speed := fs.Float64("speed", defaultBenchSpeed, "delivery: how many times faster than real time the fake Exchange and the relay keep their limits")
 	soak := fs.Duration("soak", 0, "load: then run steady traffic this long, watching the relay's memory and open files")
@@ -47,8 +47,10 @@ func runBench(ctx context.Context, args []string, _ io.Reader, stdout, stderr io
 		return runLoad(ctx, *quick, *soak, *pin, stdout, stderr)
 	case "graph":
 		return graphBench(ctx, *quick, *pin, stdout, stderr)
+	case "cluster":
+		return clusterBench(ctx, *quick, max(*speed, 1), stdout, stderr)
 	default:
-		return fmt.Errorf("bench: -only %q: want smtp, imap, delivery, graph or load", *only)
+		return fmt.Errorf("bench: -only %q: want smtp, imap, delivery, graph, load or cluster", *only)
 	}
 	if *only != "delivery" {
 		if err := proxyBench(ctx, *only, *quick, *pin, stdout, stderr); err != nil {
