@@ -174,6 +174,9 @@ func TestInitFlags(t *testing.T) {
 	if strings.Contains(string(ps1), "'SMTP.SendAsApp','IMAP.AccessAsApp'") {
 		t.Error("with -rbac SMTP.SendAsApp is consented tenant-wide as well")
 	}
+	// check proves each sender: done what the script says for billing@.
+	ms.GrantSendAs(mailbox, "billing@contoso.com")
+	ms.GrantSendAs(salesBox, "billing@contoso.com")
 	deliversThroughRelay(t, ms, path, salesUser, localPass, salesBox, "init-flags")
 }
 

@@ -441,7 +441,7 @@ func TestCheckDomainWideMailbox(t *testing.T) {
 		t.Errorf("check wide nogrant@: %v", r)
 	}
 	r = runCmd(t, nil, "check", "-config", path, "wide")
-	if !strings.Contains(r.stdout, "skipped (domain-wide: name a mailbox") {
+	if !strings.Contains(r.stdout, "skipped: domain-wide: name a mailbox") || r.code != 0 {
 		t.Errorf("check wide: %v", r)
 	}
 	r = runCmd(t, nil, "check", "-config", path, "wide", "a%evil.com@contoso.com")

@@ -39,6 +39,9 @@ type dir struct {
 	apps      map[string]App
 	mailboxes map[string]*mailbox
 	grants    map[string]map[string]bool // client ID → mailboxes with FullAccess
+	// appRoles are the Exchange application permissions with admin
+	// consent per client ID (SetAppRoles); absent: appRoles, the default.
+	appRoles map[string][]string
 
 	access  map[string]*accessToken
 	refresh map[string]*refreshToken
@@ -68,6 +71,7 @@ func newDir() dir {
 		apps:       map[string]App{},
 		mailboxes:  map[string]*mailbox{},
 		grants:     map[string]map[string]bool{},
+		appRoles:   map[string][]string{},
 		access:     map[string]*accessToken{},
 		refresh:    map[string]*refreshToken{},
 		codes:      map[string]*authCode{},
@@ -182,6 +186,16 @@ func (s *Server) GrantApp(clientID, mailbox string) {
 		s.grants[clientID] = map[string]bool{}
 	}
 	s.grants[clientID][lower(mailbox)] = true
+}
+
+// SetAppRoles sets the Office 365 Exchange Online application permissions
+// with admin consent of an app (by default SMTP.SendAsApp and
+// IMAP.AccessAsApp): what its app-only tokens' roles claim carries, and
+// what Exchange then lets it do. Tokens issued before keep their roles.
+func (s *Server) SetAppRoles(clientID string, roles ...string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.appRoles[clientID] = slices.Clone(roles)
 }
 
 // AddSharedMailbox creates a shared mailbox: an Exchange mailbox whose
