@@ -200,7 +200,7 @@ func writeJSONReport(w io.Writer, rep checkReport) {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
 	enc.SetEscapeHTML(false) // <mailbox> stays readable
-	enc.Encode(rep) // a report of strings cannot fail to encode
+	enc.Encode(rep)          // a report of strings cannot fail to encode
 }
 
 // statusWord is a status as the text report shows it: failures stand out.

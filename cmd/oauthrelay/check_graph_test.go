@@ -13,7 +13,7 @@ func TestCheckGraphPermissions(t *testing.T) {
 	t.Parallel()
 	for _, tc := range []struct {
 		name  string
-		perms []string // nil: the fake's default (Mail.Send, Mail.ReadWrite)
+		perms []string            // nil: the fake's default (Mail.Send, Mail.ReadWrite)
 		fail  map[string][]string // failing step → its fix contains
 	}{
 		{"all", nil, nil},
