@@ -35,7 +35,8 @@ administrator sets them up, one line per step:
   SMTP AUTH           SMTP AUTH is enabled for the mailbox (535 5.7.139 otherwise)
   send as ADDRESS     the mailbox may send as each other allowed_from address
   IMAP, POP3          the logins the relay makes, when the provider has them
-  Graph ...           upstream graph|auto: Mail.Send, Mail.ReadWrite, Sent Items
+  Graph token, Graph Mail.Send, Graph Mail.ReadWrite, Graph Sent Items
+                      upstream graph|auto: the Graph token and each permission used
 
 A failing step prints the fix in plain words and the PowerShell to run, with
 the real names filled in; a step that cannot run because an earlier one

@@ -43,7 +43,7 @@ func commands() []command {
 	return []command{
 		{"init", "init [-config FILE] [-force] [FLAGS]  guided setup: config, secret file, Entra/Exchange PowerShell, sign-in (init -h)", runInit},
 		{"serve", "serve -config FILE [-addr-file FILE]  run the relay", runServe},
-		{"check", "check -config FILE [-json] [ACCOUNT [MAILBOX]]  prove each setup step of each account (or one mailbox of it), with the fix for each failure; exit 0 all ok, 1 a step failed, 2 usage or config error (check -h)", runCheck},
+		{"check", "check -config FILE [-json] [ACCOUNT [MAILBOX]]  prove each setup step of each account (or one mailbox of it), with the fix for each failure; exit 0 all passed (warnings allowed), 1 a step failed, 2 usage or configuration error (check -h)", runCheck},
 		{"login", "login -config FILE [-replace] ACCOUNT  sign an account in (authorization code or device code)", runLogin},
 		{"token", "token -config FILE ACCOUNT    print a fresh access token", runToken},
 		{"queue", "queue -config FILE list|show|retry|delete|export [ARGS]  see and steer delivery: queue (queue -h)", runQueue},
