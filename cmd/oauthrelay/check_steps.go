@@ -48,7 +48,11 @@ type accountCheck struct {
 // put records a step, the placeholders of its fix (the explanations'
 // texts are shared with the log) filled in with the account's names.
 func (c *accountCheck) put(s checkStep) {
-	s.Fix = strings.NewReplacer("<mailbox>", c.a.Mailbox, "<app id>", c.a.ProviderRef.ClientID).Replace(s.Fix)
+	mb := c.loginMailbox()
+	if mb == "" {
+		mb = c.a.Mailbox
+	}
+	s.Fix = strings.NewReplacer("<mailbox>", mb, "<app id>", c.a.ProviderRef.ClientID).Replace(s.Fix)
 	c.done[s.Name] = s
 }
 
@@ -76,16 +80,29 @@ func (c *accountCheck) usesSMTP() bool {
 	return c.a.ProviderRef.SMTP.Addr != "" && c.a.Upstream != config.UpstreamGraph
 }
 
-// sendAsSenders are the allowed_from addresses other than the mailbox
-// that a message may come from: each is sent as (or, app-only with
+// loginMailbox is the mailbox that logs in over SMTP for the account's
+// own mail: the mailbox, or a delegate for a shared one.
+func (c *accountCheck) loginMailbox() string {
+	return c.a.SMTPTarget(c.a.Mailbox).Account.Mailbox
+}
+
+// sendAsSenders are the addresses other than the login mailbox that a
+// message may come from (the allowed_from addresses, and a shared mailbox
+// checked with check ACCOUNT MAILBOX): each is sent as (or, app-only with
 // send_as: sender or one of the account's mailboxes, logs in itself).
 func (c *accountCheck) sendAsSenders() []string {
+	from := c.a.AllowedFrom
+	if c.a.Base() != c.a && c.a.AllowsSender(c.a.Mailbox) {
+		from = append([]string{c.a.Mailbox}, from...)
+	}
+	login := c.loginMailbox()
 	var out []string
-	for _, f := range c.a.AllowedFrom {
-		if strings.Contains(f, "*") || f == "<>" || strings.EqualFold(f, c.a.Mailbox) || slices.Contains(out, strings.ToLower(f)) {
+	for _, f := range from {
+		f = strings.ToLower(f)
+		if strings.Contains(f, "*") || f == "<>" || strings.EqualFold(f, login) || slices.Contains(out, f) {
 			continue
 		}
-		out = append(out, strings.ToLower(f))
+		out = append(out, f)
 	}
 	return out
 }
@@ -386,7 +403,7 @@ func (c *accountCheck) smtpSteps(login error) {
 	switch {
 	case login == nil:
 		c.permissionOK("SMTP login")
-		c.put(checkStep{Name: stepSMTPAuth, Status: stepOK, Detail: "logged in to " + addr + " as " + a.Mailbox + " with XOAUTH2"})
+		c.put(checkStep{Name: stepSMTPAuth, Status: stepOK, Detail: "logged in to " + addr + " as " + c.loginMailbox() + " with XOAUTH2"})
 	case authOff:
 		c.permissionOK("SMTP login, before it refused SMTP AUTH")
 		c.smtpAuthOff(ue.Reply)
@@ -426,7 +443,7 @@ func (c *accountCheck) permissionOK(how string) {
 func (c *accountCheck) smtpAuthOff(reply *smtp.SMTPError) {
 	s := powershell.New(c.a.ProviderRef.Cloud)
 	s.ConnectExchange()
-	s.EnableSMTPAuth(c.a.Mailbox)
+	s.EnableSMTPAuth(c.loginMailbox())
 	st := checkStep{Name: stepSMTPAuth, Status: stepFail, Detail: upstream.FormatReply(reply),
 		Fix:        upstream.ExplainSMTP(reply.Code, reply.EnhancedCode, reply.Message),
 		PowerShell: s.String()}

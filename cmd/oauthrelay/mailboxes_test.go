@@ -448,6 +448,22 @@ func TestCheckDomainWideMailbox(t *testing.T) {
 	if r.code == 0 || !strings.Contains(r.stderr, "has no mailbox") {
 		t.Errorf("check wide with a trick: %v", r)
 	}
+
+	// A delegate's shared mailbox: the delegate logs in over SMTP and sends
+	// as the shared address, and opens it over IMAP with FullAccess.
+	r = runCmd(t, nil, "check", "-config", path, "desk", supportBox)
+	wantStep(t, r.stdout, "desk "+supportBox, "SMTP AUTH", "ok", "as "+alice)
+	wantStep(t, r.stdout, "desk "+supportBox, "send as "+supportBox, "FAIL", "550 5.7.60")
+	wantAll(t, fixOf(t, r.stdout, "desk "+supportBox, "send as "+supportBox),
+		"Add-RecipientPermission -Identity '"+supportBox+"' -Trustee '"+alice+"' -AccessRights SendAs")
+	wantStep(t, r.stdout, "desk "+supportBox, "IMAP", "FAIL")
+	ms.GrantSendAs(alice, supportBox)
+	ms.GrantFullAccess(supportBox, alice)
+	r = runCmd(t, nil, "check", "-config", path, "desk", supportBox)
+	if r.code != 0 {
+		t.Fatalf("check desk support@ with SendAs and FullAccess: %v", r)
+	}
+	wantStep(t, r.stdout, "desk "+supportBox, "send as "+supportBox, "ok", alice+" may send as "+supportBox)
 }
 
 // delivery: queue keeps the mailbox per message: each queued message is
