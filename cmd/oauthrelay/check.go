@@ -91,6 +91,8 @@ type checkReport struct {
 	Status   string           `json:"status"`
 	Error    string           `json:"error,omitempty"`
 	Accounts []checkedAccount `json:"accounts"`
+	// counted is the configuration's "N providers, M accounts".
+	counted string
 }
 
 // configError is a configuration that cannot be checked: exit 2, as a
@@ -116,14 +118,14 @@ func runCheck(ctx context.Context, args []string, _ io.Reader, stdout, stderr io
 	if len(rest) > 2 {
 		return errUsage
 	}
-	accounts, err := checkAccounts(ctx, path, rest, stderr)
+	accounts, counted, err := checkAccounts(ctx, path, rest, stderr)
 	if err != nil {
 		if asJSON {
 			writeJSONReport(stdout, checkReport{Config: path, Status: "error", Error: err.Error(), Accounts: []checkedAccount{}})
 		}
 		return err
 	}
-	rep := checkReport{Config: path, Status: stepOK, Accounts: accounts}
+	rep := checkReport{Config: path, Status: stepOK, Accounts: accounts, counted: counted}
 	for _, a := range accounts {
 		rep.Status = worse(rep.Status, a.Status)
 	}
@@ -139,15 +141,17 @@ func runCheck(ctx context.Context, args []string, _ io.Reader, stdout, stderr io
 }
 
 // checkAccounts loads the configuration and checks the accounts chosen by
-// rest ([ACCOUNT [MAILBOX]]). Its errors are usage or configuration errors.
-func checkAccounts(ctx context.Context, path string, rest []string, stderr io.Writer) ([]checkedAccount, error) {
+// rest ([ACCOUNT [MAILBOX]]), and says how many providers and accounts the
+// configuration has. Its errors are usage or configuration errors.
+func checkAccounts(ctx context.Context, path string, rest []string, stderr io.Writer) ([]checkedAccount, string, error) {
 	cfg, err := config.Load(path)
 	if err != nil {
-		return nil, configError{err}
+		return nil, "", configError{err}
 	}
+	counted := fmt.Sprintf("%d providers, %d accounts", len(cfg.Providers), len(cfg.Accounts))
 	relay, _, err := newRelay(cfg, newLogger(config.Log{Level: "error"}, stderr), nil, nil)
 	if err != nil {
-		return nil, configError{err}
+		return nil, "", configError{err}
 	}
 	var out []checkedAccount
 	for _, a := range relay.Accounts() {
@@ -157,16 +161,16 @@ func checkAccounts(ctx context.Context, path string, rest []string, stderr io.Wr
 		if len(rest) == 2 {
 			v, ok := a.ForMailbox(rest[1])
 			if !ok {
-				return nil, usageError{fmt.Errorf("%s: account %s has no mailbox %q (see its mailbox and mailboxes keys)", path, a.Name, rest[1])}
+				return nil, "", usageError{fmt.Errorf("%s: account %s has no mailbox %q (see its mailbox and mailboxes keys)", path, a.Name, rest[1])}
 			}
 			a = v
 		}
 		out = append(out, checkAccount(ctx, relay, a))
 	}
 	if len(out) == 0 {
-		return nil, usageError{fmt.Errorf("%s: no account %q", path, rest[0])}
+		return nil, "", usageError{fmt.Errorf("%s: no account %q", path, rest[0])}
 	}
-	return out, nil
+	return out, counted, nil
 }
 
 // checkAccount proves the steps of one account (or one mailbox of it).
@@ -219,7 +223,7 @@ func statusWord(s string) string {
 // DETAIL, aligned), each failing or warning step followed by its fix and
 // PowerShell, indented.
 func writeCheckText(w io.Writer, path string, rep checkReport) {
-	fmt.Fprintf(w, "%s: configuration OK\n\n", path)
+	fmt.Fprintf(w, "%s: configuration OK (%s)\n\n", path, rep.counted)
 	wa, ws := len("ACCOUNT"), len("STEP")
 	for _, a := range rep.Accounts {
 		wa = max(wa, len(a.label))

@@ -76,7 +76,7 @@ func TestCheckAllOK(t *testing.T) {
 	if r.code != 0 {
 		t.Fatalf("want exit 0: %v", r)
 	}
-	wantAll(t, r.stdout, path+": configuration OK", "All checks passed.")
+	wantAll(t, r.stdout, path+": configuration OK (3 providers, 2 accounts)", "All checks passed.")
 	if !regexp.MustCompile(`(?m)^ACCOUNT\s+STEP\s+STATUS\s+DETAIL$`).MatchString(r.stdout) {
 		t.Errorf("no header:\n%s", r.stdout)
 	}
