@@ -169,6 +169,16 @@ func (s *Script) EnableSMTPAuth(mb string) {
 	s.Line("Set-CASMailbox -Identity %s -SmtpClientAuthenticationDisabled $false", Quote(mb))
 }
 
+// EnablePOP3 turns POP3 on for a mailbox (Exchange refuses the login while
+// it is off).
+func (s *Script) EnablePOP3(mb string) {
+	if config.IsMailboxPattern(mb) {
+		s.Line("Get-Mailbox -ResultSize Unlimited -Filter \"%s\" | Set-CASMailbox -PopEnabled $true", MailboxFilter(mb))
+		return
+	}
+	s.Line("Set-CASMailbox -Identity %s -PopEnabled $true", Quote(mb))
+}
+
 // EnableSMTPAuthTenant turns the tenant's SMTP AUTH switch on (a mailbox's
 // own setting, when set, still wins).
 func (s *Script) EnableSMTPAuthTenant() {

@@ -18,6 +18,7 @@ func TestSteps(t *testing.T) {
 	s.AddSendAs("shared@contoso.com", "invoices@contoso.com")
 	s.AddSendAs("shared@contoso.com", "*@contoso.com")
 	s.AddMailboxPermission("invoices@contoso.com")
+	s.EnablePOP3("invoices@contoso.com")
 	got := s.String()
 	for _, want := range []string{
 		"Connect-MgGraph -Environment USGov -Scopes 'Application.Read.All'\n",
@@ -27,6 +28,7 @@ func TestSteps(t *testing.T) {
 		"Add-RecipientPermission -Identity 'shared@contoso.com' -Trustee 'invoices@contoso.com' -AccessRights SendAs -Confirm:$false\n",
 		"# Add-RecipientPermission -Identity 'shared@contoso.com' -Trustee <mailbox>",
 		"Add-MailboxPermission -Identity 'invoices@contoso.com' -User $sp.Id -AccessRights FullAccess\n",
+		"Set-CASMailbox -Identity 'invoices@contoso.com' -PopEnabled $true\n",
 	} {
 		if !strings.Contains(got, want) {
 			t.Errorf("script lacks %q:\n%s", want, got)
