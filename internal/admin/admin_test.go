@@ -436,7 +436,7 @@ func TestMetrics(t *testing.T) {
 	m.Upstream("imap", inv.Info(), "unavailable", 15*time.Second)
 	m.Message(inv.Info(), 1000)
 	m.Message(inv.Info(), 500)
-	m.Transferred(inv.Info(), 10, 20000)
+	m.Transferred(events.IMAP, inv.Info(), 10, 20000)
 
 	resp, body := w.do(nil, "GET", "/metrics", nil, nil)
 	if resp.StatusCode != 200 {
