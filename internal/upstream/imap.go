@@ -143,31 +143,10 @@ func imapLogin(ctx context.Context, t Target, token string) (_ *IMAPSession, err
 	return s, nil
 }
 
-// interruptible runs f with ctx's deadline on the connection and ends its
-// pending I/O when ctx ends (the deadline is cleared afterwards). When ctx
-// has ended, a failure for want of an answer, or a success just then, is a
-// cancelled Unavailable; a refusal the upstream sent stays what it is.
+// interruptible runs f with ctx's deadline on the connection
+// (upstream.interruptible).
 func (s *IMAPSession) interruptible(ctx context.Context, f func() error) error {
-	conn := s.Conn // under any later TLS layer, so deadlines reach it too
-	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Now()) })
-	if dl, ok := ctx.Deadline(); ok {
-		conn.SetDeadline(dl)
-	}
-	err := f()
-	stop()
-	var e *Error
-	if ctx.Err() != nil && (err == nil || errors.As(err, &e) && e.Kind == Unavailable) {
-		reason := "cancelled"
-		if e != nil {
-			reason = e.Reason + " (cancelled)"
-		}
-		return imapUnavailable(s.t, reason, ctx.Err())
-	}
-	if err == nil {
-		// Cleared on the TLS layer too, if any.
-		s.Conn.SetDeadline(time.Time{})
-	}
-	return err
+	return interruptible(ctx, s.t, events.IMAP, s.Conn, f)
 }
 
 // greet reads the greeting, upgrades with STARTTLS when configured and
@@ -489,7 +468,7 @@ func (s *IMAPSession) read() (*imapResponse, error) {
 }
 
 func imapUnavailable(t Target, reason string, err error) *Error {
-	return &Error{Kind: Unavailable, Proto: events.IMAP, Addr: t.Server.Addr, Reason: reason, Err: err}
+	return unavailable(t, events.IMAP, reason, err)
 }
 
 // parseResponse splits "tag status [code] text". Untagged data responses

@@ -207,3 +207,35 @@ func (t Target) ClientTLS() *tls.Config {
 	cfg.MinVersion = max(cfg.MinVersion, tls.VersionTLS12)
 	return cfg
 }
+
+// unavailable is an Unavailable failure of a login to t over p.
+func unavailable(t Target, p events.Proto, reason string, err error) *Error {
+	return &Error{Kind: Unavailable, Proto: p, Addr: t.Server.Addr, Reason: reason, Err: err}
+}
+
+// interruptible runs f, a login's exchange on conn (the connection as
+// dialled: deadlines set on it reach a TLS layer started later), with
+// ctx's deadline on conn, and ends its pending I/O when ctx ends; the
+// deadline is cleared afterwards. When ctx has ended, a failure for want of
+// an answer, or a success just then, is a cancelled Unavailable; a refusal
+// the upstream sent stays what it is.
+func interruptible(ctx context.Context, t Target, p events.Proto, conn net.Conn, f func() error) error {
+	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Now()) })
+	if dl, ok := ctx.Deadline(); ok {
+		conn.SetDeadline(dl)
+	}
+	err := f()
+	stop()
+	var e *Error
+	if ctx.Err() != nil && (err == nil || errors.As(err, &e) && e.Kind == Unavailable) {
+		reason := "cancelled"
+		if e != nil {
+			reason = e.Reason + " (cancelled)"
+		}
+		return unavailable(t, p, reason, ctx.Err())
+	}
+	if err == nil {
+		conn.SetDeadline(time.Time{})
+	}
+	return err
+}
