@@ -194,7 +194,7 @@ type relaySpec struct {
 // the demo account, limits raised.
 func startRelayProcess(ctx context.Context, fw *fakeWorld, pin bool, stderr io.Writer) (*relayProcess, error) {
 	return startBenchRelay(ctx, relaySpec{config: func(dir, hash string) string {
-		yaml := strings.Replace(fw.yaml(dir, "127.0.0.1:0", "127.0.0.1:0", "off", hash), "level: info", "level: warn", 1)
+		yaml := strings.Replace(fw.yaml(dir, "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0", "off", hash), "level: info", "level: warn", 1)
 		// The throughput figures measure the relay's own cost against a
 		// fake that enforces no limits: the relay must not keep
 		// Exchange's 30 messages a minute here either.

@@ -23,7 +23,8 @@ var errCheckFailed = errors.New("check failed")
 const checkTimeout = 60 * time.Second
 
 // runCheck validates the configuration, then for each account (or the one
-// named) gets a token and logs in upstream over SMTP and IMAP, and prints a
+// named) gets a token and logs in upstream over SMTP, IMAP and POP3 (each
+// the provider has), and prints a
 // table plus, for every failure, what it means and how to fix it.
 func runCheck(ctx context.Context, args []string, _ io.Reader, stdout, stderr io.Writer) error {
 	path, rest, err := configFlag("check", args, stderr)
@@ -53,17 +54,17 @@ func runCheck(ctx context.Context, args []string, _ io.Reader, stdout, stderr io
 		return fmt.Errorf("%s: no account %q", path, rest[0])
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "ACCOUNT\tGRANT\tTOKEN\tSMTP\tIMAP")
+	fmt.Fprintln(tw, "ACCOUNT\tGRANT\tTOKEN\tSMTP\tIMAP\tPOP3")
 	failed := false
 	for _, r := range results {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", r.account, r.grant, r.token.short(), r.smtp.short(), r.imap.short())
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", r.account, r.grant, r.token.short(), r.smtp.short(), r.imap.short(), r.pop3.short())
 	}
 	tw.Flush()
 	for _, r := range results {
 		for _, s := range []struct {
 			what string
 			st   step
-		}{{"token", r.token}, {"SMTP", r.smtp}, {"IMAP", r.imap}} {
+		}{{"token", r.token}, {"SMTP", r.smtp}, {"IMAP", r.imap}, {"POP3", r.pop3}} {
 			if s.st.err == nil {
 				continue
 			}
@@ -82,8 +83,8 @@ func runCheck(ctx context.Context, args []string, _ io.Reader, stdout, stderr io
 }
 
 type checkResult struct {
-	account, grant    string
-	token, smtp, imap step
+	account, grant          string
+	token, smtp, imap, pop3 step
 }
 
 // step is one check: ok, skipped (with why) or failed (with an
@@ -125,6 +126,9 @@ func checkAccount(ctx context.Context, a *proxy.Account) checkResult {
 	}
 	if a.ProviderRef.IMAP.Addr != "" {
 		r.imap = checkIMAP(ctx, a)
+	}
+	if a.ProviderRef.POP3.Addr != "" {
+		r.pop3 = checkPOP3(ctx, a)
 	}
 	return r
 }
@@ -176,6 +180,22 @@ func checkIMAP(ctx context.Context, a *proxy.Account) step {
 		}
 	}
 	return upstreamStep(err, a.ProviderRef.IMAP.Addr)
+}
+
+// checkPOP3 logs in as the relay does and runs STAT, which shows the
+// maildrop can be read, then QUIT.
+func checkPOP3(ctx context.Context, a *proxy.Account) step {
+	ctx, cancel := context.WithTimeout(ctx, checkTimeout)
+	defer cancel()
+	s, err := upstream.POP3(ctx, a.Target(events.POP3), a.Source)
+	if err == nil {
+		if _, _, err = s.Stat(ctx); err != nil {
+			s.Close()
+		} else {
+			err = s.Quit(ctx)
+		}
+	}
+	return upstreamStep(err, a.ProviderRef.POP3.Addr)
 }
 
 // upstreamStep turns the outcome of an upstream login into check's line and

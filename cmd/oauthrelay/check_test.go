@@ -9,12 +9,12 @@ import (
 )
 
 // row finds the table row of an account in check's output and returns its
-// columns (ACCOUNT GRANT TOKEN SMTP IMAP).
+// columns (ACCOUNT GRANT TOKEN SMTP IMAP POP3).
 func row(t testing.TB, out, account string) []string {
 	t.Helper()
 	for _, l := range strings.Split(out, "\n") {
 		f := strings.Fields(l)
-		if len(f) >= 5 && f[0] == account {
+		if len(f) >= 6 && f[0] == account {
 			return f
 		}
 	}
@@ -52,11 +52,16 @@ func TestCheckAllOK(t *testing.T) {
 	}
 	wantAll(t, r.stdout, path+": configuration OK (3 providers, 2 accounts)", "ACCOUNT", "GRANT", "TOKEN", "SMTP", "IMAP",
 		"All checks passed.")
-	if !regexp.MustCompile(`(?m)^ACCOUNT\s+GRANT\s+TOKEN\s+SMTP\s+IMAP\s*$`).MatchString(r.stdout) {
+	if !regexp.MustCompile(`(?m)^ACCOUNT\s+GRANT\s+TOKEN\s+SMTP\s+IMAP\s+POP3\s*$`).MatchString(r.stdout) {
 		t.Errorf("no table header:\n%s", r.stdout)
 	}
 	wantRow(t, r.stdout, "invoices", "ok", "ok", "ok")
 	wantRow(t, r.stdout, "sales", "ok", "ok", "ok")
+	for _, a := range []string{"invoices", "sales"} {
+		if f := row(t, r.stdout, a); f[5] != "ok" {
+			t.Errorf("%s: POP3 = %s, want ok", a, f[5])
+		}
+	}
 	if f := row(t, r.stdout, "invoices"); f[1] != "client_credentials" {
 		t.Errorf("GRANT = %s", f[1])
 	}
@@ -120,6 +125,15 @@ func TestCheckNotGranted(t *testing.T) {
 		t.Fatalf("no IMAP explanation:\n%s", r.stdout)
 	}
 	wantAll(t, r.stdout[i:], "User is authenticated but not connected", "cannot open the mailbox", "Add-MailboxPermission")
+	// POP3: Exchange refuses the login itself.
+	if f := row(t, r.stdout, "nogrant"); f[5] != "FAILED" {
+		t.Errorf("POP3 = %s, want FAILED", f[5])
+	}
+	i = strings.Index(r.stdout, "nogrant POP3:")
+	if i < 0 {
+		t.Fatalf("no POP3 explanation:\n%s", r.stdout)
+	}
+	wantAll(t, r.stdout[i:], "-ERR Authentication failure", "POP.AccessAsApp", "PopEnabled")
 }
 
 func TestCheckSendAs(t *testing.T) {

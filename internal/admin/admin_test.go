@@ -101,6 +101,7 @@ state_dir: %s
 listen:
   smtp: {addr: "off"}
   imap: {addr: "off"}
+  pop3: {addr: "off"}
   admin: {addr: %q%s}
 providers:
   web:

@@ -152,6 +152,7 @@ state_dir: %s
 listen:
   smtp: {addr: "127.0.0.1:0"}
   imap: {addr: "127.0.0.1:0"}
+  pop3: {addr: "off"}
   admin: {addr: "127.0.0.1:0"}
 providers:
 %s%saccounts:
