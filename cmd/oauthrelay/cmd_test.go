@@ -164,8 +164,8 @@ type cfgSpec struct {
 	// smtp, imap, pop3, admin are the listener maps; empty means
 	// {addr: "off"}.
 	smtp, imap, pop3, admin string
-	secret            string // the app's client_secret; empty: the right one
-	accounts          []acct
+	secret                  string // the app's client_secret; empty: the right one
+	accounts                []acct
 }
 
 // invoices is the usual account: client credentials, user erp.
