@@ -17,6 +17,8 @@ import (
 type deliveryMetrics struct {
 	queued     *prometheus.CounterVec // account
 	attempts   *prometheus.CounterVec // account, result
+	deferrals  *prometheus.CounterVec // account, reason
+	failures   *prometheus.CounterVec // account, reason
 	duplicates *prometheus.CounterVec // account
 	outcomes   *prometheus.CounterVec // account, outcome
 	queue      *queueCollector
@@ -33,6 +35,14 @@ func newDeliveryMetrics() *deliveryMetrics {
 			Name: "oauthrelay_queue_attempts_total",
 			Help: "Delivery attempts of queued messages by account and result: delivered (every recipient done), deferred (retried later), failed (given up: a 5xx or queue.max_age; a notification went to the sender).",
 		}, []string{"account", "result"}),
+		deferrals: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "oauthrelay_queue_deferrals_total",
+			Help: "Delivery attempts of queued messages that left recipients to retry, by account and reason: limit (the mailbox's sending limit: the relay's own wait or Exchange's throttling), quota (daily recipients used up), temporary (another 4xx reply), login_refused, unavailable (upstream or token endpoint unreachable), needs_sign_in, connection_lost, timeout, unreadable, interrupted, other.",
+		}, []string{"account", "reason"}),
+		failures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "oauthrelay_queue_failures_total",
+			Help: "Queued messages given up (a notification went to the sender), by account and reason: refused (a 5xx reply), expired (queue.max_age passed), unreadable (the spool lost the message), or one of the deferral reasons.",
+		}, []string{"account", "reason"}),
 		duplicates: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "oauthrelay_queue_possible_duplicates_total",
 			Help: "Attempts of queued messages whose previous attempt was cut off (a crash) after the message may have reached the upstream: each may have been delivered twice, by account.",
@@ -47,7 +57,7 @@ func newDeliveryMetrics() *deliveryMetrics {
 }
 
 func (d *deliveryMetrics) collectors() []prometheus.Collector {
-	return []prometheus.Collector{d.queued, d.attempts, d.duplicates, d.outcomes, d.queue, d.senders}
+	return []prometheus.Collector{d.queued, d.attempts, d.deferrals, d.failures, d.duplicates, d.outcomes, d.queue, d.senders}
 }
 
 func (d *deliveryMetrics) setRelay(r Relay) {
@@ -61,8 +71,14 @@ func (m *Metrics) Queued(a events.Account, _ int64) {
 }
 
 // QueueAttempt implements delivery.QueueObserver.
-func (m *Metrics) QueueAttempt(a events.Account, result string) {
+func (m *Metrics) QueueAttempt(a events.Account, result, reason string) {
 	m.delivery.attempts.WithLabelValues(a.Name, result).Inc()
+	switch result {
+	case "deferred":
+		m.delivery.deferrals.WithLabelValues(a.Name, reason).Inc()
+	case "failed":
+		m.delivery.failures.WithLabelValues(a.Name, reason).Inc()
+	}
 }
 
 // QueueDuplicate implements delivery.QueueObserver.
@@ -205,9 +221,9 @@ func newSenderCollector() *senderCollector {
 		waiting: prometheus.NewDesc("oauthrelay_mailbox_waiting",
 			"Messages waiting now, by what for: session (a free connection) or pace (their slot in messages_per_minute).", with("for"), nil),
 		waits: prometheus.NewDesc("oauthrelay_mailbox_waits_total",
-			"Messages that had to wait for a connection or the pace before going upstream.", l, nil),
+			"Messages that had to wait before going upstream, by what for: session (a free connection of the pool) or pace (their slot in messages_per_minute).", with("for"), nil),
 		waitTime: prometheus.NewDesc("oauthrelay_mailbox_wait_seconds_total",
-			"Time messages spent waiting for a connection or the pace, in all.", l, nil),
+			"Time messages spent waiting before going upstream, by what for: session or pace.", with("for"), nil),
 		limitReplies: prometheus.NewDesc("oauthrelay_mailbox_limit_replies_total",
 			"Replies that said a limit was reached, by source: relay (the relay's own 451 4.7.0: max_wait passed, daily recipients), exchange (Exchange's 432 4.3.2 or 554 5.2.0 quota).", with("source"), nil),
 		limit: prometheus.NewDesc("oauthrelay_mailbox_limit",
@@ -246,8 +262,10 @@ func (c *senderCollector) Collect(ch chan<- prometheus.Metric) {
 		emit(c.sessions, g, float64(st.InUse), "in_use")
 		emit(c.waiting, g, float64(st.WaitingSession), "session")
 		emit(c.waiting, g, float64(st.WaitingPace), "pace")
-		emit(c.waits, ctr, float64(st.Waits))
-		emit(c.waitTime, ctr, st.WaitTime.Seconds())
+		emit(c.waits, ctr, float64(st.Waits-st.PaceWaits), "session")
+		emit(c.waits, ctr, float64(st.PaceWaits), "pace")
+		emit(c.waitTime, ctr, (st.WaitTime - st.PaceWaitTime).Seconds(), "session")
+		emit(c.waitTime, ctr, st.PaceWaitTime.Seconds(), "pace")
 		emit(c.limitReplies, ctr, float64(st.LimitReplies), "relay")
 		emit(c.limitReplies, ctr, float64(st.ExchangeLimitReplies), "exchange")
 		e := st.Effective

@@ -17,8 +17,10 @@
 //
 // Errors a Delivery returns:
 //   - *smtp.SMTPError: the upstream's reply, to be passed to the app as is,
-//     or the relay's own for a limit (451 4.7.0 in plain words, 452 4.5.3
-//     for too many recipients) or a closed Sender (ErrClosed);
+//     or the relay's own for too many recipients (452 4.5.3) or a closed
+//     Sender (ErrClosed);
+//   - *LimitError: the relay's own refusal for a mailbox limit; it unwraps
+//     to the *smtp.SMTPError (451 4.7.0 in plain words) the app gets;
 //   - *upstream.Error: logging in upstream failed (see its Kind);
 //   - *LostError: the upstream connection failed mid-transaction;
 //   - *smtpclient.ReadError (from Data): reading the app's message failed;

@@ -11,6 +11,7 @@ import (
 
 	"github.com/emersion/go-smtp"
 
+	"github.com/oauthrelay/oauthrelay/config"
 	"github.com/oauthrelay/oauthrelay/internal/smtpclient"
 	"github.com/oauthrelay/oauthrelay/internal/spool"
 	"github.com/oauthrelay/oauthrelay/internal/upstream"
@@ -29,27 +30,44 @@ func TestDescribeAndPermanent(t *testing.T) {
 		want      string
 		permanent bool
 		reply     bool
+		reason    string
 	}{
 		{"550 at RCPT", &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 1}, Message: "User unknown"},
-			"550 5.1.1 User unknown", true, true},
+			"550 5.1.1 User unknown", true, true, ReasonRefused},
 		{"451 at MAIL", &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "Try later"},
-			"451 4.3.0 Try later", false, true},
+			"451 4.3.0 Try later", false, true, ReasonTemporary},
 		{"a reply without an enhanced code", &smtp.SMTPError{Code: 554, EnhancedCode: smtp.NoEnhancedCode, Message: "Rejected"},
-			"554 Rejected", true, true},
-		{"Exchange's daily quota", quota, "554 5.2.0 " + quota.Message, false, true},
+			"554 Rejected", true, true, ReasonRefused},
+		{"Exchange's daily quota", quota, "554 5.2.0 " + quota.Message, false, true, ReasonQuota},
+		{"Exchange's throttling", &smtp.SMTPError{Code: 432, EnhancedCode: smtp.EnhancedCode{4, 3, 2},
+			Message: "STOREDRV.ClientSubmit; sender thread limit exceeded"},
+			"432 4.3.2 STOREDRV.ClientSubmit; sender thread limit exceeded", false, true, ReasonLimit},
+		{"the relay's own pace", errSendingLimit(testMailbox, config.DefaultLimits()),
+			"451 4.7.0 " + errSendingLimit(testMailbox, config.DefaultLimits()).Reply.Message, false, true, ReasonLimit},
+		{"the relay's daily count", errDailyLimit(testMailbox, 10, time.Time{}),
+			"451 4.7.0 " + errDailyLimit(testMailbox, 10, time.Time{}).Reply.Message, false, true, ReasonQuota},
+		{"the mailbox's sending stopped", ErrClosed, "451 4.3.2 " + ErrClosed.Message, false, true, ReasonInterrupted},
+		{"Exchange's 432 at login", &upstream.Error{Kind: upstream.Refused, Reply: &smtp.SMTPError{Code: 432,
+			EnhancedCode: smtp.EnhancedCode{4, 3, 2}, Message: "Concurrent connections limit exceeded"}, Reason: "AUTH failed"},
+			"432 4.3.2 Concurrent connections limit exceeded", false, true, ReasonLimit},
 		{"login refused", &upstream.Error{Kind: upstream.Refused, Reply: &smtp.SMTPError{Code: 535,
 			EnhancedCode: smtp.EnhancedCode{5, 7, 139}, Message: "Authentication unsuccessful"}, Reason: "AUTH failed"},
-			"535 5.7.139 Authentication unsuccessful", false, true},
+			"535 5.7.139 Authentication unsuccessful", false, true, ReasonLoginRefused},
 		{"upstream unreachable", &upstream.Error{Kind: upstream.Unavailable, Addr: "127.0.0.1:1", Reason: "cannot connect", Err: netErr},
-			"the upstream server was not available (cannot connect)", false, false},
+			"the upstream server was not available (cannot connect)", false, false, ReasonUnavailable},
 		{"token needs a sign-in", &upstream.Error{Kind: upstream.NeedsSignIn, Reason: "the refresh token expired"},
-			"the account cannot get a token and must be signed in again by an administrator (the refresh token expired)", false, false},
-		{"lost at DATA", &LostError{Stage: stageData, Err: netErr}, "the connection to the upstream server was lost during DATA", false, false},
+			"the account cannot get a token and must be signed in again by an administrator (the refresh token expired)", false, false,
+			ReasonNeedsSignIn},
+		{"lost at DATA", &LostError{Stage: stageData, Err: netErr}, "the connection to the upstream server was lost during DATA", false, false,
+			ReasonConnectionLost},
+		{"timed out", fmt.Errorf("waiting for the upstream: %w", context.DeadlineExceeded), "the attempt timed out", false, false,
+			ReasonTimeout},
 		{"the relay stopping", fmt.Errorf("waiting to send as %s: %w", testMailbox, context.Canceled),
-			"the attempt was interrupted: the relay was stopping", false, false},
+			"the attempt was interrupted: the relay was stopping", false, false, ReasonInterrupted},
 		{"the body unreadable", &smtpclient.ReadError{Err: errors.New("read body/x: input/output error")},
-			"the message could not be read from the relay's queue", false, false},
-		{"anything else", errors.New("internal detail at 127.0.0.1"), "the attempt failed (the relay's log has the details)", false, false},
+			"the message could not be read from the relay's queue", false, false, ReasonUnreadable},
+		{"anything else", errors.New("internal detail at 127.0.0.1"), "the attempt failed (the relay's log has the details)", false, false,
+			ReasonOther},
 	} {
 		if got := describe(tc.err); got != tc.want {
 			t.Errorf("%s: describe %q, want %q", tc.name, got, tc.want)
@@ -59,6 +77,9 @@ func TestDescribeAndPermanent(t *testing.T) {
 		}
 		if got := isReply(tc.err); got != tc.reply {
 			t.Errorf("%s: isReply %v, want %v", tc.name, got, tc.reply)
+		}
+		if got := reasonOf(tc.err); got != tc.reason {
+			t.Errorf("%s: reasonOf %q, want %q", tc.name, got, tc.reason)
 		}
 		if _, ok := parseReply(describe(tc.err)); ok != tc.reply {
 			t.Errorf("%s: parseReply(%q) %v, want %v", tc.name, describe(tc.err), ok, tc.reply)

@@ -62,25 +62,41 @@ const MailboxMaxWait time.Duration = -1
 var ErrClosed = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 2},
 	Message: "Sending for this mailbox has stopped; try again later"}
 
+// LimitError is the relay's own refusal of a message, or a recipient, for
+// a limit of the mailbox (a wait past max_wait, the daily recipients):
+// Reply, a 451 4.7.0 in plain words, is what the app gets. It unwraps to
+// Reply, so front ends see an *smtp.SMTPError; the type tells the queue's
+// metrics the relay's own limit from an upstream's 451.
+type LimitError struct {
+	Reply *smtp.SMTPError
+	// Daily: the mailbox's recipients of the last 24 hours are used up
+	// (otherwise: its connections or its pace).
+	Daily bool
+}
+
+func (e *LimitError) Error() string { return e.Reply.Error() }
+
+func (e *LimitError) Unwrap() error { return e.Reply }
+
 // errSendingLimit is the reply to a message that waited its max wait for a
 // connection or its slot in the pace: the app retries later, and never sees
 // Exchange's 432.
-func errSendingLimit(mailbox string, l config.Limits) *smtp.SMTPError {
-	return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 7, 0},
+func errSendingLimit(mailbox string, l config.Limits) *LimitError {
+	return &LimitError{Reply: &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 7, 0},
 		Message: fmt.Sprintf("%s is at its sending limit (%d messages a minute, %d %s); try again later",
-			mailbox, l.MessagesPerMinute, l.Connections, plural(l.Connections, "connection", "connections"))}
+			mailbox, l.MessagesPerMinute, l.Connections, plural(l.Connections, "connection", "connections"))}}
 }
 
 // errDailyLimit is the reply once the mailbox's recipients of the last 24
 // hours reach its limit; free says when enough of them age out (zero: not
 // known). Temporary: the app retries later.
-func errDailyLimit(mailbox string, limit int, free time.Time) *smtp.SMTPError {
+func errDailyLimit(mailbox string, limit int, free time.Time) *LimitError {
 	when := "try again later"
 	if !free.IsZero() {
 		when = "it frees at " + free.UTC().Format("2006-01-02 15:04 MST") + "; try again then"
 	}
-	return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 7, 0},
-		Message: fmt.Sprintf("%s reached its daily recipient limit (%d recipients in 24 hours); %s", mailbox, limit, when)}
+	return &LimitError{Daily: true, Reply: &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 7, 0},
+		Message: fmt.Sprintf("%s reached its daily recipient limit (%d recipients in 24 hours); %s", mailbox, limit, when)}}
 }
 
 // errTooManyRcpts answers a RCPT past RecipientsPerMessage, as RFC 5321

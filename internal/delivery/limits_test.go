@@ -188,8 +188,9 @@ func TestPaceWaitsForTheWindow(t *testing.T) {
 	}
 	send(t, r.tx)
 	wantMessages(t, w, 31)
-	if st := w.sender.Stats(); st.Waits != 1 || st.WaitTime != paceWindow {
-		t.Errorf("waits %d for %v, want 1 for %v", st.Waits, st.WaitTime, paceWindow)
+	if st := w.sender.Stats(); st.Waits != 1 || st.WaitTime != paceWindow || st.PaceWaits != 1 || st.PaceWaitTime != paceWindow {
+		t.Errorf("waits %d for %v (for the pace %d for %v), want 1 for %v, all for the pace",
+			st.Waits, st.WaitTime, st.PaceWaits, st.PaceWaitTime, paceWindow)
 	}
 }
 

@@ -164,9 +164,9 @@ func (l attemptLog) Queued(a events.Account, bytes int64) {
 	}
 }
 
-func (l attemptLog) QueueAttempt(a events.Account, result string) {
+func (l attemptLog) QueueAttempt(a events.Account, result, reason string) {
 	if l.qo != nil {
-		l.qo.QueueAttempt(a, result)
+		l.qo.QueueAttempt(a, result, reason)
 	}
 	logMessage(l.q.o.Observer, a, queueRecord(l.env, l.q.o.Now(), result, attemptReply(l.env, result)))
 }

@@ -7,8 +7,6 @@ import (
 	"slices"
 	"time"
 
-	"github.com/emersion/go-smtp"
-
 	"github.com/oauthrelay/oauthrelay/internal/upstream"
 )
 
@@ -59,8 +57,13 @@ func (s *Sender) awaitLocked(ctx context.Context, b budget, q *[]*waiter, try fu
 			s.timers.Done()
 		}
 		*q = slices.DeleteFunc(*q, func(x *waiter) bool { return x == w })
+		waited := s.clock.Now().Sub(start)
 		s.stats.waits++
-		s.stats.waitTime += s.clock.Now().Sub(start)
+		s.stats.waitTime += waited
+		if q == &s.paceQ {
+			s.stats.paceWaits++
+			s.stats.paceWaitTime += waited
+		}
 		s.notifyLocked()
 		s.waiting.Done()
 	}()
@@ -100,7 +103,7 @@ func (s *Sender) awaitLocked(ctx context.Context, b budget, q *[]*waiter, try fu
 }
 
 // limitErrLocked is the reply to a message whose wait ran out.
-func (s *Sender) limitErrLocked(now time.Time) *smtp.SMTPError {
+func (s *Sender) limitErrLocked(now time.Time) *LimitError {
 	s.stats.limitReplies++
 	if ok, free := s.dayOpenLocked(now); !ok {
 		s.log.Warn("a message was turned away: the mailbox reached its daily recipient limit",

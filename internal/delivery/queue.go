@@ -44,8 +44,9 @@ type QueueObserver interface {
 	// Queued reports a message written to the spool.
 	Queued(a events.Account, bytes int64)
 	// QueueAttempt reports the outcome of one delivery attempt: result is
-	// "delivered", "deferred" or "failed".
-	QueueAttempt(a events.Account, result string)
+	// "delivered", "deferred" or "failed"; reason, for the last two, is
+	// why (one of the Reason constants), "" for delivered.
+	QueueAttempt(a events.Account, result, reason string)
 	// QueueDuplicate reports an attempt of a message whose previous
 	// attempt was interrupted (a crash): it may be delivered twice.
 	QueueDuplicate(a events.Account)
@@ -325,26 +326,28 @@ func (q *Queue) attempt(ctx context.Context, id string) (again time.Time, ok boo
 			qo.QueueDuplicate(q.o.Account)
 		}
 	}
-	out := q.sendBody(ctx, env, log)
-	return q.finish(ctx, env, out, log)
+	out, reason := q.sendBody(ctx, env, log)
+	return q.finish(ctx, env, out, reason, log)
 }
 
 // sendBody opens the message's body and makes one delivery attempt. A body
 // gone from the spool can never be delivered: its recipients are given up.
-func (q *Queue) sendBody(ctx context.Context, env *spool.Envelope, log *slog.Logger) outcome {
+// It returns what the attempt knows and, when some recipient was not
+// delivered, why (a Reason).
+func (q *Queue) sendBody(ctx context.Context, env *spool.Envelope, log *slog.Logger) (outcome, string) {
 	if env.Pending() == 0 {
-		return outcomeKnown // a crash after its last recipient's outcome was recorded
+		return outcomeKnown, "" // a crash after its last recipient's outcome was recorded
 	}
 	body, err := q.o.Spool.OpenBody(env.ID)
 	if errors.Is(err, spool.ErrNotFound) {
 		log.Error("the queued message's content is missing from the spool", "err", err)
 		giveUp(env, "the message's content was lost from the relay's queue")
-		return outcomeKnown
+		return outcomeKnown, ReasonUnreadable
 	}
 	if err != nil {
 		log.Error("cannot read the queued message", "err", err)
 		env.LastError = "the message could not be read from the relay's queue"
-		return outcomeKnown
+		return outcomeKnown, ReasonUnreadable
 	}
 	defer body.Close()
 	return q.send(ctx, env, body, log)
@@ -363,8 +366,9 @@ const (
 )
 
 // send makes one delivery attempt of env's pending recipients and records
-// each recipient's outcome in env.
-func (q *Queue) send(ctx context.Context, env *spool.Envelope, body io.Reader, log *slog.Logger) outcome {
+// each recipient's outcome in env; the reason it returns is that of the
+// attempt's last refusal or failure ("" when there was none).
+func (q *Queue) send(ctx context.Context, env *spool.Envelope, body io.Reader, log *slog.Logger) (outcome, string) {
 	tx, err := q.o.Sender.Begin(forQueue(ctx), q.o.Credentials, env.From, mailOptions(env))
 	if err != nil {
 		env.LastError = describe(err)
@@ -380,9 +384,12 @@ func (q *Queue) send(ctx context.Context, env *spool.Envelope, body io.Reader, l
 			}
 		}
 		log.Info("delivery attempt failed at MAIL", "reason", env.LastError, "err", err)
-		return outcomeKnown
+		return outcomeKnown, reasonOf(err)
 	}
-	var accepted []int
+	var (
+		accepted []int
+		reason   string
+	)
 	for i := range env.Recipients {
 		r := &env.Recipients[i]
 		if r.State != spool.Pending {
@@ -393,6 +400,7 @@ func (q *Queue) send(ctx context.Context, env *spool.Envelope, body io.Reader, l
 			accepted = append(accepted, i)
 			continue
 		}
+		reason = reasonOf(err)
 		var se *smtp.SMTPError
 		if !errors.As(err, &se) {
 			env.LastError = describe(err) // the session died: the rest wait
@@ -407,7 +415,7 @@ func (q *Queue) send(ctx context.Context, env *spool.Envelope, body io.Reader, l
 	}
 	if len(accepted) == 0 {
 		tx.Abort()
-		return outcomeKnown
+		return outcomeKnown, reason
 	}
 	acc, err := tx.Data(body)
 	for _, i := range accepted {
@@ -423,6 +431,7 @@ func (q *Queue) send(ctx context.Context, env *spool.Envelope, body io.Reader, l
 	}
 	out := outcomeKnown
 	if err != nil {
+		reason = reasonOf(err)
 		env.LastError = describe(err)
 		var se *smtp.SMTPError
 		if !errors.As(err, &se) && !isReadError(err) {
@@ -431,7 +440,7 @@ func (q *Queue) send(ctx context.Context, env *spool.Envelope, body io.Reader, l
 	}
 	log.Info("delivery attempt", "delivered", count(env, spool.Delivered), "failed", count(env, spool.Failed),
 		"pending", env.Pending(), "reply", orDefault(replyOf(acc), env.LastError), "err", err)
-	return out
+	return out, reason
 }
 
 // finish records the attempt's outcome: the message stays for a retry
@@ -445,7 +454,7 @@ func (q *Queue) send(ctx context.Context, env *spool.Envelope, body io.Reader, l
 // next worker, after a reload or a restart, takes it without backoff);
 // one whose outcome is unknown keeps its InFlight mark, so the next
 // attempt is counted as a possible duplicate.
-func (q *Queue) finish(ctx context.Context, env *spool.Envelope, out outcome, log *slog.Logger) (time.Time, bool) {
+func (q *Queue) finish(ctx context.Context, env *spool.Envelope, out outcome, reason string, log *slog.Logger) (time.Time, bool) {
 	if out == outcomeKnown {
 		env.InFlight = time.Time{}
 	}
@@ -463,6 +472,7 @@ func (q *Queue) finish(ctx context.Context, env *spool.Envelope, out outcome, lo
 	expired := env.Pending() > 0 && !now.Before(deadline)
 	if expired {
 		giveUp(env, expiredReason(q.o.MaxAge, env.LastError))
+		reason = ReasonExpired
 	}
 	if env.Pending() > 0 {
 		env.NextAttempt = minTime(now.Add(backoff(env.Attempts)), deadline)
@@ -471,7 +481,7 @@ func (q *Queue) finish(ctx context.Context, env *spool.Envelope, out outcome, lo
 		}
 		log.Info("delivery deferred", "pending", env.Pending(), "next_attempt", env.NextAttempt, "reason", env.LastError)
 		if obs != nil {
-			obs.QueueAttempt(q.o.Account, "deferred")
+			obs.QueueAttempt(q.o.Account, "deferred", orDefault(reason, ReasonOther))
 		}
 		return env.NextAttempt, true
 	}
@@ -482,7 +492,7 @@ func (q *Queue) finish(ctx context.Context, env *spool.Envelope, out outcome, lo
 		}
 		log.Info("message delivered", "message_id", env.MessageID)
 		if obs != nil {
-			obs.QueueAttempt(q.o.Account, "delivered")
+			obs.QueueAttempt(q.o.Account, "delivered", "")
 		}
 		return time.Time{}, false
 	}
@@ -494,13 +504,13 @@ func (q *Queue) finish(ctx context.Context, env *spool.Envelope, out outcome, lo
 		giveUpStatus = statusExpired
 	}
 	q.notify(ctx, env, failed, giveUpStatus, log)
-	reason := fmt.Sprintf("%d of %d recipients failed: %s", len(failed), len(env.Recipients), recipientReason(env, failed[0]))
-	if err := q.o.Spool.Fail(env.ID, reason); err != nil {
+	why := fmt.Sprintf("%d of %d recipients failed: %s", len(failed), len(env.Recipients), recipientReason(env, failed[0]))
+	if err := q.o.Spool.Fail(env.ID, why); err != nil {
 		log.Error("cannot move a failed message to the failed area", "err", err)
 	}
-	log.Warn("message failed", "reason", reason, "message_id", env.MessageID)
+	log.Warn("message failed", "reason", why, "message_id", env.MessageID)
 	if obs != nil {
-		obs.QueueAttempt(q.o.Account, "failed")
+		obs.QueueAttempt(q.o.Account, "failed", failedReason(failed[0], reason))
 	}
 	return time.Time{}, false
 }

@@ -18,6 +18,7 @@ import (
 	"net"
 	"net/mail"
 	"net/textproto"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -263,6 +264,9 @@ func body(t *testing.T, sp *spool.Spool, id string) string {
 // queueCounts are what a Queue reported so far.
 type queueCounts struct {
 	Queued, Delivered, Deferred, Failed, Duplicates int
+	// Reasons are the attempts' "result reason" in order ("delivered"
+	// alone).
+	Reasons []string
 }
 
 // queueRecorder is the Queue's and the Direct's observer: it keeps the
@@ -289,8 +293,9 @@ func (r *queueRecorder) Queued(a events.Account, _ int64) {
 	r.update(func(c *queueCounts) { c.Queued++ })
 }
 
-func (r *queueRecorder) QueueAttempt(a events.Account, result string) {
+func (r *queueRecorder) QueueAttempt(a events.Account, result, reason string) {
 	r.update(func(c *queueCounts) {
+		c.Reasons = append(c.Reasons, strings.TrimSpace(result+" "+reason))
 		switch result {
 		case "delivered":
 			c.Delivered++
@@ -309,7 +314,9 @@ func (r *queueRecorder) QueueDuplicate(events.Account) {
 func (r *queueRecorder) get() queueCounts {
 	r.qmu.Lock()
 	defer r.qmu.Unlock()
-	return r.counts
+	c := r.counts
+	c.Reasons = slices.Clone(c.Reasons)
+	return c
 }
 
 // wait waits until cond holds for the counts, failing the test after

@@ -134,7 +134,12 @@ func TestQueuePerRecipient(t *testing.T) {
 
 	w.clock.advance(time.Minute)
 	w.queue.wake()
-	w.obs.wait(t, "the message failed and its DSN delivered", func(c queueCounts) bool { return c.Failed == 1 && c.Delivered == 1 })
+	c := w.obs.wait(t, "the message failed and its DSN delivered", func(c queueCounts) bool { return c.Failed == 1 && c.Delivered == 1 })
+	// The first attempt's last refusal was a 450; the second delivered the
+	// rest, and the message failed for the 550 of the first.
+	if want := []string{"deferred temporary", "failed refused", "delivered"}; !slices.Equal(c.Reasons, want) {
+		t.Errorf("attempts reported %q, want %q", c.Reasons, want)
+	}
 	if n := len(active(t, w.spool)); n != 0 {
 		t.Errorf("%d messages still active", n)
 	}
@@ -252,9 +257,11 @@ func TestQueueBackoffAndMaxAge(t *testing.T) {
 		attempts int
 		wantText string // in the DSN's text
 		wantDiag string // its Diagnostic-Code, "" for none
+		reason   string // of each deferral
 	}{
-		{name: "upstream unreachable", attempts: 4, wantText: "the upstream server was not available"},
-		{name: "451 at MAIL", attempts: 1, wantText: "451 4.3.0 Temporary server error", wantDiag: "smtp; 451 4.3.0 Temporary server error"},
+		{name: "upstream unreachable", attempts: 4, wantText: "the upstream server was not available", reason: ReasonUnavailable},
+		{name: "451 at MAIL", attempts: 1, wantText: "451 4.3.0 Temporary server error", wantDiag: "smtp; 451 4.3.0 Temporary server error",
+			reason: ReasonTemporary},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			tgt := unreachable(t)
@@ -290,7 +297,15 @@ func TestQueueBackoffAndMaxAge(t *testing.T) {
 			w.queue.wake()
 			w.obs.wait(t, "the message given up", func(c queueCounts) bool { return c.Failed == 1 })
 			// The DSN's own first attempt fails alike.
-			w.obs.wait(t, "the DSN deferred", func(c queueCounts) bool { return c.Deferred == tc.attempts+1 })
+			c := w.obs.wait(t, "the DSN deferred", func(c queueCounts) bool { return c.Deferred == tc.attempts+1 })
+			var want []string
+			for range tc.attempts {
+				want = append(want, "deferred "+tc.reason)
+			}
+			want = append(want, "failed "+ReasonExpired, "deferred "+tc.reason)
+			if !slices.Equal(c.Reasons, want) {
+				t.Errorf("attempts reported %q, want %q", c.Reasons, want)
+			}
 
 			failed := getEnvelope(t, w.spool, id)
 			if failed.Failed.IsZero() || failed.Attempts != tc.attempts+1 || !strings.Contains(failed.FailReason, "within 1 hour") {
@@ -338,6 +353,9 @@ func TestQueueQuotaIsTemporary(t *testing.T) {
 	c := w.obs.wait(t, "the attempt", func(c queueCounts) bool { return c.Deferred+c.Failed == 1 })
 	if c.Failed != 0 {
 		t.Fatalf("the quota reply failed the message: %+v", c)
+	}
+	if want := []string{"deferred " + ReasonQuota}; !slices.Equal(c.Reasons, want) {
+		t.Errorf("attempts reported %q, want %q", c.Reasons, want)
 	}
 	env := getEnvelope(t, w.spool, id)
 	if env.Pending() != 1 || env.Recipients[0].Reply != quota || !env.Failed.IsZero() {

@@ -88,6 +88,8 @@ type learned struct {
 type counters struct {
 	waits          uint64
 	waitTime       time.Duration
+	paceWaits      uint64
+	paceWaitTime   time.Duration
 	limitReplies   uint64
 	exchangeLimits uint64
 }
@@ -229,9 +231,11 @@ type Stats struct {
 	// session and for their slot in the pace.
 	WaitingSession, WaitingPace int
 	// Waits is how many times a message had to wait, and WaitTime how
-	// long they waited in all (on the Sender's clock).
-	Waits    uint64
-	WaitTime time.Duration
+	// long they waited in all (on the Sender's clock); PaceWaits and
+	// PaceWaitTime are the part of them spent waiting for a slot in the
+	// pace (the rest waited for a session).
+	Waits, PaceWaits       uint64
+	WaitTime, PaceWaitTime time.Duration
 	// LimitReplies counts the 451 4.7.0 replies the relay gave because
 	// a limit was reached (max wait passed, daily recipients);
 	// ExchangeLimitReplies the replies in which Exchange said a limit
@@ -274,6 +278,8 @@ func (s *Sender) Stats() Stats {
 		WaitingPace:          len(s.paceQ),
 		Waits:                s.stats.waits,
 		WaitTime:             s.stats.waitTime,
+		PaceWaits:            s.stats.paceWaits,
+		PaceWaitTime:         s.stats.paceWaitTime,
 		LimitReplies:         s.stats.limitReplies,
 		ExchangeLimitReplies: s.stats.exchangeLimits,
 		MessagesInWindow:     s.pace.count(now),
