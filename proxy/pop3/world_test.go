@@ -42,6 +42,8 @@ const (
 	testPassword = "Erp Local Pass 1" // spaces: PASS takes the rest of the line
 	// ghost has no mailbox at the fake: Exchange refuses the token.
 	ghostUser = "ghost"
+	// stranger logs in upstream as a mailbox the app is not granted.
+	strangerUser = "stranger"
 	// broken's provider has a wrong client secret: it needs an
 	// administrator (AADSTS7000215).
 	brokenUser = "broken"
@@ -60,10 +62,10 @@ type worldOptions struct {
 	PreAuthTimeout time.Duration
 	// MaxUnauthenticated sets the proxy.Listener's cap (0: its default).
 	MaxUnauthenticated int
-	// Upstream replaces the provider's POP3 server of the invoices account
-	// (a Dovecot); UpstreamCAFile its CA.
-	Upstream       *config.Upstream
-	UpstreamCAFile string
+	// Dovecot makes a real Dovecot POP3 server (testutil.StartDovecot,
+	// XOAUTH2 checked by the fake's introspection) the upstream of the
+	// invoices and stranger accounts.
+	Dovecot bool
 }
 
 type world struct {
@@ -76,6 +78,7 @@ type world struct {
 	port  string
 	cert  *testutil.LocalCert
 	roots *x509.CertPool
+	dc    *testutil.Dovecot // with worldOptions.Dovecot
 	obs   *recorder
 	logs  *testutil.Buf
 }
@@ -116,8 +119,9 @@ func newWorld(t testing.TB, o worldOptions) *world {
 	}
 	fakePOP3 := config.Upstream{Addr: fake.POP3Addr, TLS: config.TLSImplicit}
 	main := provider("contoso", testSecret, fakePOP3, fake.CAFile)
-	if o.Upstream != nil {
-		main = provider("contoso", testSecret, *o.Upstream, o.UpstreamCAFile)
+	if o.Dovecot {
+		w.dc = testutil.StartDovecot(t, testutil.DovecotOptions{IntrospectURL: fake.IntrospectURL, Users: []string{testMailbox}, POP3: true})
+		main = provider("contoso", testSecret, config.Upstream{Addr: w.dc.POP3Addr, TLS: config.TLSImplicit}, w.dc.CAFile)
 	}
 	providers := map[string]*config.Provider{
 		"contoso": main,
@@ -140,6 +144,10 @@ func newWorld(t testing.TB, o worldOptions) *world {
 		Accounts: []*config.Account{
 			account("invoices", "contoso", testMailbox, testUser),
 			account("ghost", "ghostly", "ghost@contoso.com", ghostUser),
+			// The app is granted invoices only: the fake's introspection
+			// names invoices as the token's user, so Dovecot refuses
+			// stranger's login whatever token the relay brings.
+			account("stranger", "contoso", "stranger@contoso.com", strangerUser),
 			account("broken", "broken", testMailbox, brokenUser),
 			account("down", "down", testMailbox, downUser),
 		},
