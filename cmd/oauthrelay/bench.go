@@ -34,16 +34,16 @@ func runBench(ctx context.Context, args []string, _ io.Reader, stdout, stderr io
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	quick := fs.Bool("quick", false, "fewer messages (a smoke run)")
-	only := fs.String("only", "", "smtp, imap or delivery: run one part")
+	only := fs.String("only", "", "smtp, imap, pop3 or delivery: run one part")
 	pin := fs.Bool("pin", true, "pin the relay and the load generator to separate CPUs (Linux)")
 	speed := fs.Float64("speed", defaultBenchSpeed, "delivery: how many times faster than real time the fake Exchange and the relay keep their limits")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	switch *only {
-	case "", "smtp", "imap", "delivery":
+	case "", "smtp", "imap", "pop3", "delivery":
 	default:
-		return fmt.Errorf("bench: -only %q: want smtp, imap or delivery", *only)
+		return fmt.Errorf("bench: -only %q: want smtp, imap, pop3 or delivery", *only)
 	}
 	if *only != "delivery" {
 		if err := proxyBench(ctx, *only, *quick, *pin, stdout, stderr); err != nil {
@@ -57,8 +57,9 @@ func runBench(ctx context.Context, args []string, _ io.Reader, stdout, stderr io
 	return db.run(ctx)
 }
 
-// proxyBench is the SMTP and IMAP proxies' part of the bench (only: "",
-// "smtp" or "imap"), against one relay and one fake without limits.
+// proxyBench is the SMTP, IMAP and POP3 proxies' part of the bench (only:
+// "", "smtp", "imap" or "pop3"), against one relay and one fake without
+// limits.
 func proxyBench(ctx context.Context, only string, quick, pin bool, stdout, stderr io.Writer) error {
 	fw, err := startFakeWorld(ctx, fakems.Options{DiscardData: true})
 	if err != nil {
@@ -78,16 +79,22 @@ func proxyBench(ctx context.Context, only string, quick, pin bool, stdout, stder
 	}
 
 	tok := fw.ms.IssueAccessToken(demoClientID, "")
-	if only != "imap" {
+	if only == "" || only == "smtp" {
 		if err := smtpBench(ctx, fw, rp, tok, quick, stdout); err != nil {
 			return err
 		}
 	}
-	if only == "smtp" {
-		return nil
+	if only == "" || only == "imap" {
+		ib := &imapBench{fw: fw, rp: rp, token: tok, p: p}
+		if err := ib.run(ctx, quick); err != nil {
+			return err
+		}
 	}
-	ib := &imapBench{fw: fw, rp: rp, token: tok, p: p}
-	return ib.run(ctx, quick)
+	if only == "" || only == "pop3" {
+		pb := &pop3Bench{fw: fw, rp: rp, token: tok, p: p}
+		return pb.run(ctx, quick)
+	}
+	return nil
 }
 
 // smtpBench measures the relay's peak memory on one 100 MB message, then
@@ -172,6 +179,7 @@ type relayProcess struct {
 	cmd      *exec.Cmd
 	smtpAddr string
 	imapAddr string
+	pop3Addr string // "off" when the relay's POP3 listener is
 	dir      string
 	cpus     string        // CPUs the relay is pinned to; "" when not pinned
 	exited   chan struct{} // closed when the process has exited (and was waited for)
@@ -190,15 +198,15 @@ type relaySpec struct {
 	watch string
 }
 
-// startRelayProcess starts the relay of the SMTP and IMAP proxies' bench:
-// the demo account, limits raised.
+// startRelayProcess starts the relay of the SMTP, IMAP and POP3 proxies'
+// bench: the demo account and the POP3 bench's, limits raised.
 func startRelayProcess(ctx context.Context, fw *fakeWorld, pin bool, stderr io.Writer) (*relayProcess, error) {
 	return startBenchRelay(ctx, relaySpec{config: func(dir, hash string) string {
 		yaml := strings.Replace(fw.yaml(dir, "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0", "off", hash), "level: info", "level: warn", 1)
 		// The throughput figures measure the relay's own cost against a
 		// fake that enforces no limits: the relay must not keep
 		// Exchange's 30 messages a minute here either.
-		return unlimited + yaml
+		return unlimited + yaml + pop3Account(hash)
 	}}, pin, stderr)
 }
 
@@ -255,7 +263,7 @@ func startBenchRelay(ctx context.Context, spec relaySpec, pin bool, stderr io.Wr
 		rp.stop()
 		return nil, err
 	}
-	rp.smtpAddr, rp.imapAddr = addrs["smtp"], addrs["imap"]
+	rp.smtpAddr, rp.imapAddr, rp.pop3Addr = addrs["smtp"], addrs["imap"], addrs["pop3"]
 	return rp, nil
 }
 
