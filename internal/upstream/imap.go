@@ -12,7 +12,6 @@ import (
 	"net"
 	"strconv"
 	"strings"
-	"time"
 
 	"github.com/oauthrelay/oauthrelay/config"
 	"github.com/oauthrelay/oauthrelay/internal/events"
@@ -60,23 +59,11 @@ type IMAPSession struct {
 	br  *bufio.Reader
 }
 
-// imapResponse is one parsed upstream response line.
+// imapResponse is one parsed upstream response line: status is OK, NO,
+// BAD, BYE, PREAUTH, or the untagged keyword (CAPABILITY).
 type imapResponse struct {
-	tag    string // "*", "+" or a command tag
-	status string // OK, NO, BAD, BYE, PREAUTH, or the untagged keyword (CAPABILITY)
-	code   string // response code without brackets
-	text   string // the rest
-}
-
-func (r *imapResponse) String() string {
-	s := r.status
-	if r.code != "" {
-		s += " [" + r.code + "]"
-	}
-	if r.text != "" {
-		s += " " + r.text
-	}
-	return s
+	tag string // "*", "+" or a command tag
+	statusLine
 }
 
 // IMAP gets a token from cred, dials t (STARTTLS when configured) and logs in
@@ -94,33 +81,13 @@ func (r *imapResponse) String() string {
 // got a token. ctx bounds the whole login and interrupts pending I/O when it
 // ends.
 func IMAP(ctx context.Context, t Target, cred Credentials) (*IMAPSession, error) {
-	tok, err := cred.Token(ctx)
-	if err != nil {
-		return nil, TokenError(t, events.IMAP, err)
-	}
-	start := time.Now()
-	s, err := imapLogin(ctx, t, tok)
-	t.observe(events.IMAP, err, start)
-	if err != nil {
-		var e *Error
-		if errors.As(err, &e) && e.Kind == Refused {
-			// Revoked, expired early, permissions changed: the next login
-			// gets a fresh token instead of this one again.
-			cred.Invalidate()
-		}
-		return nil, err
-	}
-	return s, nil
+	return login(ctx, t, events.IMAP, cred, refused, imapLogin)
 }
 
 func imapLogin(ctx context.Context, t Target, token string) (_ *IMAPSession, err error) {
-	conn, err := t.Dial(ctx)
+	conn, err := dialFor(ctx, t, events.IMAP)
 	if err != nil {
-		reason := "cannot connect"
-		if ctx.Err() != nil {
-			reason += " (cancelled)"
-		}
-		return nil, imapUnavailable(t, reason, err)
+		return nil, err
 	}
 	s := &IMAPSession{Conn: conn, t: t, br: bufio.NewReaderSize(conn, upstreamBufferSize)}
 	defer func() {

@@ -4,13 +4,11 @@ import (
 	"bufio"
 	"context"
 	"encoding/base64"
-	"errors"
 	"fmt"
 	"io"
 	"net"
 	"strconv"
 	"strings"
-	"time"
 
 	"github.com/oauthrelay/oauthrelay/config"
 	"github.com/oauthrelay/oauthrelay/internal/events"
@@ -45,24 +43,10 @@ type POP3Session struct {
 	br *bufio.Reader
 }
 
-// pop3Reply is one POP3 status line: +OK, -ERR, or a "+" continuation of
-// AUTH (RFC 5034 §4).
-type pop3Reply struct {
-	status string // "+OK", "-ERR" or "+"
-	code   string // the RFC 2449 §8 / RFC 3206 response code, without brackets
-	text   string
-}
-
-func (r *pop3Reply) String() string {
-	s := r.status
-	if r.code != "" {
-		s += " [" + r.code + "]"
-	}
-	if r.text != "" {
-		s += " " + r.text
-	}
-	return s
-}
+// pop3Reply is one POP3 status line: status is +OK, -ERR, or "+" for a
+// continuation of AUTH (RFC 5034 §4); the code is RFC 2449 §8's / RFC
+// 3206's.
+type pop3Reply = statusLine
 
 // POP3 gets a token from cred, dials t (STLS, RFC 2595 §4, when the target
 // says starttls) and logs in with AUTH XOAUTH2 (RFC 5034): the command
@@ -79,31 +63,13 @@ func (r *pop3Reply) String() string {
 // observer hears about every attempt that got a token. ctx bounds the whole
 // login and interrupts pending I/O when it ends.
 func POP3(ctx context.Context, t Target, cred Credentials) (*POP3Session, error) {
-	tok, err := cred.Token(ctx)
-	if err != nil {
-		return nil, TokenError(t, events.POP3, err)
-	}
-	start := time.Now()
-	s, err := pop3Login(ctx, t, tok)
-	t.observe(events.POP3, err, start)
-	if err != nil {
-		var e *Error
-		if errors.As(err, &e) && e.Kind == Refused {
-			cred.Invalidate()
-		}
-		return nil, err
-	}
-	return s, nil
+	return login(ctx, t, events.POP3, cred, refused, pop3Login)
 }
 
 func pop3Login(ctx context.Context, t Target, token string) (_ *POP3Session, err error) {
-	conn, err := t.Dial(ctx)
+	conn, err := dialFor(ctx, t, events.POP3)
 	if err != nil {
-		reason := "cannot connect"
-		if ctx.Err() != nil {
-			reason += " (cancelled)"
-		}
-		return nil, pop3Unavailable(t, reason, err)
+		return nil, err
 	}
 	s := &POP3Session{Conn: conn, t: t, br: bufio.NewReaderSize(conn, upstreamBufferSize)}
 	defer func() {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"time"
 
 	"github.com/emersion/go-smtp"
 
@@ -20,21 +19,8 @@ import (
 // a token the upstream refused is invalidated so the next login fetches a
 // new one.
 func SMTP(ctx context.Context, t Target, cred Credentials) (*smtpclient.Client, error) {
-	tok, err := cred.Token(ctx)
-	if err != nil {
-		return nil, TokenError(t, events.SMTP, err)
-	}
-	start := time.Now()
-	c, err := smtpLogin(ctx, t, tok)
-	t.observe(events.SMTP, err, start)
-	if err != nil {
-		var e *Error
-		if errors.As(err, &e) && e.Kind == Refused && e.Reply.Code == 535 {
-			cred.Invalidate()
-		}
-		return nil, err
-	}
-	return c, nil
+	// Only a 535 refuses the token itself (a 432 or 5.7.139 does not).
+	return login(ctx, t, events.SMTP, cred, func(e *Error) bool { return e.Reply != nil && e.Reply.Code == 535 }, smtpLogin)
 }
 
 func smtpLogin(ctx context.Context, t Target, token string) (*smtpclient.Client, error) {

@@ -239,3 +239,64 @@ func interruptible(ctx context.Context, t Target, p events.Proto, conn net.Conn,
 	}
 	return err
 }
+
+// login is the frame of every protocol's login: the token from cred (its
+// failure classified by TokenError, the upstream not contacted), then
+// do with it, observed once; a refusal for which invalidate says so drops
+// the token (revoked, expired early, permissions changed), so the next
+// login fetches a fresh one instead of this one again.
+func login[S any](ctx context.Context, t Target, p events.Proto, cred Credentials, invalidate func(*Error) bool,
+	do func(ctx context.Context, t Target, token string) (S, error)) (S, error) {
+	var zero S
+	tok, err := cred.Token(ctx)
+	if err != nil {
+		return zero, TokenError(t, p, err)
+	}
+	start := time.Now()
+	s, err := do(ctx, t, tok)
+	t.observe(p, err, start)
+	if err != nil {
+		var e *Error
+		if errors.As(err, &e) && e.Kind == Refused && invalidate(e) {
+			cred.Invalidate()
+		}
+		return zero, err
+	}
+	return s, nil
+}
+
+// refused is login's invalidate for IMAP and POP3: every refusal.
+func refused(*Error) bool { return true }
+
+// dialFor connects to t for a login over p; the failure is Unavailable.
+func dialFor(ctx context.Context, t Target, p events.Proto) (net.Conn, error) {
+	conn, err := t.Dial(ctx)
+	if err != nil {
+		reason := "cannot connect"
+		if ctx.Err() != nil {
+			reason += " (cancelled)"
+		}
+		return nil, unavailable(t, p, reason, err)
+	}
+	return conn, nil
+}
+
+// statusLine is an upstream's status reply: a status word, an optional
+// bracketed response code (IMAP's RFC 9051 §7.1, POP3's RFC 2449 §8) and
+// the text.
+type statusLine struct {
+	status string
+	code   string // without brackets
+	text   string
+}
+
+func (r *statusLine) String() string {
+	s := r.status
+	if r.code != "" {
+		s += " [" + r.code + "]"
+	}
+	if r.text != "" {
+		s += " " + r.text
+	}
+	return s
+}

@@ -33,22 +33,14 @@ var ErrServerClosed = preauth.ErrServerClosed
 
 // Server is the IMAP front end of one listener: a preauth.Server (Serve,
 // Shutdown, Close) serving IMAP sessions.
-type Server struct {
-	*preauth.Server
-}
+type Server = preauth.Server
 
 // New builds the server for listener lc. With lc.TLS "starttls" or
 // "implicit" it loads the certificate.
 func New(relay *proxy.Relay, lc config.Listener) (*Server, error) {
-	srv, err := preauth.NewServer(relay, lc, preauth.Protocol{
-		Proto: events.IMAP,
-		Busy:  busyLine,
-		Serve: func(c *preauth.Conn) { newSession(c).serve() },
+	return preauth.NewServer(relay, lc, preauth.Protocol{
+		Proto: events.IMAP, Busy: busyLine, Serve: func(c *preauth.Conn) { newSession(c).serve() },
 	})
-	if err != nil {
-		return nil, err
-	}
-	return &Server{srv}, nil
 }
 
 // busyLine greets a connection that a proxy.Listener refuses because too

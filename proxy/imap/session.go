@@ -3,9 +3,7 @@ package imap
 import (
 	"context"
 	"errors"
-	"io"
 	"log/slog"
-	"net"
 	"strings"
 
 	"github.com/oauthrelay/oauthrelay/config"
@@ -51,9 +49,7 @@ func (s *session) serve() {
 		cmd, err := s.cr.read()
 		if err != nil {
 			var ce *cmdError
-			var ne net.Error
-			switch {
-			case errors.As(err, &ce):
+			if errors.As(err, &ce) {
 				if ce.name != "" && !knownCommand(ce.name) {
 					s.unknownCommand(ce.name)
 					return
@@ -68,15 +64,12 @@ func (s *session) serve() {
 					return
 				}
 				continue
-			case s.srv.ShuttingDown():
+			}
+			switch s.ReadFailed(err) {
+			case preauth.EndShutdown:
 				s.writeLine("* BYE Server shutting down")
-			case errors.As(err, &ne) && ne.Timeout():
+			case preauth.EndTimeout:
 				s.writeLine("* BYE Autologout; idle for too long")
-				s.log.Debug("pre-auth timeout")
-			case errors.Is(err, io.EOF):
-				s.log.Debug("client closed the connection")
-			default:
-				s.log.Debug("read failed", "err", err)
 			}
 			return
 		}

@@ -36,22 +36,14 @@ var ErrServerClosed = preauth.ErrServerClosed
 
 // Server is the POP3 front end of one listener: a preauth.Server (Serve,
 // Shutdown, Close) serving POP3 sessions.
-type Server struct {
-	*preauth.Server
-}
+type Server = preauth.Server
 
 // New builds the server for listener lc. With lc.TLS "starttls" or
 // "implicit" it loads the certificate.
 func New(relay *proxy.Relay, lc config.Listener) (*Server, error) {
-	srv, err := preauth.NewServer(relay, lc, preauth.Protocol{
-		Proto: events.POP3,
-		Busy:  busyLine,
-		Serve: func(c *preauth.Conn) { newSession(c).serve() },
+	return preauth.NewServer(relay, lc, preauth.Protocol{
+		Proto: events.POP3, Busy: busyLine, Serve: func(c *preauth.Conn) { newSession(c).serve() },
 	})
-	if err != nil {
-		return nil, err
-	}
-	return &Server{srv}, nil
 }
 
 // busyLine greets a connection that a proxy.Listener refuses because too

@@ -4,9 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"io"
 	"log/slog"
-	"net"
 	"strings"
 
 	"github.com/oauthrelay/oauthrelay/config"
@@ -61,20 +59,13 @@ func (s *session) serve() {
 		}
 		line, err := s.ReadLine(maxLineLength)
 		if err != nil {
-			var ne net.Error
 			switch {
 			case errors.Is(err, splice.ErrLineTooLong):
 				s.WriteLine(textLineTooLong)
-			case s.srv.ShuttingDown():
+			case s.ReadFailed(err) == preauth.EndShutdown:
 				s.WriteLine(textShutdown)
-			case errors.As(err, &ne) && ne.Timeout():
-				// RFC 1939 §3: an autologout closes without a response.
-				s.log.Debug("pre-auth timeout")
-			case errors.Is(err, io.EOF):
-				s.log.Debug("client closed the connection")
-			default:
-				s.log.Debug("read failed", "err", err)
 			}
+			// RFC 1939 §3: an autologout closes without a response.
 			return
 		}
 		if s.handle(line) {

@@ -5,6 +5,8 @@ import (
 	"crypto/rand"
 	"crypto/tls"
 	"encoding/base32"
+	"errors"
+	"io"
 	"log/slog"
 	"net"
 	"strings"
@@ -247,4 +249,34 @@ func Truncate(s string, n int) string {
 		return s[:n] + "..."
 	}
 	return s
+}
+
+// ReadEnd is why a read before login failed, for the front end's goodbye.
+type ReadEnd int
+
+const (
+	// EndGone: the client closed the connection or it broke (logged).
+	EndGone ReadEnd = iota
+	// EndShutdown: the server is shutting down.
+	EndShutdown
+	// EndTimeout: the client was silent for PreAuthTimeout (logged).
+	EndTimeout
+)
+
+// ReadFailed sorts the error of a read before login (one that is not the
+// front end's own protocol error) and logs it at debug level.
+func (c *Conn) ReadFailed(err error) ReadEnd {
+	var ne net.Error
+	switch {
+	case c.srv.shutdown.Load():
+		return EndShutdown
+	case errors.As(err, &ne) && ne.Timeout():
+		c.Log.Debug("pre-auth timeout")
+		return EndTimeout
+	case errors.Is(err, io.EOF):
+		c.Log.Debug("client closed the connection")
+	default:
+		c.Log.Debug("read failed", "err", err)
+	}
+	return EndGone
 }
