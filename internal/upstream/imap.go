@@ -9,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"strconv"
 	"strings"
 
@@ -37,22 +36,14 @@ const (
 // bytes between the app and Conn, Pending first; `check` calls Examine and
 // Logout. It is not safe for concurrent use.
 type IMAPSession struct {
-	// Conn is the connection, TLS unless the target's TLS is "none", with
-	// no deadline set.
-	Conn net.Conn
-	// Pending holds bytes the upstream sent after the reply the relay read
-	// last (its tagged OK to the login, or to the last command): they
-	// belong to the app and go first when bytes are copied.
-	Pending []byte
+	// Session is the connection; its Pending are the bytes after the reply
+	// the relay read last (its tagged OK to the login, or to the last
+	// command), its Text the tagged OK's text, its Warnings oddities such
+	// as no AUTH=XOAUTH2 advertised or CAPABILITY after login refused.
+	Session
 	// Caps is the upstream's capability list after login, for the app's
 	// OK ("" if the upstream would not tell).
 	Caps string
-	// Text is the text of the upstream's tagged OK to the login.
-	Text string
-	// Warnings are oddities of the login that did not fail it (no
-	// AUTH=XOAUTH2 advertised, CAPABILITY after login refused), in plain
-	// words for the caller's log.
-	Warnings []string
 
 	t   Target
 	tag int // last tag number used
@@ -89,7 +80,7 @@ func imapLogin(ctx context.Context, t Target, token string) (_ *IMAPSession, err
 	if err != nil {
 		return nil, err
 	}
-	s := &IMAPSession{Conn: conn, t: t, br: bufio.NewReaderSize(conn, upstreamBufferSize)}
+	s := &IMAPSession{Session: Session{Conn: conn}, t: t, br: bufio.NewReaderSize(conn, upstreamBufferSize)}
 	defer func() {
 		if err != nil {
 			s.Conn.Close()

@@ -6,7 +6,6 @@ import (
 	"encoding/base64"
 	"fmt"
 	"io"
-	"net"
 	"strconv"
 	"strings"
 
@@ -26,18 +25,9 @@ const maxPOP3Line = 8 << 10
 // Pending first; `check` calls Stat and Quit. It is not safe for concurrent
 // use.
 type POP3Session struct {
-	// Conn is the connection, TLS unless the target's TLS is "none", with
-	// no deadline set.
-	Conn net.Conn
-	// Pending holds bytes the upstream sent after its +OK to the login:
-	// they belong to the app and go first when bytes are copied.
-	Pending []byte
-	// Text is the text of the upstream's +OK to the login.
-	Text string
-	// Warnings are oddities of the login that did not fail it, in plain
-	// words for the caller's log (none are known yet; the field keeps the
-	// shape of IMAPSession for the front ends).
-	Warnings []string
+	// Session is the connection; its Pending are the bytes after the +OK
+	// to the login (or to the last command), its Text that +OK's text.
+	Session
 
 	t  Target
 	br *bufio.Reader
@@ -71,7 +61,7 @@ func pop3Login(ctx context.Context, t Target, token string) (_ *POP3Session, err
 	if err != nil {
 		return nil, err
 	}
-	s := &POP3Session{Conn: conn, t: t, br: bufio.NewReaderSize(conn, upstreamBufferSize)}
+	s := &POP3Session{Session: Session{Conn: conn}, t: t, br: bufio.NewReaderSize(conn, upstreamBufferSize)}
 	defer func() {
 		if err != nil {
 			s.Conn.Close()

@@ -300,3 +300,19 @@ func (r *statusLine) String() string {
 	}
 	return s
 }
+
+// Session is what a logged-in upstream connection of a proxied protocol
+// (IMAP, POP3) hands the front end that copies its bytes.
+type Session struct {
+	// Conn is the connection, TLS unless the target's TLS is "none", with
+	// no deadline set.
+	Conn net.Conn
+	// Pending holds bytes the upstream sent after the reply the relay read
+	// last: they belong to the app and go first when bytes are copied.
+	Pending []byte
+	// Text is the text of the upstream's reply to the login, for the log.
+	Text string
+	// Warnings are oddities of the login that did not fail it, in plain
+	// words for the caller's log.
+	Warnings []string
+}

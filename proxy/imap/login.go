@@ -57,7 +57,7 @@ func (s *session) login(tag, method, username, password string) (done bool) {
 			return nil, err
 		}
 		caps = up.Caps
-		return &preauth.Upstream{Conn: up.Conn, Pending: up.Pending, Text: up.Text, Warnings: up.Warnings}, nil
+		return &up.Session, nil
 	}
 	sess, le, closed := s.Login(log, username, password, dial)
 	switch {

@@ -123,7 +123,7 @@ func (s *session) login(method, username, password string) (done bool) {
 		if err != nil {
 			return nil, err
 		}
-		return &preauth.Upstream{Conn: up.Conn, Pending: up.Pending, Text: up.Text, Warnings: up.Warnings}, nil
+		return &up.Session, nil
 	}
 	sess, le, closed := s.Login(log, username, password, dial)
 	switch {

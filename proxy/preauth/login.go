@@ -6,7 +6,6 @@ import (
 	"encoding/base64"
 	"errors"
 	"log/slog"
-	"net"
 	"time"
 
 	"github.com/oauthrelay/oauthrelay/internal/events"
@@ -26,18 +25,7 @@ const (
 
 // Upstream is a logged-in upstream connection as a front end's dial returns
 // it.
-type Upstream struct {
-	// Conn is the connection, with no deadline set.
-	Conn net.Conn
-	// Pending holds bytes the upstream sent after its reply to the login:
-	// they go to the app first.
-	Pending []byte
-	// Text is the upstream's reply text to the login, for the log.
-	Text string
-	// Warnings are oddities of the login that did not fail it, for the
-	// log.
-	Warnings []string
-}
+type Upstream = upstream.Session
 
 // Dial logs in upstream for a front end's protocol: upstream.IMAP,
 // upstream.POP3.
