@@ -151,17 +151,11 @@ func (s *IMAPSession) startTLS(ctx context.Context) error {
 	if r.status != "OK" {
 		return imapUnavailable(s.t, "STARTTLS refused: "+r.String(), nil)
 	}
-	if s.br.Buffered() > 0 {
-		// Bytes before the handshake would be taken as sent under TLS
-		// (a command-injection attack on STARTTLS).
-		return imapUnavailable(s.t, "the upstream sent data after its STARTTLS reply", nil)
-	}
-	tc, err := s.t.Handshake(ctx, s.Conn)
+	tc, br, err := s.t.upgrade(ctx, events.IMAP, "STARTTLS", s.Conn, s.br)
 	if err != nil {
-		return imapUnavailable(s.t, "TLS failed", err)
+		return err
 	}
-	s.Conn = tc
-	s.br = bufio.NewReaderSize(tc, upstreamBufferSize)
+	s.Conn, s.br = tc, br
 	return nil
 }
 

@@ -100,16 +100,11 @@ func (s *POP3Session) greet(ctx context.Context) error {
 	if r.status != "+OK" {
 		return pop3Unavailable(s.t, "STLS refused: "+r.String(), nil)
 	}
-	if s.br.Buffered() > 0 {
-		// Bytes before the handshake would be taken as sent under TLS.
-		return pop3Unavailable(s.t, "the upstream sent data after its STLS reply", nil)
-	}
-	tc, err := s.t.Handshake(ctx, s.Conn)
+	tc, br, err := s.t.upgrade(ctx, events.POP3, "STLS", s.Conn, s.br)
 	if err != nil {
-		return pop3Unavailable(s.t, "TLS failed", err)
+		return err
 	}
-	s.Conn = tc
-	s.br = bufio.NewReaderSize(tc, upstreamBufferSize)
+	s.Conn, s.br = tc, br
 	return nil
 }
 

@@ -15,6 +15,7 @@
 package upstream
 
 import (
+	"bufio"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -315,4 +316,20 @@ type Session struct {
 	// Warnings are oddities of the login that did not fail it, in plain
 	// words for the caller's log.
 	Warnings []string
+}
+
+// upgrade runs the verified TLS handshake on conn once the upstream has
+// accepted STARTTLS (IMAP) or STLS (POP3), named by command: bytes it sent
+// after that reply, already in br, would be taken as sent under TLS (a
+// command-injection attack on STARTTLS) and fail the login. It returns the
+// TLS connection and a reader over it.
+func (t Target) upgrade(ctx context.Context, p events.Proto, command string, conn net.Conn, br *bufio.Reader) (net.Conn, *bufio.Reader, error) {
+	if br.Buffered() > 0 {
+		return nil, nil, unavailable(t, p, "the upstream sent data after its "+command+" reply", nil)
+	}
+	tc, err := t.Handshake(ctx, conn)
+	if err != nil {
+		return nil, nil, unavailable(t, p, "TLS failed", err)
+	}
+	return tc, bufio.NewReaderSize(tc, upstreamBufferSize), nil
 }
