@@ -17,7 +17,6 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
-	"strings"
 	"time"
 )
 
@@ -137,7 +136,9 @@ type Queue struct {
 }
 
 // MailboxLimits returns the limits in force for mailbox (compared without
-// regard to case): when several accounts send as it, each field is the
+// regard to case): when several accounts send as it (Account.SendsAs: a
+// domain-wide account sends as each mailbox of its pattern, each with
+// limits of its own), each field is the
 // minimum of their EffectiveLimits, the most restrictive, because the
 // upstream counts the mailbox's traffic whichever account it came through.
 // MaxWait is the minimum too; a delivery serving one account's session
@@ -147,7 +148,7 @@ func (c *Config) MailboxLimits(mailbox string) Limits {
 	var l Limits
 	found := false
 	for _, a := range c.Accounts {
-		if !strings.EqualFold(a.Mailbox, mailbox) {
+		if !a.SendsAs(mailbox) {
 			continue
 		}
 		if !found {
@@ -258,7 +259,19 @@ type Upstream struct {
 type Account struct {
 	Name     string `yaml:"name"`
 	Provider string `yaml:"provider"`
-	Mailbox  string `yaml:"mailbox"` // the XOAUTH2 user
+	// Mailbox is the XOAUTH2 user, or for an app-only grant a pattern
+	// "*@domain": a domain-wide account, whose apps log in with a mailbox
+	// address as their user name (see OpensMailbox).
+	Mailbox string `yaml:"mailbox"`
+	// Mailboxes restricts a domain-wide account to these addresses; on an
+	// account with one mailbox it lists further mailboxes (shared ones)
+	// that an app opens by logging in with that address: IMAP logs in as
+	// it with the account's token (a delegate's, or the app's).
+	Mailboxes []string `yaml:"mailboxes"`
+	// SendAs is SendAsMailbox (the default) or SendAsSender: which
+	// identity logs in upstream over SMTP for a MAIL FROM that is not one
+	// of the account's mailboxes (see SMTPMailbox).
+	SendAs string `yaml:"send_as"`
 
 	Username     string `yaml:"username"`      // what the legacy app logs in with
 	PasswordHash string `yaml:"password_hash"` // bcrypt
@@ -295,4 +308,7 @@ type Account struct {
 	// EffectiveLimits are the top-level limits with this account's
 	// overrides applied.
 	EffectiveLimits Limits `yaml:"-"`
+	// mailboxSet holds Mailboxes normalised (validation fills it; nil
+	// for an Account built in Go, which OpensMailbox then reads as a list).
+	mailboxSet map[string]bool
 }

@@ -3,6 +3,7 @@ package config
 import (
 	"net/url"
 	"runtime"
+	"slices"
 	"strings"
 	"time"
 )
@@ -75,9 +76,16 @@ func applyDefaults(c *Config, getenv func(string) (string, bool)) {
 	}
 	for _, a := range c.Accounts {
 		a.ProviderRef = c.Providers[a.Provider]
-		if len(a.AllowedFrom) == 0 && isAddress(a.Mailbox) {
+		switch {
+		case len(a.AllowedFrom) > 0:
+		case a.DomainWide() && len(a.Mailboxes) > 0:
+			a.AllowedFrom = slices.Clone(a.Mailboxes)
+		case a.DomainWide():
+			a.AllowedFrom = []string{a.Mailbox}
+		case isAddress(a.Mailbox):
 			a.AllowedFrom = []string{a.Mailbox}
 		}
+		setDefault(&a.SendAs, SendAsMailbox)
 		setDefault(&a.Delivery, DeliveryDirect)
 		a.EffectiveLimits = c.Limits.with(a.Limits)
 	}

@@ -29,7 +29,8 @@ const (
 )
 
 // validate reports every problem of a decoded, defaulted Config. It fills
-// the derived RelayNets; it changes nothing else.
+// the derived RelayNets and the accounts' normalised mailbox sets; it
+// changes nothing else.
 func validate(c *Config, r *report) {
 	oneOf(r, "log.level", c.Log.Level, "log level", "debug", "info", "warn", "error")
 	oneOf(r, "log.format", c.Log.Format, "log format", "text", "json")
@@ -60,6 +61,7 @@ func validate(c *Config, r *report) {
 		}
 		usernames[lower] = path
 	}
+	validateLoginNames(r, c)
 }
 
 // oneOf checks an enumerated key; empty means it is required.
@@ -332,12 +334,14 @@ func validateAccount(r *report, path string, a *Account, c *Config) {
 			"a queued message is delivered after the session that brought the password has ended")
 	}
 	validateLimits(r, path+".limits", a.Limits)
-	if a.Mailbox == "" {
-		r.add(path+".mailbox", "required")
-	} else if !isAddress(a.Mailbox) {
-		r.add(path+".mailbox", "%q is not an email address", a.Mailbox)
-	}
+	validateMailboxes(r, path, a)
 	switch {
+	case a.DomainWide():
+		if a.PasswordHash == "" && len(a.RelayFrom) == 0 {
+			r.add(path+".password_hash", "required (apps log in with a mailbox address and this password), or relay_from")
+		} else if a.PasswordHash != "" {
+			checkHash(r, path+".password_hash", a.PasswordHash)
+		}
 	case a.Username == "" && len(a.RelayFrom) == 0:
 		r.add(path+".username", "required (or relay_from, for an account that only relays)")
 	case a.Username == "" && a.PasswordHash != "":

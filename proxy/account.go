@@ -42,6 +42,13 @@ type Account struct {
 	runMu  sync.Mutex
 	cancel context.CancelFunc // stops Source.Run; nil when not running
 
+	// base is the configured account of a view (an account seen through
+	// one of its mailboxes, see mailbox.go); nil for the account itself.
+	base *Account
+	// views are the account's views by mailbox (normalised).
+	viewMu sync.Mutex
+	views  map[string]*Account
+
 	memoOnce sync.Once
 	memoKey  []byte
 	memoMu   sync.Mutex
@@ -132,11 +139,15 @@ func (a *Account) Target(p events.Proto) upstream.Target {
 		srv = a.ProviderRef.POP3
 	}
 	return upstream.Target{
-		Account:  a.Info(),
-		Server:   srv,
-		TLS:      &tls.Config{RootCAs: a.roots, MinVersion: tls.VersionTLS12, ClientSessionCache: a.sessions},
-		Dialer:   a.dialer,
-		Observer: a.observer,
+		// A mailbox the app chose by its login name is checked at
+		// login: Exchange lets an app-only token without permission on
+		// it log in over IMAP and fails every command after.
+		CheckMailbox: a.base != nil,
+		Account:      a.Info(),
+		Server:       srv,
+		TLS:          &tls.Config{RootCAs: a.roots, MinVersion: tls.VersionTLS12, ClientSessionCache: a.sessions},
+		Dialer:       a.dialer,
+		Observer:     a.observer,
 	}
 }
 

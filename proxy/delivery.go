@@ -34,9 +34,19 @@ type senderKey struct {
 }
 
 // attachDelivery gives a its Delivery: direct over the mailbox's Sender,
-// or a queue in the spool that delivers over the same Sender.
+// or a queue in the spool that delivers over the same Sender; for an
+// account whose messages log in as several mailboxes, a mailboxRouter over
+// one such delivery per mailbox.
 func (r *Relay) attachDelivery(cfg *config.Config, a *Account) error {
-	sender := r.sender(cfg, a)
+	if routesMailboxes(a.Account) {
+		m, err := r.newMailboxRouter(cfg, a)
+		if err != nil {
+			return err
+		}
+		a.Delivery = m
+		return nil
+	}
+	sender := r.sender(cfg, a, a.Mailbox)
 	if a.Account.Delivery != config.DeliveryQueue {
 		a.Delivery = delivery.NewDirect(a.Info(), sender, r.observer,
 			delivery.DirectOptions{MaxWait: a.EffectiveLimits.MaxWait, SharedSender: true})
@@ -47,22 +57,33 @@ func (r *Relay) attachDelivery(cfg *config.Config, a *Account) error {
 	// deferred.
 	direct := delivery.NewDirect(a.Info(), sender, r.observer,
 		delivery.DirectOptions{MaxWait: queueMaxWait, SharedSender: true})
-	sp, err := r.openSpool(cfg)
+	q, err := r.newQueue(cfg, a, direct, nil)
 	if err != nil {
 		return err
 	}
-	a.Delivery = delivery.NewQueue(delivery.QueueOptions{
+	a.Delivery = q
+	return nil
+}
+
+// newQueue makes a's queue in the spool, delivering over sender (or by
+// route, see delivery.QueueOptions.Route).
+func (r *Relay) newQueue(cfg *config.Config, a *Account, sender delivery.Delivery, route func(string) delivery.Delivery) (*delivery.Queue, error) {
+	sp, err := r.openSpool(cfg)
+	if err != nil {
+		return nil, err
+	}
+	return delivery.NewQueue(delivery.QueueOptions{
 		Account:              a.Info(),
 		Spool:                sp,
-		Sender:               direct,
+		Sender:               sender,
+		Route:                route,
 		Credentials:          r.Credentials(netip.Addr{}, a, ""),
 		MaxAge:               cfg.Queue.MaxAge,
 		MaxSize:              queueMaxSize,
 		RecipientsPerMessage: a.EffectiveLimits.RecipientsPerMessage,
 		Logger:               r.log,
 		Observer:             r.observer,
-	})
-	return nil
+	}), nil
 }
 
 // startDelivery starts the background work of a's delivery (a queue's
@@ -75,17 +96,19 @@ func startDelivery(a *Account) {
 	}
 }
 
-// sender returns the Sender of a's mailbox, making it on first use, with
-// the mailbox's limits in cfg (the most restrictive of every account that
-// sends as it); a reload puts changed limits in force.
-func (r *Relay) sender(cfg *config.Config, a *Account) *delivery.Sender {
-	k := senderKey{mailbox: strings.ToLower(a.Mailbox), server: a.ProviderRef.SMTP.Addr}
-	limits := cfg.MailboxLimits(a.Mailbox)
+// sender returns the Sender of mailbox (one a sends as), making it on
+// first use, with the mailbox's limits in cfg (the most restrictive of
+// every account that sends as it); a reload puts changed limits in force.
+func (r *Relay) sender(cfg *config.Config, a *Account, mailbox string) *delivery.Sender {
+	k := senderKey{mailbox: strings.ToLower(mailbox), server: a.ProviderRef.SMTP.Addr}
+	limits := cfg.MailboxLimits(mailbox)
 	r.deliveryMu.Lock()
 	defer r.deliveryMu.Unlock()
 	s := r.senders[k]
 	if s == nil {
-		s = delivery.NewSender(a.Target(events.SMTP), delivery.SenderOptions{Limits: limits, Logger: r.log,
+		t := a.Target(events.SMTP)
+		t.Account = a.infoFor(mailbox)
+		s = delivery.NewSender(t, delivery.SenderOptions{Limits: limits, Logger: r.log,
 			Clock: SenderClock(os.LookupEnv, r.log)})
 		r.senders[k] = s
 	} else {
@@ -138,16 +161,21 @@ func (r *Relay) expireFailed() {
 	}
 }
 
-// closeUnusedSenders closes the senders no account of snap uses any more.
+// closeUnusedSenders closes the senders no account of snap sends as any
+// more (a domain-wide account's mailboxes stay, with their pace and pool).
 func (r *Relay) closeUnusedSenders(snap *snapshot) {
-	used := make(map[senderKey]bool)
-	for _, a := range snap.accounts {
-		used[senderKey{mailbox: strings.ToLower(a.Mailbox), server: a.ProviderRef.SMTP.Addr}] = true
+	used := func(k senderKey) bool {
+		for _, a := range snap.accounts {
+			if a.ProviderRef.SMTP.Addr == k.server && a.SendsAs(k.mailbox) {
+				return true
+			}
+		}
+		return false
 	}
 	r.deliveryMu.Lock()
 	defer r.deliveryMu.Unlock()
 	for k, s := range r.senders {
-		if !used[k] {
+		if !used(k) {
 			s.Close()
 			delete(r.senders, k)
 		}

@@ -28,10 +28,34 @@ import (
 //
 // A failure is a *LoginError with Failure BadCredentials; a ctx that ends
 // while waiting for a slot or while a failure is held gives Unavailable.
+//
+// A user name that is no account's username but a mailbox address that an
+// account opens (a domain-wide account's, or one of an account's mailboxes
+// list) logs in to that account with that mailbox: the result is the
+// account's view for the mailbox (see mailbox.go), and failures are
+// counted by the normalised address, so that case and a trailing dot do
+// not give a guesser fresh counters.
 func (r *Relay) Login(ctx context.Context, addr netip.Addr, username, password string) (*Account, error) {
 	t := r.throttle
-	key := t.keyFor(addr, username)
-	a := r.current.Load().byUsername[strings.ToLower(username)]
+	snap := r.current.Load()
+	name := username
+	a := snap.byUsername[strings.ToLower(username)]
+	mailbox := ""
+	if a == nil {
+		if a, mailbox = snap.byMailbox(username); a != nil {
+			name = mailbox
+		}
+	}
+	a, err := r.login(ctx, t, t.keyFor(addr, name), a, password)
+	if err != nil || mailbox == "" {
+		return a, err
+	}
+	return a.view(mailbox), nil
+}
+
+// login checks password for a (nil: an unknown name) under the throttle's
+// key.
+func (r *Relay) login(ctx context.Context, t *Throttle, key throttleKey, a *Account, password string) (*Account, error) {
 	if t.Blocked(key) {
 		return nil, &LoginError{Failure: BadCredentials, Reason: reasonRangeBlocked, Account: a}
 	}

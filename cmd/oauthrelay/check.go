@@ -31,7 +31,7 @@ func runCheck(ctx context.Context, args []string, _ io.Reader, stdout, stderr io
 	if err != nil {
 		return err
 	}
-	if len(rest) > 1 {
+	if len(rest) > 2 {
 		return errUsage
 	}
 	cfg, err := config.Load(path)
@@ -45,10 +45,17 @@ func runCheck(ctx context.Context, args []string, _ io.Reader, stdout, stderr io
 	}
 	var results []checkResult
 	for _, a := range relay.Accounts() {
-		if len(rest) == 1 && a.Name != rest[0] {
+		if len(rest) >= 1 && a.Name != rest[0] {
 			continue
 		}
-		results = append(results, checkAccount(ctx, a))
+		if len(rest) == 2 {
+			v, ok := a.ForMailbox(rest[1])
+			if !ok {
+				return fmt.Errorf("%s: account %s has no mailbox %q (see its mailbox and mailboxes keys)", path, a.Name, rest[1])
+			}
+			a = v
+		}
+		results = append(results, checkAccount(ctx, a, cfg.Listen.POP3.Addr != config.AddrOff))
 	}
 	if len(results) == 0 {
 		return fmt.Errorf("%s: no account %q", path, rest[0])
@@ -108,8 +115,14 @@ func (s step) short() string {
 	return "ok"
 }
 
-func checkAccount(ctx context.Context, a *proxy.Account) checkResult {
+// checkAccount checks one account; POP3 only when pop3 is set (the POP3
+// listener is on: a relay that serves no POP3 does not need the tenant's
+// POP3, which many tenants switch off).
+func checkAccount(ctx context.Context, a *proxy.Account, pop3 bool) checkResult {
 	r := checkResult{account: a.Name, grant: a.ProviderRef.Grant}
+	if a.Base() != a {
+		r.account += " " + a.Mailbox
+	}
 	if a.PasswordPassthrough {
 		r.token.skipped = "password passthrough: needs the app's password"
 		return r
@@ -121,13 +134,23 @@ func checkAccount(ctx context.Context, a *proxy.Account) checkResult {
 	if err != nil {
 		return r
 	}
+	if a.DomainWide() {
+		r.smtp.skipped = "domain-wide: name a mailbox, check " + a.Name + " MAILBOX"
+		r.imap.skipped = r.smtp.skipped
+		r.pop3.skipped = r.smtp.skipped
+		return r
+	}
 	if a.ProviderRef.SMTP.Addr != "" {
 		r.smtp = checkSMTP(ctx, a)
 	}
 	if a.ProviderRef.IMAP.Addr != "" {
 		r.imap = checkIMAP(ctx, a)
 	}
-	if a.ProviderRef.POP3.Addr != "" {
+	switch {
+	case a.ProviderRef.POP3.Addr == "":
+	case !pop3:
+		r.pop3.skipped = "listen.pop3 is off"
+	default:
 		r.pop3 = checkPOP3(ctx, a)
 	}
 	return r
@@ -155,14 +178,24 @@ func checkSMTP(ctx context.Context, a *proxy.Account) step {
 	ctx, cancel := context.WithTimeout(ctx, checkTimeout)
 	defer cancel()
 	sender := ""
+	if a.Base() != a && a.AllowsSender(a.Mailbox) {
+		sender = a.Mailbox // a mailbox of a domain-wide account sends as itself
+	}
 	for _, f := range a.AllowedFrom {
-		if !strings.Contains(f, "*") && f != "<>" {
+		if sender == "" && !strings.Contains(f, "*") && f != "<>" {
 			sender = f
-			break
 		}
 	}
-	err := upstream.ProbeSMTP(ctx, a.Target(events.SMTP), a.Source, sender)
-	return upstreamStep(err, a.ProviderRef.SMTP.Addr)
+	t := a.SMTPTarget(sender)
+	err := upstream.ProbeSMTP(ctx, t, a.Source, sender)
+	st := upstreamStep(err, a.ProviderRef.SMTP.Addr)
+	var e *upstream.Error
+	if errors.As(err, &e) && e.Reply != nil && sender != "" {
+		if x := upstream.ExplainMail(e.Reply, sender, t.Account.Mailbox); x != "" {
+			st.explain = x // with the sender's and the mailbox's addresses
+		}
+	}
+	return st
 }
 
 // checkIMAP logs in as the relay does and opens INBOX read-only: Exchange

@@ -45,7 +45,7 @@ func TestCheckAllOK(t *testing.T) {
 	a := invoices(t)
 	b := acct{name: "sales", provider: "app", mailbox: salesBox, username: salesUser, hash: hashOf(t, salesPass),
 		allowedFrom: []string{salesBox, "*@sales.contoso.com"}}
-	path := newConfig(t, ms, cfgSpec{accounts: []acct{a, b}})
+	path := newConfig(t, ms, cfgSpec{pop3: listenAny, accounts: []acct{a, b}})
 	r := runCmd(t, nil, "check", "-config", path)
 	if r.code != 0 {
 		t.Fatalf("want exit 0: %v", r)
@@ -83,6 +83,10 @@ func TestCheckSMTPAuthDisabled(t *testing.T) {
 		t.Fatalf("want exit 1: %v", r)
 	}
 	wantRow(t, r.stdout, "invoices", "ok", "FAILED", "ok")
+	// No POP3 listener: the tenant's POP3 is not checked.
+	if f := row(t, r.stdout, "invoices"); f[5] != "skipped" || !strings.Contains(r.stdout, "skipped (listen.pop3 is off)") {
+		t.Errorf("POP3 = %s, want skipped (listen.pop3 is off)", f[5])
+	}
 	wantAll(t, r.stdout, "invoices SMTP:", "535", "SmtpClientAuthentication is disabled", "Set-CASMailbox", "SmtpClientAuthenticationDisabled $false")
 	if strings.Contains(r.stdout, "All checks passed") {
 		t.Error("says all checks passed")
@@ -108,10 +112,10 @@ func TestCheckWrongSecret(t *testing.T) {
 
 func TestCheckNotGranted(t *testing.T) {
 	t.Parallel()
-	ms := startFake(t, fakems.Options{})
+	ms := startFake(t, fakems.Options{IMAPNotConnected: true})
 	a := acct{name: "nogrant", provider: "app", mailbox: noGrantBox, username: "ng", hash: hashOf(t, "x"),
 		allowedFrom: []string{noGrantBox}}
-	path := newConfig(t, ms, cfgSpec{accounts: []acct{a}})
+	path := newConfig(t, ms, cfgSpec{pop3: listenAny, accounts: []acct{a}})
 	r := runCmd(t, nil, "check", "-config", path)
 	if r.code != 1 {
 		t.Fatalf("want exit 1: %v", r)
@@ -154,7 +158,8 @@ func TestCheckSendAs(t *testing.T) {
 	}
 	wantRow(t, r.stdout, "invoices", "ok", "FAILED", "ok")
 	wantRow(t, r.stdout, "sales", "ok", "ok", "ok")
-	wantAll(t, r.stdout, "invoices SMTP:", "550", "send as this sender", "Add-RecipientPermission", "allowed_from")
+	wantAll(t, r.stdout, "invoices SMTP:", "550", "send as this sender", "allowed_from",
+		"Add-RecipientPermission -Identity ceo@contoso.com -Trustee "+mailbox+" -AccessRights SendAs")
 	if strings.Contains(r.stdout, "sales SMTP:") {
 		t.Errorf("sales reported as failed:\n%s", r.stdout)
 	}

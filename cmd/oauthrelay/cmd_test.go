@@ -423,7 +423,7 @@ func TestUsage(t *testing.T) {
 		{"token", "-config", "x.yaml"},
 		{"token", "-config", "x.yaml", "a", "b"},
 		{"login", "-config", "x.yaml"},
-		{"check", "-config", "x.yaml", "a", "b"},
+		{"check", "-config", "x.yaml", "a", "b", "c"},
 		{"serve", "-config", "x.yaml", "extra"},
 		{"serve", "-h"},
 	} {

@@ -5,7 +5,7 @@
 // Usage:
 //
 //	oauthrelay serve -config FILE [-addr-file FILE]
-//	oauthrelay check -config FILE [ACCOUNT]
+//	oauthrelay check -config FILE [ACCOUNT [MAILBOX]]
 //	oauthrelay login -config FILE ACCOUNT
 //	oauthrelay token -config FILE ACCOUNT
 //	oauthrelay queue -config FILE list|show|retry|delete|export [ARGS]
@@ -40,7 +40,7 @@ type command struct {
 func commands() []command {
 	return []command{
 		{"serve", "serve -config FILE [-addr-file FILE]  run the relay", runServe},
-		{"check", "check -config FILE [ACCOUNT]  get a token and log in over SMTP and IMAP for each account", runCheck},
+		{"check", "check -config FILE [ACCOUNT [MAILBOX]]  get a token and log in over SMTP and IMAP for each account (or one mailbox of it)", runCheck},
 		{"login", "login -config FILE [-replace] ACCOUNT  sign an account in (authorization code or device code)", runLogin},
 		{"token", "token -config FILE ACCOUNT    print a fresh access token", runToken},
 		{"queue", "queue -config FILE list|show|retry|delete|export [ARGS]  see and steer delivery: queue (queue -h)", runQueue},

@@ -56,6 +56,9 @@ type worldOptions struct {
 	ready     func() error // Options.Ready
 	// queueAlerts gives alerts delivery: queue (a spool in state_dir).
 	queueAlerts bool
+	// accounts are more accounts (YAML list items; %[1]s is the local
+	// password's hash, %[2]s the daemon provider's name).
+	accounts string
 }
 
 type world struct {
@@ -139,6 +142,9 @@ accounts:
 		ms.SMTPAddr, ms.IMAPAddr, ms.CAFile, daemonAppID, daemonSecret, invoicesBox, alertsBox, localHash)
 	if o.queueAlerts {
 		yaml += "    delivery: queue\n" // alerts is the last account
+	}
+	if o.accounts != "" {
+		yaml += fmt.Sprintf(o.accounts, localHash, "daemon")
 	}
 	cfg, err := config.Parse("test.yaml", []byte(yaml), func(string) (string, bool) { return "", false })
 	if err != nil {

@@ -28,6 +28,9 @@ type deliveryView struct {
 	// says what Log shows of them.
 	LogHeld int
 	LogNote string
+	// Pools are the Senders of the other mailboxes the account sends as
+	// (a domain-wide account's, a send-as account's), by mailbox.
+	Pools []mailboxPool
 }
 
 type queueView struct {
@@ -47,6 +50,12 @@ type poolView struct {
 	LimitReplies, ExchangeLimit uint64
 	Limits                      []limitView
 	BackOff                     []string // what Exchange imposed, in words with until when
+}
+
+// mailboxPool is the pool of one of an account's several mailboxes.
+type mailboxPool struct {
+	Mailbox string
+	*poolView
 }
 
 // limitView is one limit in force with its current use.
@@ -74,8 +83,10 @@ func (s *Server) deliveryViews(accts []account, query string, now time.Time) []d
 		s.log.Warn("some queued messages could not be read for the status page", "err", qerr)
 	}
 	pools := make(map[poolKey]delivery.Stats)
+	var poolKeys []poolKey // in EachSender's order: by mailbox
 	s.relay.EachSender(func(mailbox, server string, st delivery.Stats) {
 		pools[poolKey{mailbox, server}] = st
+		poolKeys = append(poolKeys, poolKey{mailbox, server})
 	})
 	var out []deliveryView
 	for _, a := range accts {
@@ -86,6 +97,11 @@ func (s *Server) deliveryViews(accts []account, query string, now time.Time) []d
 		}
 		if st, ok := pools[poolKey{strings.ToLower(a.Mailbox), smtpAddr(a)}]; ok {
 			v.Pool = poolOf(st, smtpAddr(a), now)
+		}
+		for _, k := range poolKeys {
+			if k.server == smtpAddr(a) && !strings.EqualFold(k.mailbox, a.Mailbox) && a.SendsAs(k.mailbox) {
+				v.Pools = append(v.Pools, mailboxPool{k.mailbox, poolOf(pools[k], k.server, now)})
+			}
 		}
 		start, counts := s.metrics.logs.hourly(a.Name, now)
 		v.Chart = newChart("chart-"+a.Name, start, counts)

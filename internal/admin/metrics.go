@@ -2,6 +2,7 @@ package admin
 
 import (
 	"net/http"
+	"strings"
 	"sync"
 	"time"
 
@@ -35,6 +36,8 @@ type Metrics struct {
 	upstream     *prometheus.CounterVec // proto, result
 	upstreamTime *prometheus.HistogramVec
 	messages     *prometheus.CounterVec // account
+	mbLogins     *prometheus.CounterVec // account, mailbox, proto
+	mbMessages   *prometheus.CounterVec // account, mailbox
 	messageBytes *prometheus.CounterVec // account
 	imapBytes    *prometheus.CounterVec // account, direction
 	pop3Bytes    *prometheus.CounterVec // account, direction
@@ -55,6 +58,47 @@ type accountStats struct {
 	lastOK    time.Time // last upstream login that succeeded
 	lastErr   string    // plain words
 	lastErrAt time.Time
+	// mailboxes are the mailboxes seen in use (a login or a message) by
+	// address, at most maxMailboxesShown: a domain-wide account serves
+	// many, and the status page lists them.
+	mailboxes map[string]*mailboxUse
+}
+
+// mailboxUse is one mailbox's use by an account.
+type mailboxUse struct {
+	logins, messages int64
+	last             time.Time
+}
+
+// maxMailboxesShown bounds the mailboxes an account's record keeps (and
+// the per-mailbox series): past it new ones are counted only by account.
+const maxMailboxesShown = 1000
+
+// seenLocked records a use of mailbox by the account st; m.mu held. It
+// reports whether the mailbox is (now) among those kept.
+func (st *accountStats) seenLocked(mailbox string, login, message bool) bool {
+	if mailbox == "" || strings.Contains(mailbox, "*") {
+		return false
+	}
+	u := st.mailboxes[mailbox]
+	if u == nil {
+		if len(st.mailboxes) >= maxMailboxesShown {
+			return false
+		}
+		if st.mailboxes == nil {
+			st.mailboxes = make(map[string]*mailboxUse)
+		}
+		u = &mailboxUse{}
+		st.mailboxes[mailbox] = u
+	}
+	if login {
+		u.logins++
+	}
+	if message {
+		u.messages++
+	}
+	u.last = time.Now()
+	return true
 }
 
 // Upstream latency buckets: a token from the cache plus a TLS handshake to
@@ -105,6 +149,14 @@ func NewMetrics() *Metrics {
 		messages: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "oauthrelay_messages_total", Help: "Messages the upstream accepted (SMTP), by account.",
 		}, []string{"account"}),
+		mbLogins: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "oauthrelay_mailbox_logins_total",
+			Help: "Client logins that succeeded, by account, the mailbox they opened (a domain-wide account serves many; at most 1,000 per account are labelled) and protocol.",
+		}, []string{"account", "mailbox", "proto"}),
+		mbMessages: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "oauthrelay_mailbox_messages_total",
+			Help: "Messages the upstream accepted (SMTP), by account and the mailbox that sent them (at most 1,000 per account are labelled).",
+		}, []string{"account", "mailbox"}),
 		messageBytes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "oauthrelay_message_bytes_total", Help: "Bytes of the messages the upstream accepted (SMTP), by account.",
 		}, []string{"account"}),
@@ -131,7 +183,7 @@ func NewMetrics() *Metrics {
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		m.connTotal, m.connActive, m.connUnauth, m.connRefused, m.unauthLimit, m.sessions, m.logins, m.upstream, m.upstreamTime,
-		m.messages, m.messageBytes, m.imapBytes, m.pop3Bytes, m.tokenReqs, m.tokenTime, m.tokens,
+		m.messages, m.mbLogins, m.mbMessages, m.messageBytes, m.imapBytes, m.pop3Bytes, m.tokenReqs, m.tokenTime, m.tokens,
 	)
 	m.reg.MustRegister(m.delivery.collectors()...)
 	// Families with a fixed label set start at zero, so that rate() and
@@ -176,7 +228,13 @@ func (m *Metrics) accountStats(name string) accountStats {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if st := m.accounts[name]; st != nil {
-		return *st
+		c := *st
+		c.mailboxes = make(map[string]*mailboxUse, len(st.mailboxes))
+		for k, u := range st.mailboxes {
+			uc := *u
+			c.mailboxes[k] = &uc
+		}
+		return c
 	}
 	return accountStats{}
 }
@@ -203,6 +261,14 @@ func (m *Metrics) Login(proto events.Proto, a events.Account, result events.Logi
 	m.logins.WithLabelValues(string(proto), string(result)).Inc()
 	if a.Name != "" && result != events.LoginOK {
 		m.recordError(a.Name, loginWords(proto, result))
+	}
+	if a.Name != "" && result == events.LoginOK {
+		m.mu.Lock()
+		kept := m.statsLocked(a.Name).seenLocked(a.Mailbox, true, false)
+		m.mu.Unlock()
+		if kept {
+			m.mbLogins.WithLabelValues(a.Name, a.Mailbox, string(proto)).Inc()
+		}
 	}
 }
 
@@ -236,7 +302,11 @@ func (m *Metrics) Message(a events.Account, bytes int64) {
 	st := m.statsLocked(a.Name)
 	st.messages++
 	st.bytes += bytes
+	kept := st.seenLocked(a.Mailbox, false, true)
 	m.mu.Unlock()
+	if kept {
+		m.mbMessages.WithLabelValues(a.Name, a.Mailbox).Inc()
+	}
 }
 
 // Transferred implements events.Observer: IMAP and POP3 bytes are

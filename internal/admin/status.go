@@ -5,7 +5,9 @@ import (
 	_ "embed"
 	"fmt"
 	"html/template"
+	"maps"
 	"net/http"
+	"slices"
 	"strings"
 	"time"
 
@@ -53,6 +55,16 @@ type row struct {
 	Messages                int64
 	Bytes                   string
 	SignIn, SignInUrgent    bool
+	// Mailboxes are those seen in use since the relay started, for an
+	// account that serves several (domain-wide, or with a mailboxes list).
+	Mailboxes []mailboxRow
+}
+
+// mailboxRow is one mailbox an account was seen using.
+type mailboxRow struct {
+	Address            string
+	Logins, Messages   int64
+	LastUse, LastTitle string
 }
 
 func (s *Server) status(w http.ResponseWriter, r *http.Request) {
@@ -96,6 +108,14 @@ func (s *Server) row(a account, now time.Time) row {
 		Messages: stats.messages,
 		Bytes:    humanBytes(stats.bytes),
 		SignIn:   s.canSignIn(&a),
+	}
+	for _, mb := range slices.Sorted(maps.Keys(stats.mailboxes)) {
+		if !a.DomainWide() && len(a.Mailboxes) == 0 {
+			break // one mailbox: the row says it
+		}
+		u := stats.mailboxes[mb]
+		r.Mailboxes = append(r.Mailboxes, mailboxRow{Address: mb, Logins: u.logins, Messages: u.messages,
+			LastUse: relTime(u.last, now), LastTitle: absTime(u.last)})
 	}
 	if p := a.ProviderRef; p != nil && p.Type != "" {
 		r.Provider += " (" + p.Type + ")"

@@ -62,6 +62,11 @@ type QueueOptions struct {
 	// Sender delivers a queued message: the account's Direct delivery over
 	// the mailbox's pool, so queued mail keeps the same limits.
 	Sender Delivery
+	// Route, when set, gives the delivery of a message by the mailbox it
+	// was queued for (Envelope.Mailbox; see For): an account with many
+	// mailboxes (a domain-wide one) sends each over its own mailbox's pool
+	// and limits. Nil: Sender delivers every message.
+	Route func(mailbox string) Delivery
 	// Credentials are the account's own (a queued message outlives the
 	// app session that submitted it).
 	Credentials upstream.Credentials
@@ -151,16 +156,45 @@ func (q *Queue) Ready(context.Context, upstream.Credentials) error { return nil 
 // Begin implements Delivery. A SIZE= over MaxSize is refused at once (RFC
 // 1870 §6.1: 552 at MAIL), before the app sends the message.
 func (q *Queue) Begin(ctx context.Context, _ upstream.Credentials, from string, opts *smtp.MailOptions) (Tx, error) {
+	return q.begin(ctx, q.o.Account, from, opts)
+}
+
+func (q *Queue) begin(ctx context.Context, a events.Account, from string, opts *smtp.MailOptions) (Tx, error) {
 	if opts != nil && q.o.MaxSize > 0 && opts.Size > q.o.MaxSize {
 		return nil, errQueueTooBig
 	}
-	return &queueTx{q: q, ctx: ctx, env: spool.Envelope{
-		Account: q.o.Account.Name,
-		Mailbox: q.o.Account.Mailbox,
+	return &queueTx{q: q, ctx: ctx, acct: a, env: spool.Envelope{
+		Account: a.Name,
+		Mailbox: a.Mailbox,
 		From:    from,
 		Mail:    mailOf(opts),
 	}}, nil
 }
+
+// For is the queue's Delivery for one mailbox of its account: messages are
+// queued for that mailbox (Envelope.Mailbox), and Route delivers them over
+// its pool. Closing it does nothing; the Queue is closed by its owner.
+func (q *Queue) For(mailbox string) Delivery {
+	a := q.o.Account
+	a.Mailbox = mailbox
+	return queueFor{q: q, a: a}
+}
+
+// queueFor is Queue.For's Delivery.
+type queueFor struct {
+	q *Queue
+	a events.Account
+}
+
+func (f queueFor) Ready(ctx context.Context, cred upstream.Credentials) error {
+	return f.q.Ready(ctx, cred)
+}
+
+func (f queueFor) Begin(ctx context.Context, _ upstream.Credentials, from string, opts *smtp.MailOptions) (Tx, error) {
+	return f.q.begin(ctx, f.a, from, opts)
+}
+
+func (queueFor) Close() {}
 
 // Close stops the worker and waits for it. A delivery in progress is
 // interrupted and its message left due at once for the next worker (after
@@ -183,9 +217,10 @@ func (q *Queue) wake() {
 
 // queueTx collects one message's envelope and writes it to the spool.
 type queueTx struct {
-	q   *Queue
-	ctx context.Context
-	env spool.Envelope
+	q    *Queue
+	ctx  context.Context
+	acct events.Account // the account and the mailbox it is queued for
+	env  spool.Envelope
 }
 
 func (t *queueTx) Rcpt(to string, opts *smtp.RcptOptions) error {
@@ -220,9 +255,9 @@ func (t *queueTx) Data(r io.Reader) (*Accepted, error) {
 	t.q.log.Info("message queued", "id", e.ID, "from", e.From, "rcpts", len(e.Recipients), "bytes", e.Size,
 		"message_id", e.MessageID)
 	if qo, ok := t.q.o.Observer.(QueueObserver); ok {
-		qo.Queued(t.q.o.Account, e.Size)
+		qo.Queued(t.acct, e.Size)
 	}
-	logMessage(t.q.o.Observer, t.q.o.Account, queueRecord(e, e.Created, OutcomeQueued, "250 2.0.0 OK queued as "+e.ID))
+	logMessage(t.q.o.Observer, t.acct, queueRecord(e, e.Created, OutcomeQueued, "250 2.0.0 OK queued as "+e.ID))
 	t.q.wake()
 	return &Accepted{Reply: "2.0.0 OK queued as " + e.ID, Bytes: e.Size}, nil
 }
@@ -369,7 +404,11 @@ const (
 // each recipient's outcome in env; the reason it returns is that of the
 // attempt's last refusal or failure ("" when there was none).
 func (q *Queue) send(ctx context.Context, env *spool.Envelope, body io.Reader, log *slog.Logger) (outcome, string) {
-	tx, err := q.o.Sender.Begin(forQueue(ctx), q.o.Credentials, env.From, mailOptions(env))
+	sender := q.o.Sender
+	if q.o.Route != nil && env.Mailbox != "" {
+		sender = q.o.Route(env.Mailbox)
+	}
+	tx, err := sender.Begin(forQueue(ctx), q.o.Credentials, env.From, mailOptions(env))
 	if err != nil {
 		env.LastError = describe(err)
 		switch {

@@ -39,11 +39,25 @@ func (s *Sender) Begin(ctx context.Context, cred upstream.Credentials, from stri
 	if err := s.reservePace(ctx, b); err != nil {
 		return nil, err
 	}
-	m := &Submission{s: s, ctx: ctx, paced: true}
+	m := &Submission{s: s, ctx: ctx, paced: true, cred: cred, from: from, opts: opts, budget: b}
+	ss, err := s.mail(ctx, cred, from, opts, b)
+	if err != nil {
+		m.finish(false, false)
+		return nil, err
+	}
+	m.ss = ss
+	return m, nil
+}
+
+// mail gets a session for a transaction and sends MAIL on it: Begin's
+// work after the pace, and a Submission's when it resumes on a fresh
+// session. A session lost at MAIL is replaced: a parked one by the next
+// parked one or a login, a fresh login once by another.
+func (s *Sender) mail(ctx context.Context, cred upstream.Credentials, from string, opts *smtp.MailOptions, b budget) (*session, error) {
 	ss, login, err := s.acquire(ctx, b)
+	relogged := false
 	for {
 		if err != nil {
-			m.finish(false, false)
 			return nil, err
 		}
 		if login {
@@ -59,25 +73,34 @@ func (s *Sender) Begin(ctx context.Context, cred upstream.Credentials, from stri
 		}
 		err = ss.c.Mail(ctx, from, opts)
 		if err == nil {
-			m.ss = ss
-			return m, nil
+			return ss, nil
 		}
 		var se *smtp.SMTPError
 		if errors.As(err, &se) && se.Code != 421 {
 			// The upstream answered: the session is still in step.
 			s.learn(se, stageMail)
+			if hint := upstream.ExplainMail(se, from, s.target.Account.Mailbox); hint != "" && se.Code >= 500 {
+				s.log.Warn("the upstream refused the sender", "from", from, "mailbox", s.target.Account.Mailbox,
+					"reply", upstream.FormatReply(se), "fix", hint)
+			}
 			s.put(ss)
-			m.finish(false, false)
 			return nil, se
 		}
 		// The session is gone, or closing (421): never usable again.
-		if login {
+		if login && (relogged || se != nil) {
 			s.drop(ss)
-			m.finish(false, false)
 			if se != nil {
 				return nil, se
 			}
 			return nil, &LostError{Stage: stageMail, Err: err}
+		}
+		if login {
+			// A fresh session lost at its first MAIL: one more login,
+			// as for a parked one (nothing was sent).
+			s.drop(ss)
+			relogged = true
+			ss, login, err = s.acquire(ctx, b)
+			continue
 		}
 		// It died while parked: the next one, or a new one.
 		ss, login = s.replace(ss)
@@ -108,6 +131,20 @@ type Submission struct {
 	ss    *session // nil once finished
 	rcpts int      // accepted upstream, pending in the day's count
 	paced bool     // holds its slot in the pace
+
+	// What resume needs to replay the transaction on a fresh session.
+	cred     upstream.Credentials
+	from     string
+	opts     *smtp.MailOptions
+	budget   budget
+	accepted []acceptedRcpt
+	resumed  bool // resume is done once
+}
+
+// acceptedRcpt is a recipient the upstream accepted, kept to be replayed.
+type acceptedRcpt struct {
+	to   string
+	opts *smtp.RcptOptions
 }
 
 // Rcpt adds a recipient. Past RecipientsPerMessage it is 452 4.5.3, and
@@ -121,12 +158,20 @@ func (m *Submission) Rcpt(to string, opts *smtp.RcptOptions) error {
 		return err
 	}
 	err := m.ss.c.Rcpt(m.ctx, to, opts)
+	var se *smtp.SMTPError
+	if err != nil && !errors.As(err, &se) && !m.resumed {
+		if !m.resume(err) {
+			m.s.releaseRcpt()
+			return &LostError{Stage: stageRcpt, Err: err}
+		}
+		err = m.ss.c.Rcpt(m.ctx, to, opts)
+	}
 	if err == nil {
 		m.rcpts++
+		m.accepted = append(m.accepted, acceptedRcpt{to, opts})
 		return nil
 	}
 	m.s.releaseRcpt()
-	var se *smtp.SMTPError
 	if errors.As(err, &se) {
 		m.s.learn(se, stageRcpt)
 		if se.Code == 421 {
@@ -136,6 +181,46 @@ func (m *Submission) Rcpt(to string, opts *smtp.RcptOptions) error {
 	}
 	m.end(false, false, false)
 	return &LostError{Stage: stageRcpt, Err: err}
+}
+
+// resume replaces a session lost during the envelope (before DATA
+// nothing was sent, so nothing can be delivered twice): once per
+// transaction, it gets a fresh session within the message's budget and
+// replays MAIL and the recipients accepted so far, so the app never sees
+// the loss. The lost session's slot is freed first, so the fresh one may
+// take it. It reports whether the transaction goes on; if not, the
+// transaction is finished.
+func (m *Submission) resume(lost error) bool {
+	m.resumed = true
+	m.s.drop(m.ss)
+	m.ss = nil
+	if m.ctx.Err() == nil {
+		m.s.log.Info("the upstream session was lost during the envelope; resuming on a fresh one", "err", lost)
+		ss, err := m.s.mail(m.ctx, m.cred, m.from, m.opts, m.budget)
+		if err == nil && m.replay(ss) {
+			m.ss = ss
+			return true
+		}
+		if err != nil {
+			m.s.log.Info("resuming the transaction failed", "err", err)
+		}
+	}
+	m.finish(false, false)
+	return false
+}
+
+// replay sends the recipients accepted so far on ss; a fresh session that
+// refuses one the first accepted, or dies too, cannot carry the same
+// transaction and is dropped.
+func (m *Submission) replay(ss *session) bool {
+	for _, r := range m.accepted {
+		if err := ss.c.Rcpt(m.ctx, r.to, r.opts); err != nil {
+			m.s.log.Info("resuming the transaction failed at a recipient accepted before", "err", err)
+			m.s.drop(ss)
+			return false
+		}
+	}
+	return true
 }
 
 // Data streams the message and returns the upstream's acceptance.

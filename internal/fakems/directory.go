@@ -56,6 +56,7 @@ type dir struct {
 	msgChanged chan struct{}
 	dropAfter  int64
 	dropArmed  bool
+	faults     map[SMTPFault]int // FailSMTP: occurrences left (< 0: every one)
 }
 
 func newDir() dir {
@@ -82,6 +83,11 @@ type mailbox struct {
 	mfa              bool
 	smtpAuthDisabled bool
 	sendAs           map[string]bool // lower-case addresses it may send as
+	// fullAccess are the users (lower case) with FullAccess on this
+	// mailbox (a shared one): their delegated tokens open it over IMAP
+	// and POP3 with user= this address, never over SMTP.
+	fullAccess map[string]bool
+	shared     bool // a shared mailbox: no user signs in as it
 
 	imap *imapmemserver.User
 	// inbox holds the bytes of the INBOX messages by UID, for POP3
@@ -179,6 +185,32 @@ func (s *Server) GrantApp(clientID, mailbox string) {
 		s.grants[clientID] = map[string]bool{}
 	}
 	s.grants[clientID][lower(mailbox)] = true
+}
+
+// AddSharedMailbox creates a shared mailbox: an Exchange mailbox whose
+// Entra user cannot sign in (no password, no delegated token of its own).
+// Users reach it with GrantFullAccess; apps with GrantApp.
+func (s *Server) AddSharedMailbox(address string) {
+	s.AddMailbox(address, "")
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.mailboxes[lower(address)].shared = true
+}
+
+// GrantFullAccess gives user FullAccess on mailbox (Add-MailboxPermission
+// -Identity <mailbox> -User <user> -AccessRights FullAccess): user's
+// delegated IMAP and POP3 tokens then log in with user= mailbox. SMTP does
+// not follow: a delegate sends as the shared address with its own login
+// and SendAs (GrantSendAs), and user= the shared address gets 535 5.7.3.
+func (s *Server) GrantFullAccess(mailbox, user string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if m, ok := s.mailboxes[lower(mailbox)]; ok {
+		if m.fullAccess == nil {
+			m.fullAccess = map[string]bool{}
+		}
+		m.fullAccess[lower(user)] = true
+	}
 }
 
 // GrantSendAs lets mailbox send with MAIL FROM address

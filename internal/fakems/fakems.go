@@ -7,6 +7,13 @@
 // Exchange's replies and record what they receive, so tests can drive the
 // relay end to end with real protocol clients.
 //
+// Permissions are Exchange's: an app-only token logs in only as the
+// mailboxes its app has permission on (GrantApp, Options.AppGrants), a
+// delegated token as its own user and, over IMAP, as the shared mailboxes
+// that user has FullAccess on (AddSharedMailbox, GrantFullAccess), and MAIL
+// FROM must be the mailbox logged in or one it has SendAs on (GrantSendAs;
+// 550 5.7.60 otherwise).
+//
 // It is built from go-smtp and go-imap's in-memory server; where their
 // replies differ from Exchange's, the connection wrappers in wire.go rewrite
 // the reply lines, so clients see Microsoft's texts.
@@ -136,6 +143,18 @@ type Options struct {
 	// DiscardData keeps only the size and SHA-256 of received messages, for
 	// benchmarks that send 100 MB messages. By default the data is kept.
 	DiscardData bool
+
+	// AppGrants are the mailboxes each app (by client ID) has permission
+	// on at Start, as GrantApp gives them: its app-only tokens log in as
+	// those mailboxes and are refused for every other (SMTP "535 5.7.3
+	// Authentication unsuccessful", IMAP "NO AUTHENTICATE failed.").
+	AppGrants map[string][]string
+
+	// IMAPNotConnected makes an app-only IMAP login to a mailbox the app
+	// has no permission on succeed, and every command after it fail with
+	// "BAD User is authenticated but not connected.": what Exchange Online
+	// does in the field. By default the login itself is refused.
+	IMAPNotConnected bool
 }
 
 // Server is a running fake. Its fields are read-only after Start; all methods
@@ -234,6 +253,11 @@ func Start(ctx context.Context, opts Options) (_ *Server, err error) {
 	}
 	if s.clock == nil {
 		s.clock = realClock{}
+	}
+	for app, mailboxes := range opts.AppGrants {
+		for _, mb := range mailboxes {
+			s.GrantApp(app, mb)
+		}
 	}
 	defer func() {
 		if err != nil {

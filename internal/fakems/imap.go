@@ -77,7 +77,7 @@ func (is *imapSession) Authenticate(mech string) (gosasl.Server, error) {
 func (is *imapSession) loginXOAuth2(user, token string) error {
 	m, at, reason := is.s.checkBearer(user, token, scopeIMAP, roleIMAP)
 	if m == nil {
-		if reason == reasonNotGranted {
+		if reason == reasonNotGranted && is.s.opts.IMAPNotConnected {
 			// Exchange lets the login through and fails every command.
 			is.log.Info("imap: XOAUTH2 accepted but not connected", "user", user, "reason", reason)
 			is.notConnected = true

@@ -165,11 +165,12 @@ func TestIMAPAuthFailures(t *testing.T) {
 	wantIMAPError(t, c.Authenticate(sasl.NewXOAuth2Client(alice, tok.AccessToken)), imap.StatusResponseTypeNo, "AUTHENTICATE failed.")
 }
 
-// TestIMAPNotConnected: an app-only token for a mailbox the app has no
-// FullAccess to logs in, and then every command fails, as on Exchange.
+// TestIMAPNotConnected: with IMAPNotConnected an app-only token for a
+// mailbox the app has no FullAccess to logs in, and then every command
+// fails, as on Exchange in the field.
 func TestIMAPNotConnected(t *testing.T) {
 	t.Parallel()
-	s := newWorld(t, Options{})
+	s := newWorld(t, Options{IMAPNotConnected: true})
 	c := dialIMAP(t, s)
 	if err := c.Authenticate(sasl.NewXOAuth2Client(bob, s.IssueAccessToken(daemonID, ""))); err != nil {
 		t.Fatalf("login: %v", err)
@@ -203,4 +204,54 @@ func TestIMAPBigAppend(t *testing.T) {
 	if *st.NumMessages != 1 {
 		t.Errorf("Sent Items has %d messages", *st.NumMessages)
 	}
+}
+
+// By default an app-only token is refused at AUTHENTICATE for a mailbox
+// the app has no permission on, and accepted for one Options.AppGrants
+// names.
+func TestIMAPAppGrants(t *testing.T) {
+	t.Parallel()
+	s := newWorld(t, Options{AppGrants: map[string][]string{daemonID: {bob}}})
+	s.AddMailbox("carol@contoso.com", "x")
+	tok := s.IssueAccessToken(daemonID, "")
+	c := dialIMAP(t, s)
+	wantIMAPError(t, c.Authenticate(sasl.NewXOAuth2Client("carol@contoso.com", tok)), imap.StatusResponseTypeNo, "AUTHENTICATE failed.")
+	c = dialIMAP(t, s)
+	if err := c.Authenticate(sasl.NewXOAuth2Client(bob, tok)); err != nil {
+		t.Fatalf("login as a granted mailbox: %v", err)
+	}
+	if _, err := c.Select("INBOX", nil).Wait(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A delegate with FullAccess opens a shared mailbox over IMAP with its own
+// token and user= the shared address; without FullAccess it is refused.
+func TestIMAPSharedMailbox(t *testing.T) {
+	t.Parallel()
+	s, tok := sharedWorld(t)
+	c := dialIMAP(t, s)
+	if err := c.Authenticate(sasl.NewXOAuth2Client(supportBox, tok)); err != nil {
+		t.Fatalf("delegate into the shared mailbox: %v", err)
+	}
+	if _, err := c.Select("INBOX", nil).Wait(); err != nil {
+		t.Fatal(err)
+	}
+	c = dialIMAP(t, s)
+	wantIMAPError(t, c.Authenticate(sasl.NewXOAuth2Client(billingBox, tok)), imap.StatusResponseTypeNo, "AUTHENTICATE failed.")
+}
+
+// The shared mailboxes of these tests: alice has FullAccess and SendAs on
+// supportBox, nothing on billingBox.
+const supportBox, billingBox = "support@contoso.com", "billing@contoso.com"
+
+// sharedWorld is the test world with the shared mailboxes, and alice's
+// delegated token.
+func sharedWorld(t *testing.T) (*Server, string) {
+	s := newWorld(t, Options{})
+	s.AddSharedMailbox(supportBox)
+	s.AddSharedMailbox(billingBox)
+	s.GrantFullAccess(supportBox, alice)
+	s.GrantSendAs(alice, supportBox)
+	return s, s.IssueAccessToken(publicID, alice)
 }

@@ -49,10 +49,11 @@ type smtpSession struct {
 	wire *smtpConn
 	log  *slog.Logger
 
-	user     string // authenticated mailbox (lower case), "" before AUTH
-	clientID string
-	appOnly  bool
-	counted  bool // holds one of the mailbox's concurrent-connection slots
+	user      string // authenticated mailbox (lower case), "" before AUTH
+	clientID  string
+	appOnly   bool
+	counted   bool // holds one of the mailbox's concurrent-connection slots
+	cutAtMail bool // FaultAfterAuth: reset the connection at the next MAIL
 
 	from   string
 	params MailParams
@@ -149,6 +150,7 @@ func (ss *smtpSession) loginXOAuth2(user, token string) error {
 		return replyConcurrent
 	}
 	ss.counted = counted
+	ss.cutAtMail = ss.s.takeFaultLocked(FaultAfterAuth)
 	ss.user, ss.clientID, ss.appOnly = lower(user), at.clientID, at.appOnly()
 	ss.log = ss.log.With("user", ss.user)
 	ss.log.Info("smtp: XOAUTH2 accepted", "client_id", at.clientID, "app_only", ss.appOnly)
@@ -163,6 +165,8 @@ func (ss *smtpSession) Mail(from string, opts *smtp.MailOptions) error {
 		return replyStartTLSFirst
 	case ss.user == "":
 		return replyNotAuthenticated
+	case ss.cutAtMail, ss.s.takeFault(FaultAfterMail):
+		return ss.cut()
 	}
 	ss.s.mu.Lock()
 	m := ss.s.mailboxes[ss.user]
@@ -190,6 +194,9 @@ func (ss *smtpSession) Mail(from string, opts *smtp.MailOptions) error {
 }
 
 func (ss *smtpSession) Rcpt(to string, opts *smtp.RcptOptions) error {
+	if ss.s.takeFault(FaultAfterRcpt) {
+		return ss.cut()
+	}
 	if ss.s.tooManyRcpts(len(ss.to)) {
 		ss.log.Info("smtp: recipient refused", "reason", "recipients per message", "limit", ss.s.recipientsPerMessage())
 		return replyTooManyRcpts
@@ -218,12 +225,19 @@ func (ss *smtpSession) Data(r io.Reader) error {
 		_ = ss.conn.Conn().Close()
 		return errors.New("fakems: connection dropped during DATA")
 	}
+	if ss.s.takeFault(FaultMidData) {
+		_, _ = io.CopyN(hw, r, midDataBytes)
+		return ss.cut()
+	}
 	buf := copyBuffers.Get().(*[]byte)
 	_, err := io.CopyBuffer(hw, r, *buf)
 	copyBuffers.Put(buf)
 	if err != nil {
 		// go-smtp's size limit and aborted BDAT end up here; it has the reply.
 		return err
+	}
+	if ss.s.takeFault(FaultAfterDot) {
+		return ss.cut()
 	}
 	msgID := messageID(hw.buf)
 
@@ -251,6 +265,9 @@ func (ss *smtpSession) Data(r io.Reader) error {
 	}
 	ss.s.addMessage(msg)
 	ss.log.Info("smtp: message accepted", "from", ss.from, "rcpts", len(ss.to), "size", hw.size)
+	if ss.s.takeFault(FaultAfterDotKept) {
+		return ss.cut()
+	}
 	return &smtp.SMTPError{Code: 250, EnhancedCode: smtp.EnhancedCode{2, 0, 0},
 		Message: "OK " + msgID + " [Hostname=" + exchangeHost + "]"}
 }
@@ -276,6 +293,17 @@ func headerOf(data []byte) []byte {
 		}
 	}
 	return data[:min(len(data), 64<<10)]
+}
+
+// cut resets the connection (an injected fault); go-smtp's reply to the
+// error it returns goes nowhere.
+func (ss *smtpSession) cut() error {
+	if ss.wire != nil {
+		_ = reset(ss.wire.raw)
+	} else {
+		_ = reset(ss.conn.Conn())
+	}
+	return errFault
 }
 
 func (ss *smtpSession) Reset() {

@@ -421,3 +421,19 @@ func TestSMTPConcurrentSessions(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// A delegate with FullAccess on a shared mailbox still cannot log in to
+// SMTP as it (535 5.7.3): it logs in as itself and sends as the shared
+// address with SendAs, and without SendAs MAIL FROM gets 550 5.7.60.
+func TestSMTPSharedMailbox(t *testing.T) {
+	t.Parallel()
+	s, tok := sharedWorld(t)
+	c := dialSMTP(t, s)
+	wantSMTPError(t, c.Auth(sasl.NewXOAuth2Client(supportBox, tok)), 535, smtp.EnhancedCode{5, 7, 3}, "Authentication unsuccessful")
+	c = dialSMTP(t, s)
+	if err := c.Auth(sasl.NewXOAuth2Client(alice, tok)); err != nil {
+		t.Fatal(err)
+	}
+	sendTestMail(t, c, supportBox, []string{"x@example.net"}, "Subject: as support\r\n\r\nhi\r\n")
+	wantSMTPError(t, c.Mail(billingBox, nil), 550, smtp.EnhancedCode{5, 7, 60}, "does not have permissions to send as this sender")
+}

@@ -242,7 +242,7 @@ func (s *Server) checkBearer(user, token, scope, role string) (*mailbox, *access
 		}
 		return m, at, ""
 	}
-	if at.mailbox != lower(user) {
+	if at.mailbox != lower(user) && (scope == scopeSMTP || !m.fullAccess[at.mailbox]) {
 		return nil, at, "token is for " + at.mailbox + ", not " + user
 	}
 	if !slices.Contains(at.scopes, scope) {

@@ -32,6 +32,7 @@ type smtpConn struct {
 	cfg      *tls.Config
 	conns    *connSet
 	lat      latency
+	fault    func(SMTPFault) bool // Server.takeFault
 
 	mu       sync.Mutex // guards isTLS and the write side
 	isTLS    bool
@@ -47,6 +48,7 @@ type smtpListener struct {
 	cfg   *tls.Config
 	conns *connSet
 	lat   latency
+	fault func(SMTPFault) bool
 }
 
 // latency is the delays Options.SMTPLoginLatency and SMTPReplyLatency add
@@ -58,19 +60,25 @@ type latency struct {
 }
 
 func (l smtpListener) Accept() (net.Conn, error) {
-	c, err := l.Listener.Accept()
-	if err != nil {
-		return nil, err
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		if l.fault(FaultBeforeGreeting) {
+			_ = reset(c)
+			continue
+		}
+		if !l.conns.add(c, false) {
+			return nil, net.ErrClosed
+		}
+		return &smtpConn{Conn: c, raw: c, cfg: l.cfg, conns: l.conns, lat: l.lat, fault: l.fault, ehloHost: exchangeHost}, nil
 	}
-	if !l.conns.add(c, false) {
-		return nil, net.ErrClosed
-	}
-	return &smtpConn{Conn: c, raw: c, cfg: l.cfg, conns: l.conns, lat: l.lat, ehloHost: exchangeHost}, nil
 }
 
 func (s *Server) wrapSMTPListener(ln net.Listener) net.Listener {
 	lat := latency{greeting: s.opts.SMTPLoginLatency, reply: s.opts.SMTPReplyLatency, pause: s.pause}
-	return smtpListener{Listener: ln, cfg: s.pki.serverTLSConfig(), conns: s.conns, lat: lat}
+	return smtpListener{Listener: ln, cfg: s.pki.serverTLSConfig(), conns: s.conns, lat: lat, fault: s.takeFault}
 }
 
 // TLS reports whether STARTTLS has completed.
@@ -127,6 +135,15 @@ func (c *smtpConn) startTLS(early []byte) error {
 	c.lat.pause(c.lat.reply)
 	if _, err := c.raw.Write([]byte("220 2.0.0 SMTP server ready\r\n")); err != nil {
 		return fmt.Errorf("starttls: %w", err)
+	}
+	switch {
+	case c.fault(FaultDuringSTARTTLS):
+		_ = reset(c.raw)
+		return errFault
+	case c.fault(FaultTLSHandshake):
+		_, _ = c.raw.Write([]byte("HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n"))
+		_ = c.raw.Close()
+		return errFault
 	}
 	tc := tls.Server(&prefixConn{Conn: c.raw, prefix: early}, c.cfg)
 	_ = c.raw.SetDeadline(time.Now().Add(tlsHandshakeTimeout))

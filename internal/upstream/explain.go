@@ -22,9 +22,8 @@ func ExplainSMTP(code int, enh smtp.EnhancedCode, msg string) string {
 			"(New-ServicePrincipal) and has FullAccess to the mailbox (Add-MailboxPermission), and that the " +
 			"app has SMTP.SendAsApp with admin consent; for delegated access that the mailbox signed in is the " +
 			"configured one and SMTP.Send was consented"
-	case e == "5.7.60" || strings.Contains(msg, "SendAsDenied"):
-		return "the mailbox may not send as this sender: grant Send As (Add-RecipientPermission <sender> " +
-			"-Trustee <mailbox> -AccessRights SendAs) or fix allowed_from"
+	case isSendAsDenied(code, enh, msg):
+		return ExplainSendAs("<sender>", "<mailbox>")
 	case e == "4.3.2" && strings.Contains(msg, "Concurrent connections"):
 		return "Exchange allows 3 concurrent SMTP connections per mailbox; the app opened more (it retries)"
 	case strings.Contains(msg, "SubmissionQuotaExceeded"):
@@ -33,6 +32,35 @@ func ExplainSMTP(code int, enh smtp.EnhancedCode, msg string) string {
 		return "Exchange throttles this sender after repeated errors; it lifts by itself"
 	}
 	return ""
+}
+
+// isSendAsDenied reports Exchange's refusal of a MAIL FROM the logged-in
+// mailbox has no SendAs permission on.
+func isSendAsDenied(code int, enh smtp.EnhancedCode, msg string) bool {
+	return enh == smtp.EnhancedCode{5, 7, 60} || strings.Contains(msg, "SendAsDenied") ||
+		code == 550 && strings.Contains(msg, "does not have permissions to send as")
+}
+
+// ExplainSendAs explains a send-as refusal of MAIL FROM sender by the
+// mailbox that logged in (the XOAUTH2 user), naming both in the fix. A
+// shared mailbox or a distribution group is sent as by a mailbox with the
+// SendAs permission on it; an app-only account with send_as: sender logs in
+// as the sender itself instead.
+func ExplainSendAs(sender, mailbox string) string {
+	return fmt.Sprintf("mailbox %s may not send as %s: grant it Send As "+
+		"(Add-RecipientPermission -Identity %s -Trustee %s -AccessRights SendAs; it takes effect within an hour), "+
+		"use send_as: sender for an app-only account with permission on that mailbox, or fix allowed_from",
+		mailbox, sender, sender, mailbox)
+}
+
+// ExplainMail explains an upstream refusal of MAIL FROM sender on a session
+// logged in as mailbox: a send-as refusal with both addresses, else as
+// ExplainSMTP; "" when the reply is not one we know.
+func ExplainMail(se *smtp.SMTPError, sender, mailbox string) string {
+	if isSendAsDenied(se.Code, se.EnhancedCode, se.Message) {
+		return ExplainSendAs(sender, mailbox)
+	}
+	return ExplainSMTP(se.Code, se.EnhancedCode, se.Message)
 }
 
 // ExplainIMAP does the same for an upstream IMAP reply text.

@@ -72,7 +72,24 @@ type imapResponse struct {
 // got a token. ctx bounds the whole login and interrupts pending I/O when it
 // ends.
 func IMAP(ctx context.Context, t Target, cred Credentials) (*IMAPSession, error) {
-	return login(ctx, t, events.IMAP, cred, refused, imapLogin)
+	// Only a refusal of the login itself drops the token: a mailbox the
+	// check cannot open (CheckMailbox) says nothing against it.
+	tokenRefused := false
+	return login(ctx, t, events.IMAP, cred, func(*Error) bool { return tokenRefused },
+		func(ctx context.Context, t Target, tok string) (*IMAPSession, error) {
+			s, err := imapLogin(ctx, t, tok)
+			if err != nil {
+				tokenRefused = true
+				return nil, err
+			}
+			if t.CheckMailbox {
+				if err := s.checkMailbox(ctx); err != nil {
+					s.Close()
+					return nil, err
+				}
+			}
+			return s, nil
+		})
 }
 
 func imapLogin(ctx context.Context, t Target, token string) (_ *IMAPSession, err error) {
@@ -297,6 +314,33 @@ func (s *IMAPSession) Examine(ctx context.Context, mailbox string) error {
 	}
 	if r.status != "OK" {
 		reason := what + ": the upstream replied " + r.String()
+		if hint := ExplainIMAP(r.text); hint != "" {
+			reason += "; " + hint
+		}
+		return &Error{Kind: Refused, Proto: events.IMAP, Addr: s.t.Server.Addr, Reason: reason}
+	}
+	return nil
+}
+
+// checkMailbox asks for the INBOX's message count (STATUS, RFC 9051
+// §6.3.11), which needs the mailbox and changes no state the app sees:
+// Exchange accepts an app-only token for a mailbox the app has no
+// permission on and fails every command after, so without it the app's
+// login would pass and its first command fail. A NO or BAD is an *Error
+// with Kind Refused (the token itself was accepted: it is not
+// invalidated).
+func (s *IMAPSession) checkMailbox(ctx context.Context) error {
+	r, bye, err := s.run(ctx, "STATUS INBOX (MESSAGES)")
+	if err != nil {
+		reason := "STATUS INBOX after login failed"
+		if bye != "" {
+			reason += " (the upstream said " + bye + ")"
+		}
+		return imapUnavailable(s.t, reason, err)
+	}
+	if r.status != "OK" {
+		reason := "the upstream accepted the token but cannot open mailbox " + s.t.Account.Mailbox +
+			": STATUS INBOX: " + r.String()
 		if hint := ExplainIMAP(r.text); hint != "" {
 			reason += "; " + hint
 		}

@@ -79,6 +79,24 @@ func TestIMAPFakeMS(t *testing.T) {
 	}
 }
 
+// With CheckMailbox the same login fails at once, as Refused, with what
+// Exchange said; the accepted token is kept. A granted mailbox passes.
+func TestIMAPCheckMailbox(t *testing.T) {
+	w := newWorld(t)
+	ctx := testCtx(t)
+	tgt := w.target(events.IMAP, notGranted)
+	tgt.CheckMailbox = true
+	e := wantKind(t, func() error { _, err := IMAP(ctx, tgt, w.source(t, notGranted, testSecret)); return err }(), Refused)
+	wantReason(t, e, "cannot open mailbox "+notGranted, "STATUS INBOX", "User is authenticated but not connected", "Add-MailboxPermission")
+	tgt = w.target(events.IMAP, testMailbox)
+	tgt.CheckMailbox = true
+	s, err := IMAP(ctx, tgt, w.source(t, testMailbox, testSecret))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+}
+
 // Exchange accepts the token of an app without FullAccess and then fails
 // every command: the login passes (as the relay's would), EXAMINE shows it,
 // with what to do about it.

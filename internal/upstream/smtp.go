@@ -2,8 +2,12 @@ package upstream
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
+	"net"
+	"syscall"
+	"time"
 
 	"github.com/emersion/go-smtp"
 
@@ -13,14 +17,39 @@ import (
 	"github.com/oauthrelay/oauthrelay/internal/smtpclient"
 )
 
+// reasonCannotConnect is the Reason of a login whose dial failed.
+const reasonCannotConnect = "cannot connect"
+
 // SMTP dials t, says EHLO (after STARTTLS when configured), gets a token
 // from cred and logs in with XOAUTH2. On success the client is ready for
 // MAIL. A refusal is an *Error with Kind Refused and the upstream's reply;
 // a token the upstream refused is invalidated so the next login fetches a
 // new one.
 func SMTP(ctx context.Context, t Target, cred Credentials) (*smtpclient.Client, error) {
-	// Only a 535 refuses the token itself (a 432 or 5.7.139 does not).
-	return login(ctx, t, events.SMTP, cred, func(e *Error) bool { return e.Reply != nil && e.Reply.Code == 535 }, smtpLogin)
+	tok, err := cred.Token(ctx)
+	if err != nil {
+		return nil, TokenError(t, events.SMTP, err)
+	}
+	start := time.Now()
+	c, err := smtpLogin(ctx, t, tok)
+	if cutOff(ctx, err) {
+		// A connection cut on the way in (reset before the greeting, during
+		// STARTTLS or its handshake) is mostly a middlebox or one of
+		// Exchange's front ends going away: the next connection gets
+		// through, and the app need not see a 454 for it.
+		t.observe(events.SMTP, err, start)
+		start = time.Now()
+		c, err = smtpLogin(ctx, t, tok)
+	}
+	t.observe(events.SMTP, err, start)
+	if err != nil {
+		var e *Error
+		if errors.As(err, &e) && e.Kind == Refused && e.Reply.Code == 535 {
+			cred.Invalidate()
+		}
+		return nil, err
+	}
+	return c, nil
 }
 
 func smtpLogin(ctx context.Context, t Target, token string) (*smtpclient.Client, error) {
@@ -42,7 +71,7 @@ func smtpLogin(ctx context.Context, t Target, token string) (*smtpclient.Client,
 func SMTPHello(ctx context.Context, t Target) (*smtpclient.Client, error) {
 	conn, err := t.Dial(ctx)
 	if err != nil {
-		return nil, &Error{Kind: Unavailable, Proto: events.SMTP, Addr: t.Server.Addr, Reason: "cannot connect", Err: err}
+		return nil, &Error{Kind: Unavailable, Proto: events.SMTP, Addr: t.Server.Addr, Reason: reasonCannotConnect, Err: err}
 	}
 	c, err := smtpclient.New(ctx, conn, localName)
 	if err != nil {
@@ -131,4 +160,28 @@ func ProbeSMTP(ctx context.Context, t Target, cred Credentials, sender string) e
 		return smtpError(t, err, "RSET")
 	}
 	return nil
+}
+
+// cutOff reports a login that failed because its connection was cut after
+// it was made (a reset as the dial completes counts: something accepted
+// it): no reply, no other dial failure (the server is not there), no
+// timeout (a second wait would double the app's), no certificate the
+// relay refuses (that does not change), and ctx still alive.
+func cutOff(ctx context.Context, err error) bool {
+	var (
+		e  *Error
+		ne net.Error
+		ce *tls.CertificateVerificationError
+	)
+	switch {
+	case err == nil, ctx.Err() != nil, !errors.As(err, &e):
+		return false
+	case e.Kind != Unavailable || e.Reply != nil:
+		return false
+	case e.Reason == reasonCannotConnect && !errors.Is(err, syscall.ECONNRESET):
+		return false
+	case errors.As(err, &ne) && ne.Timeout(), errors.As(err, &ce):
+		return false
+	}
+	return true
 }

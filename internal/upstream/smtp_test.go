@@ -1,8 +1,13 @@
 package upstream
 
 import (
+	"context"
+	"crypto/tls"
 	"errors"
+	"net"
+	"os"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/emersion/go-smtp"
@@ -210,5 +215,40 @@ func TestErrorText(t *testing.T) {
 	}
 	if Refused.String() != "refused" || NeedsSignIn.String() != "needs_sign_in" || Kind(9).String() != "kind(9)" {
 		t.Error("kind names")
+	}
+}
+
+// Only a connection cut after it was made is tried again: not a refused
+// dial, a timeout, a certificate the relay refuses, a reply, or a login
+// whose context ended.
+func TestCutOff(t *testing.T) {
+	reset := &net.OpError{Op: "read", Net: "tcp", Err: syscall.ECONNRESET}
+	live, dead := context.Background(), func() context.Context {
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel()
+		return ctx
+	}()
+	unavailable := func(reason string, err error) error {
+		return &Error{Kind: Unavailable, Proto: events.SMTP, Reason: reason, Err: err}
+	}
+	for _, tc := range []struct {
+		name string
+		ctx  context.Context
+		err  error
+		want bool
+	}{
+		{"reset before the greeting", live, unavailable("greeting failed", reset), true},
+		{"reset as the dial completes", live, unavailable(reasonCannotConnect, &net.OpError{Op: "dial", Net: "tcp", Err: syscall.ECONNRESET}), true},
+		{"handshake garbage", live, unavailable("STARTTLS failed", errors.New("tls: first record does not look like a TLS handshake")), true},
+		{"dial refused", live, unavailable(reasonCannotConnect, &net.OpError{Op: "dial", Net: "tcp", Err: syscall.ECONNREFUSED}), false},
+		{"timeout", live, unavailable("greeting failed", &net.OpError{Op: "read", Net: "tcp", Err: os.ErrDeadlineExceeded}), false},
+		{"certificate refused", live, unavailable("STARTTLS failed", &tls.CertificateVerificationError{Err: errors.New("unknown authority")}), false},
+		{"a reply", live, &Error{Kind: Refused, Proto: events.SMTP, Reply: &smtp.SMTPError{Code: 421}}, false},
+		{"context ended", dead, unavailable("greeting failed", reset), false},
+		{"no error", live, nil, false},
+	} {
+		if got := cutOff(tc.ctx, tc.err); got != tc.want {
+			t.Errorf("%s: cutOff %v, want %v", tc.name, got, tc.want)
+		}
 	}
 }

@@ -65,6 +65,11 @@ type Target struct {
 	Dialer *net.Dialer
 	// Observer hears about each login; nil: events.Nop.
 	Observer events.Observer
+	// CheckMailbox (IMAP): after the login, make sure the mailbox can be
+	// opened (see IMAPSession.checkMailbox), so that a mailbox the token
+	// gives no access to fails the login rather than the app's first
+	// command. Set for mailboxes an app chose by its login name.
+	CheckMailbox bool
 }
 
 // Kind is what a failed login means for the app.
@@ -273,7 +278,7 @@ func refused(*Error) bool { return true }
 func dialFor(ctx context.Context, t Target, p events.Proto) (net.Conn, error) {
 	conn, err := t.Dial(ctx)
 	if err != nil {
-		reason := "cannot connect"
+		reason := reasonCannotConnect
 		if ctx.Err() != nil {
 			reason += " (cancelled)"
 		}

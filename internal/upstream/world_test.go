@@ -44,7 +44,9 @@ type world struct {
 
 func newWorld(t *testing.T) *world {
 	t.Helper()
-	fake, err := fakems.Start(context.Background(), fakems.Options{})
+	// Exchange's field behaviour: an ungranted app-only IMAP login passes
+	// and every command fails.
+	fake, err := fakems.Start(context.Background(), fakems.Options{IMAPNotConnected: true})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -102,7 +102,7 @@ func BenchmarkFetch(b *testing.B) {
 }
 
 func BenchmarkLogin(b *testing.B) {
-	w := newWorld(b, worldOptions{})
+	w := newWorld(b, worldOptions{DomainWide: true})
 	tok, err := w.relay.Accounts()[0].Source.Token(context.Background())
 	if err != nil {
 		b.Fatal(err)
@@ -133,6 +133,10 @@ func BenchmarkLogin(b *testing.B) {
 	}{
 		{"proxy", func() (net.Conn, error) { return net.Dial("tcp", w.addr) },
 			"a LOGIN " + testUser + " " + testPassword + "\r\n"},
+		// A domain-wide account: the same login plus STATUS INBOX, which
+		// makes sure the app may open the mailbox it named.
+		{"proxy-domain-wide", func() (net.Conn, error) { return net.Dial("tcp", w.addr) },
+			"a LOGIN " + testMailbox + " " + testPassword + "\r\n"},
 		{"direct", func() (net.Conn, error) {
 			return tls.Dial("tcp", w.fake.IMAPAddr, w.fake.ClientTLSConfig())
 		}, "a AUTHENTICATE XOAUTH2 " + xoauth2 + "\r\n"},

@@ -68,6 +68,9 @@ type worldOptions struct {
 	// Listen replaces proxy.Listen (a plain net.Listener, or one that
 	// fails): the server must work with any listener.
 	Listen func(t testing.TB, lc config.Listener) net.Listener
+	// DomainWide adds account "wide": mailbox "*@contoso.com" restricted
+	// to testMailbox, password testPassword (apps log in as testMailbox).
+	DomainWide bool
 }
 
 type world struct {
@@ -153,6 +156,11 @@ func newWorld(t testing.TB, o worldOptions) *world {
 			// The fake has no such mailbox: Exchange refuses the token.
 			account("ghost", ghostMailbox, ghostUser, testPassword),
 		},
+	}
+	if o.DomainWide {
+		wide := account("wide", "*@contoso.com", "", testPassword)
+		wide.Mailboxes, wide.AllowedFrom = []string{testMailbox}, []string{testMailbox}
+		w.cfg.Accounts = append(w.cfg.Accounts, wide)
 	}
 	log := slog.New(slog.NewTextHandler(w.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	w.relay, err = proxy.NewRelay(w.cfg, proxy.Options{Logger: log, HTTPClient: fake.HTTPClient(), Observer: w.obs})

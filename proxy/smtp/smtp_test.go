@@ -257,6 +257,7 @@ func TestTokenEndpointFailures(t *testing.T) {
 	}{
 		{"503", fakems.TokenFailure{Status: 503, Error: "temporarily_unavailable"}, 454, "4.7.0", "temporarily_unavailable"},
 		{"gateway page", fakems.TokenFailure{Status: 502, Body: "<html>Bad Gateway</html>"}, 454, "4.7.0", "502"},
+		{"garbage JSON with 200", fakems.TokenFailure{Status: 200, Body: `{"access_token": "tok`}, 454, "4.7.0", "token"},
 		{"bad secret", fakems.TokenFailure{Status: 401, Error: "invalid_client", AADSTS: 7000215, Description: "AADSTS7000215: Invalid client secret provided."}, 535, "5.7.8", "7000215"},
 		{"expired grant", fakems.TokenFailure{Status: 400, Error: "invalid_grant", AADSTS: 70008, Description: "AADSTS70008: The refresh token has expired due to inactivity."}, 535, "5.7.8", "70008"},
 	} {
