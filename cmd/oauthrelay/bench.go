@@ -161,6 +161,64 @@ func smtpBench(ctx context.Context, fw *fakeWorld, rp *relayProcess, tok string,
 // median of.
 const benchRounds = 3
 
+// alternated are the samples of a proxied protocol's bench: the seconds of
+// each throughput run, and the login durations pooled over the rounds.
+type alternated struct {
+	direct, relay           []float64
+	directLogin, relayLogin []time.Duration
+}
+
+// alternate runs throughput and logins benchRounds times, direct then
+// through the relay each time (relay false, then true), so that a burst of
+// noise on the machine does not decide the comparison.
+func alternate(throughput func(relay bool) (time.Duration, error), logins func(relay bool) ([]time.Duration, error)) (alternated, error) {
+	var a alternated
+	for range benchRounds {
+		for _, relay := range []bool{false, true} {
+			d, err := throughput(relay)
+			if err != nil {
+				return a, fmt.Errorf("%s transfer: %w", benchSide(relay), err)
+			}
+			if relay {
+				a.relay = append(a.relay, d.Seconds())
+			} else {
+				a.direct = append(a.direct, d.Seconds())
+			}
+		}
+		for _, relay := range []bool{false, true} {
+			l, err := logins(relay)
+			if err != nil {
+				return a, fmt.Errorf("%s logins: %w", benchSide(relay), err)
+			}
+			if relay {
+				a.relayLogin = append(a.relayLogin, l...)
+			} else {
+				a.directLogin = append(a.directLogin, l...)
+			}
+		}
+	}
+	return a, nil
+}
+
+func benchSide(relay bool) string {
+	if relay {
+		return "relay"
+	}
+	return "direct"
+}
+
+// report prints the throughput of mb megabytes (medians) and the login
+// latencies added by the relay (pooled p50 and p99) of a, what names the
+// transfer ("IMAP FETCH of 100 messages").
+func (a alternated) report(p func(string, ...any), proto, what string, mb, target float64) {
+	dm, rm := median(a.direct), median(a.relay)
+	p("%s (%.0f MB), medians of %d alternating runs: direct %.0f MB/s, relay %.0f MB/s, ratio %.2f (target >= %.2f)",
+		what, mb, benchRounds, mb/dm, mb/rm, dm/rm, target)
+	dp, rp := percentiles(a.directLogin), percentiles(a.relayLogin)
+	p("%s login latency, cached token, %d logins each: direct p50 %s p99 %s; relay p50 %s p99 %s; added p50 %s p99 %s (target <= 1ms)",
+		proto, len(a.directLogin), ms(dp[0]), ms(dp[1]), ms(rp[0]), ms(rp[1]), ms(rp[0]-dp[0]), ms(rp[1]-dp[1]))
+}
+
 func median(v []float64) float64 {
 	s := slices.Clone(v)
 	slices.Sort(s)

@@ -56,35 +56,19 @@ func (b *pop3Bench) run(ctx context.Context, quick bool) error {
 			return err
 		}
 	}
-	var direct, relay []float64
-	var dl, rl []time.Duration
-	for range benchRounds {
-		d, err := b.retrAll(ctx, b.dialDirect, msgs)
-		if err != nil {
-			return fmt.Errorf("direct RETR: %w", err)
+	dial := func(relay bool) func() (*pop3Conn, error) {
+		if relay {
+			return b.dialRelay
 		}
-		r, err := b.retrAll(ctx, b.dialRelay, msgs)
-		if err != nil {
-			return fmt.Errorf("relay RETR: %w", err)
-		}
-		direct, relay = append(direct, d.Seconds()), append(relay, r.Seconds())
-		ds, err := b.loginLatency(ctx, b.dialDirect, logins/benchRounds)
-		if err != nil {
-			return fmt.Errorf("direct logins: %w", err)
-		}
-		rs, err := b.loginLatency(ctx, b.dialRelay, logins/benchRounds)
-		if err != nil {
-			return fmt.Errorf("relay logins: %w", err)
-		}
-		dl, rl = append(dl, ds...), append(rl, rs...)
+		return b.dialDirect
 	}
-	mb := float64(msgs*len(msg)) / (1 << 20)
-	dm, rm := median(direct), median(relay)
-	b.p("POP3 RETR of %d messages (%.0f MB), medians of %d alternating runs: direct %.0f MB/s, relay %.0f MB/s, ratio %.2f (target >= 0.95)",
-		msgs, mb, benchRounds, mb/dm, mb/rm, dm/rm)
-	dp, rp := percentiles(dl), percentiles(rl)
-	b.p("POP3 login latency, cached token, %d logins each: direct p50 %s p99 %s; relay p50 %s p99 %s; added p50 %s p99 %s (target <= 1ms)",
-		len(dl), ms(dp[0]), ms(dp[1]), ms(rp[0]), ms(rp[1]), ms(rp[0]-dp[0]), ms(rp[1]-dp[1]))
+	a, err := alternate(
+		func(relay bool) (time.Duration, error) { return b.retrAll(ctx, dial(relay), msgs) },
+		func(relay bool) ([]time.Duration, error) { return b.loginLatency(ctx, dial(relay), logins/benchRounds) })
+	if err != nil {
+		return fmt.Errorf("POP3: %w", err)
+	}
+	a.report(b.p, "POP3", fmt.Sprintf("POP3 RETR of %d messages", msgs), float64(msgs*len(msg))/(1<<20), 0.95)
 	per, err := b.idleMemory(ctx, conns)
 	if err != nil {
 		return fmt.Errorf("idle sessions: %w", err)

@@ -162,13 +162,11 @@ func (s *IMAPSession) greet(ctx context.Context) (string, error) {
 // startTLS runs STARTTLS (RFC 9051 §6.2.1) and the verified handshake.
 func (s *IMAPSession) startTLS(ctx context.Context) error {
 	r, err := s.command("STARTTLS", nil)
-	if err != nil {
-		return imapUnavailable(s.t, "STARTTLS failed", err)
+	var st *statusLine
+	if r != nil {
+		st = &r.statusLine
 	}
-	if r.status != "OK" {
-		return imapUnavailable(s.t, "STARTTLS refused: "+r.String(), nil)
-	}
-	tc, br, err := s.t.upgrade(ctx, events.IMAP, "STARTTLS", s.Conn, s.br)
+	tc, br, err := s.t.upgrade(ctx, events.IMAP, "STARTTLS", st, err, "OK", s.Conn, s.br)
 	if err != nil {
 		return err
 	}

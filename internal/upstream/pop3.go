@@ -94,13 +94,7 @@ func (s *POP3Session) greet(ctx context.Context) error {
 		return nil
 	}
 	r, err := s.command("STLS")
-	if err != nil {
-		return pop3Unavailable(s.t, "STLS failed", err)
-	}
-	if r.status != "+OK" {
-		return pop3Unavailable(s.t, "STLS refused: "+r.String(), nil)
-	}
-	tc, br, err := s.t.upgrade(ctx, events.POP3, "STLS", s.Conn, s.br)
+	tc, br, err := s.t.upgrade(ctx, events.POP3, "STLS", r, err, "+OK", s.Conn, s.br)
 	if err != nil {
 		return err
 	}

@@ -323,13 +323,20 @@ type Session struct {
 	Warnings []string
 }
 
-// upgrade runs the verified TLS handshake on conn once the upstream has
-// accepted STARTTLS (IMAP) or STLS (POP3), named by command: bytes it sent
-// after that reply, already in br, would be taken as sent under TLS (a
-// command-injection attack on STARTTLS) and fail the login. It returns the
-// TLS connection and a reader over it.
-func (t Target) upgrade(ctx context.Context, p events.Proto, command string, conn net.Conn, br *bufio.Reader) (net.Conn, *bufio.Reader, error) {
-	if br.Buffered() > 0 {
+// upgrade finishes STARTTLS (IMAP) or STLS (POP3), named by command,
+// whose reply r (or failure err) was just read: unless it is the success
+// status ok the login is unavailable; bytes the upstream sent after the
+// reply, already in br, would be taken as sent under TLS (a
+// command-injection attack on STARTTLS) and fail it too. Then the verified
+// handshake; it returns the TLS connection and a reader over it.
+func (t Target) upgrade(ctx context.Context, p events.Proto, command string, r *statusLine, err error, ok string,
+	conn net.Conn, br *bufio.Reader) (net.Conn, *bufio.Reader, error) {
+	switch {
+	case err != nil:
+		return nil, nil, unavailable(t, p, command+" failed", err)
+	case r.status != ok:
+		return nil, nil, unavailable(t, p, command+" refused: "+r.String(), nil)
+	case br.Buffered() > 0:
 		return nil, nil, unavailable(t, p, "the upstream sent data after its "+command+" reply", nil)
 	}
 	tc, err := t.Handshake(ctx, conn)
