@@ -2,7 +2,6 @@ package upstream
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/base64"
 	"encoding/json"
@@ -364,22 +363,13 @@ func (s *IMAPSession) Logout(ctx context.Context) error {
 	return nil
 }
 
-// Close closes the connection without LOGOUT.
-func (s *IMAPSession) Close() error { return s.Conn.Close() }
-
 // run sends a command after login and reads to its tagged reply, noting
 // an untagged BYE ("BYE [code] text"); other untagged responses are skipped.
 // Pending bytes are read first, and what the upstream sent after the reply
 // is Pending again. The error is an I/O error (io.EOF if the upstream
 // closed) or a cancelled *Error.
 func (s *IMAPSession) run(ctx context.Context, cmd string) (r *imapResponse, bye string, err error) {
-	s.br = bufio.NewReaderSize(io.MultiReader(bytes.NewReader(s.Pending), s.Conn), upstreamBufferSize)
-	s.Pending = nil
-	defer func() {
-		s.Pending = splice.TakeBuffered(s.br)
-		s.br = nil
-	}()
-	err = s.interruptible(ctx, func() error {
+	err = s.afterLogin(ctx, s.t, events.IMAP, &s.br, func() error {
 		var err error
 		r, err = s.command(cmd, func(r *imapResponse) {
 			if r.status == "BYE" {

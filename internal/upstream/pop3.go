@@ -182,19 +182,10 @@ func (s *POP3Session) Quit(ctx context.Context) error {
 	return nil
 }
 
-// Close closes the connection without QUIT.
-func (s *POP3Session) Close() error { return s.Conn.Close() }
-
 // run sends a command after login and reads its status line, Pending
 // first.
 func (s *POP3Session) run(ctx context.Context, cmd string) (r *pop3Reply, err error) {
-	s.br = bufio.NewReaderSize(io.MultiReader(strings.NewReader(string(s.Pending)), s.Conn), upstreamBufferSize)
-	s.Pending = nil
-	defer func() {
-		s.Pending = splice.TakeBuffered(s.br)
-		s.br = nil
-	}()
-	err = interruptible(ctx, s.t, events.POP3, s.Conn, func() error {
+	err = s.afterLogin(ctx, s.t, events.POP3, &s.br, func() error {
 		var err error
 		r, err = s.command(cmd)
 		return err

@@ -16,10 +16,12 @@ package upstream
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"time"
 
@@ -28,6 +30,7 @@ import (
 	"github.com/oauthrelay/oauthrelay/config"
 	"github.com/oauthrelay/oauthrelay/internal/events"
 	"github.com/oauthrelay/oauthrelay/internal/oauth"
+	"github.com/oauthrelay/oauthrelay/internal/splice"
 )
 
 const (
@@ -344,4 +347,20 @@ func (t Target) upgrade(ctx context.Context, p events.Proto, command string, r *
 		return nil, nil, unavailable(t, p, "TLS failed", err)
 	}
 	return tc, bufio.NewReaderSize(tc, upstreamBufferSize), nil
+}
+
+// Close closes the connection without logging out.
+func (s *Session) Close() error { return s.Conn.Close() }
+
+// afterLogin runs f, a command after login, with ctx's deadline
+// (interruptible) and a reader that gives Pending before Conn's bytes; what
+// the reader holds unread afterwards is Pending again.
+func (s *Session) afterLogin(ctx context.Context, t Target, p events.Proto, br **bufio.Reader, f func() error) error {
+	*br = bufio.NewReaderSize(io.MultiReader(bytes.NewReader(s.Pending), s.Conn), upstreamBufferSize)
+	s.Pending = nil
+	defer func() {
+		s.Pending = splice.TakeBuffered(*br)
+		*br = nil
+	}()
+	return interruptible(ctx, t, p, s.Conn, f)
 }
