@@ -7,7 +7,7 @@ LDFLAGS := -s -w -X main.version=$(VERSION)
 BIN     := bin/oauthrelay
 STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
-.PHONY: build test race demo bench lint dist clean
+.PHONY: build test race demo bench lint dist clean fuzz fuzz-ci fuzz-corpus
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/oauthrelay
@@ -15,6 +15,7 @@ build:
 # Every test. The packages with concurrency run under the race detector.
 test: lint
 	$(GO) test -count=1 -timeout 15m ./...
+	$(MAKE) fuzz-ci
 	$(GO) test -count=1 -race -timeout 15m ./proxy/... ./internal/... ./cmd/...
 	# The Windows service must keep compiling.
 	GOOS=windows GOARCH=amd64 $(GO) build -o /dev/null ./cmd/oauthrelay
@@ -28,6 +29,32 @@ demo: build
 bench: build
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime 2s ./proxy/... ./internal/smtpclient/
 	$(BIN) bench
+
+# Fuzz targets, as package:Target. `make fuzz` runs each for FUZZTIME
+# (default 5 minutes); `make test` runs each for a few seconds
+# (fuzz-ci) on top of its committed corpus (testdata/fuzz/), which the
+# plain test run replays too. `make fuzz-corpus` copies what a long run
+# found interesting into the corpora, to be committed.
+FUZZ_TARGETS := ./config:FuzzParse ./proxy:FuzzSMTPSession ./proxy/imap:FuzzReadCommand \
+	./internal/sasl:FuzzParseXOAuth2Response ./internal/sasl:FuzzLoginServer \
+	./internal/tokenstore:FuzzDecode ./internal/oauth:FuzzParseErrorBody ./internal/smtpclient:FuzzStuffer
+FUZZTIME ?= 5m
+
+fuzz:
+	@for t in $(FUZZ_TARGETS); do \
+	  pkg=$${t%%:*}; name=$${t#*:}; echo "fuzz $$name ($$pkg) for $(FUZZTIME)"; \
+	  $(GO) test -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; \
+	done
+
+fuzz-ci:
+	@$(MAKE) --no-print-directory fuzz FUZZTIME=4s
+
+fuzz-corpus:
+	@cache=$$($(GO) env GOCACHE)/fuzz/$$($(GO) list -m); \
+	for t in $(FUZZ_TARGETS); do \
+	  pkg=$${t%%:*}; name=$${t#*:}; src=$$cache/$${pkg#./}/$$name; \
+	  [ -d $$src ] || continue; mkdir -p $$pkg/testdata/fuzz/$$name; cp $$src/* $$pkg/testdata/fuzz/$$name/; \
+	done
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \

@@ -131,6 +131,8 @@ func TestProblems(t *testing.T) {
 			[]string{"c.yaml:2: providers.p.client_secret_file: open nope.txt: no such file or directory"}},
 		{"empty secret file", "providers:\n  p: {type: microsoft, tenant: t.com, client_id: id, client_secret_file: empty.txt}\n" + acct,
 			[]string{"c.yaml:2: providers.p.client_secret_file: empty.txt is empty"}},
+		{"secret file without end", "providers:\n  p: {type: microsoft, tenant: t.com, client_id: id, client_secret_file: /dev/zero}\n" + acct,
+			[]string{"c.yaml:2: providers.p.client_secret_file: /dev/zero is larger than 65536 bytes: not the file meant"}},
 		{"password and file", prov + "accounts:\n  - {name: a, provider: p, mailbox: a@b.c, username: u, password_hash: \"HASH\",\n     password: x, password_file: secret.txt}\n",
 			[]string{"c.yaml:5: accounts[0].password_file: set password or password_file, not both"}},
 

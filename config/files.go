@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
+	"io"
 	"maps"
 	"os"
 	"path/filepath"
@@ -65,7 +66,7 @@ func readSecret(r *report, path, name string, value *string, file string) {
 		fail("set %s or %s_file, not both", name, name)
 		return
 	}
-	data, err := os.ReadFile(file)
+	data, err := readLimited(file, maxSecretFile)
 	if err != nil {
 		fail("%w", err)
 		return
@@ -99,7 +100,7 @@ func checkClientCert(certFile, keyFile string) error {
 
 // checkCAFile checks that file holds at least one PEM certificate.
 func checkCAFile(file string) error {
-	data, err := os.ReadFile(file)
+	data, err := readLimited(file, maxCAFile)
 	if err != nil {
 		return err
 	}
@@ -107,4 +108,31 @@ func checkCAFile(file string) error {
 		return fmt.Errorf("no PEM certificates in %s", file)
 	}
 	return nil
+}
+
+// The largest files the configuration names that are read whole: a secret
+// (a client secret or password is a few dozen bytes; 64 KiB leaves room
+// for anything real) and a CA bundle (the system's is about 200 KiB). A
+// path mistyped to a device or a log file is an error, not a read without
+// end.
+const (
+	maxSecretFile = 64 << 10
+	maxCAFile     = 16 << 20
+)
+
+// readLimited reads file whole, refusing one larger than limit bytes.
+func readLimited(file string, limit int64) ([]byte, error) {
+	f, err := os.Open(file)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, limit+1))
+	if err != nil {
+		return nil, err
+	}
+	if int64(len(data)) > limit {
+		return nil, fmt.Errorf("%s is larger than %d bytes: not the file meant", file, limit)
+	}
+	return data, nil
 }

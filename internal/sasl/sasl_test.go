@@ -162,3 +162,50 @@ func TestLoginServer(t *testing.T) {
 		t.Fatal("wrong password accepted")
 	}
 }
+
+// FuzzLoginServer runs the LOGIN exchange with any responses (split at
+// NUL; a leading "*" marks an initial response): it never panics, asks
+// for the password only after the user name, checks at most once, with
+// the user name and password the client sent, and answers nothing after
+// it is done.
+func FuzzLoginServer(f *testing.F) {
+	f.Add([]byte("erp\x00secret"))
+	f.Add([]byte("*erp\x00secret"))
+	f.Add([]byte("erp\x00secret\x00more\x00more"))
+	f.Add([]byte(""))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		parts := bytes.Split(b, []byte{0})
+		var checks [][2]string
+		s := NewLoginServer(func(user, pass string) error {
+			checks = append(checks, [2]string{user, pass})
+			return nil
+		})
+		var sent [][]byte
+		initial := len(parts[0]) > 0 && parts[0][0] == '*'
+		if initial {
+			parts[0] = parts[0][1:]
+		} else {
+			if ch, done, err := s.Next(nil); done || err != nil || string(ch) != "Username:" {
+				t.Fatalf("first step: %q %v %v, want the Username: challenge", ch, done, err)
+			}
+		}
+		done := false
+		for _, p := range parts {
+			_, d, err := s.Next(p)
+			sent = append(sent, p)
+			if done && err == nil {
+				t.Fatalf("a response after the end was taken")
+			}
+			done = done || d
+		}
+		if len(checks) > 1 {
+			t.Fatalf("checked %d times", len(checks))
+		}
+		if len(checks) == 1 && (len(sent) < 2 || checks[0][0] != string(sent[0]) || checks[0][1] != string(sent[1])) {
+			t.Fatalf("checked %q, sent %q", checks[0], sent)
+		}
+		if len(sent) >= 2 && len(checks) != 1 {
+			t.Fatalf("user name and password sent, %d checks", len(checks))
+		}
+	})
+}
