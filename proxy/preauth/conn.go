@@ -21,8 +21,9 @@ import (
 const (
 	// DefaultPreAuthTimeout is how long a client that has not logged in
 	// may take to send its next line (imapserver allows 30 s; RFC 9051
-	// §5.4 sets no minimum before login). The caps on unauthenticated
-	// connections need a short one.
+	// §5.4 sets no minimum before login; RFC 1939 §3 asks POP3 servers
+	// for at least ten minutes, which the upstream keeps after login). The
+	// caps on unauthenticated connections need a short one.
 	DefaultPreAuthTimeout = 60 * time.Second
 	// writeTimeout bounds each write of a reply before login.
 	writeTimeout = 30 * time.Second
