@@ -65,6 +65,10 @@ func isAddress(s string) bool {
 	return err == nil && a.Address == s && a.Name == ""
 }
 
+// IsAddress reports whether s is a bare email address, as a mailbox must be
+// (for `oauthrelay init`, which checks answers before it writes a file).
+func IsAddress(s string) bool { return isAddress(s) }
+
 // isAllowedFrom reports whether s is a valid allowed_from pattern.
 func isAllowedFrom(s string) bool {
 	if s == "*" || s == "<>" {

@@ -48,6 +48,13 @@ const (
 	// later.
 	DeliveryDirect = "direct"
 	DeliveryQueue  = "queue"
+
+	// UpstreamSMTP sends over SMTP AUTH (XOAUTH2), UpstreamGraph through
+	// Microsoft Graph's sendMail, UpstreamAuto over SMTP until Exchange
+	// says SMTP AUTH is disabled (535 5.7.139), then through Graph.
+	UpstreamSMTP  = "smtp"
+	UpstreamGraph = "graph"
+	UpstreamAuto  = "auto"
 )
 
 // Load reads the configuration file at path; see Parse. Environment
@@ -170,6 +177,15 @@ func (c *Config) MailboxLimits(mailbox string) Limits {
 	return l
 }
 
+// SavesToSentItems reports save_to_sent_items (default true).
+func (a *Account) SavesToSentItems() bool { return a.SaveToSentItems == nil || *a.SaveToSentItems }
+
+// SendsThroughGraph reports whether the account may send through Graph
+// (upstream graph or auto).
+func (a *Account) SendsThroughGraph() bool {
+	return a.Upstream == UpstreamGraph || a.Upstream == UpstreamAuto
+}
+
 // Log selects the slog handler.
 type Log struct {
 	Level  string `yaml:"level"`  // debug|info|warn|error (default info)
@@ -208,6 +224,12 @@ type Admin struct {
 	// HTTP basic auth; required when Addr is not a loopback address.
 	Username     string `yaml:"username"`
 	PasswordHash string `yaml:"password_hash"`
+	// CertFile and KeyFile (PEM), both or neither, serve the admin pages
+	// over HTTPS; without them it is plain HTTP, which the relay warns
+	// about on a non-loopback address (the basic auth password would cross
+	// the network in clear).
+	CertFile string `yaml:"cert_file"`
+	KeyFile  string `yaml:"key_file"`
 }
 
 // Provider is one identity provider app registration.
@@ -244,9 +266,24 @@ type Provider struct {
 	// POP3 is the provider's POP3 server (Microsoft: port 995 of the IMAP
 	// host, implicit TLS, AUTH XOAUTH2).
 	POP3 Upstream `yaml:"pop3"`
+	// Graph is Microsoft Graph, for accounts with upstream graph or auto;
+	// filled in from Type, Cloud and Grant when empty.
+	Graph GraphAPI `yaml:"graph"`
 
 	// CAFile adds a PEM CA bundle to the system roots for upstream TLS.
 	CAFile string `yaml:"ca_file"`
+}
+
+// GraphAPI is a provider's Microsoft Graph endpoint and the scopes of its
+// tokens (a token is for one resource: Graph's are not Exchange's).
+type GraphAPI struct {
+	// URL is Graph's root: https://graph.microsoft.com (usgov
+	// https://graph.microsoft.us; DoD https://dod-graph.microsoft.us,
+	// set here; china https://microsoftgraph.chinacloudapi.cn).
+	URL string `yaml:"url"`
+	// Scopes of Graph tokens: app-only {URL}/.default, delegated
+	// {URL}/Mail.Send, {URL}/Mail.ReadWrite and offline_access.
+	Scopes []string `yaml:"scopes"`
 }
 
 // Upstream is a provider's mail server.
@@ -297,6 +334,14 @@ type Account struct {
 	// Delivery is DeliveryDirect (the default) or DeliveryQueue. An Account
 	// built in Go rather than by Load may leave it empty: that means direct.
 	Delivery string `yaml:"delivery"`
+	// Upstream is how the account sends: UpstreamSMTP (the default),
+	// UpstreamGraph or UpstreamAuto. IMAP is IMAP whatever it says. An
+	// Account built in Go may leave it empty: that means smtp.
+	Upstream string `yaml:"upstream"`
+	// SaveToSentItems keeps a copy of what is sent through Graph in the
+	// mailbox's Sent Items; nil (not set) is true, as SMTP submission
+	// does. See SavesToSentItems.
+	SaveToSentItems *bool `yaml:"save_to_sent_items"`
 	// Limits overrides the top-level limits for this account's mailbox;
 	// nil when the file has no limits key here. Read EffectiveLimits, or
 	// Config.MailboxLimits for what the mailbox as a whole may do.

@@ -166,6 +166,10 @@ func TestProblems(t *testing.T) {
 		{"admin exposed", prov + acct + "listen: {admin: {addr: \"10.0.0.1:8025\", username: admin}}\n", []string{
 			`c.yaml:5: listen.admin.addr: "10.0.0.1:8025" is not a loopback address: username and password_hash are required`}},
 		{"admin hash required", prov + acct + "listen: {admin: {username: admin}}\n", []string{`c.yaml:5: listen.admin.password_hash: required with username`}},
+		{"admin tls pair", prov + acct + "listen: {admin: {cert_file: srv.crt}}\n", []string{`c.yaml:5: listen.admin.key_file: required with cert_file`}},
+		{"admin tls cert", prov + acct + "listen: {admin: {key_file: srv.key}}\n", []string{`c.yaml:5: listen.admin.cert_file: required with key_file`}},
+		{"admin tls load", prov + acct + "listen: {admin: {cert_file: srv.crt, key_file: client.key}}\n", []string{
+			`c.yaml:5: listen.admin.cert_file: cannot load with key_file: tls: private key type does not match public key type`}},
 		{"admin username required", prov + acct + "listen: {admin: {password_hash: \"HASH\"}}\n", []string{`c.yaml:5: listen.admin.username: required with password_hash`}},
 		{"admin bad hash", prov + acct + "listen: {admin: {username: a, password_hash: secret}}\n", []string{
 			"c.yaml:5: listen.admin.password_hash: not a bcrypt hash (make one with `oauthrelay hash-password`): crypto/bcrypt: hashedSecret too short to be a bcrypted password"}},
@@ -272,7 +276,7 @@ func TestValid(t *testing.T) {
 listen:
   smtp: {addr: "0.0.0.0:2525", tls: starttls, cert_file: srv.crt, key_file: srv.key}
   imap: {addr: off}
-  admin: {addr: "[::]:8025", username: admin, password_hash: "HASH"}
+  admin: {addr: "[::]:8025", username: admin, password_hash: "HASH", cert_file: srv.crt, key_file: srv.key}
 providers:
   cert: {type: microsoft, tenant: t.com, client_id: id, client_certificate_file: client.crt, client_key_file: client.key, ca_file: srv.crt}
   ropc: {type: microsoft, client_id: id, grant: password}
@@ -288,6 +292,9 @@ accounts:
 	abs := func(name string) string { return filepath.Join(dir, name) }
 	if c.StateDir != abs("state") || c.Listen.SMTP.CertFile != abs("srv.crt") || c.Listen.SMTP.KeyFile != abs("srv.key") {
 		t.Errorf("paths not resolved: %q %q %q", c.StateDir, c.Listen.SMTP.CertFile, c.Listen.SMTP.KeyFile)
+	}
+	if c.Listen.Admin.CertFile != abs("srv.crt") || c.Listen.Admin.KeyFile != abs("srv.key") {
+		t.Errorf("admin TLS paths not resolved: %q %q", c.Listen.Admin.CertFile, c.Listen.Admin.KeyFile)
 	}
 	p := c.Providers["cert"]
 	if p.Name != "cert" || p.ClientCertificateFile != abs("client.crt") || p.ClientKeyFile != abs("client.key") || p.CAFile != abs("srv.crt") {
@@ -350,6 +357,12 @@ func TestDefaults(t *testing.T) {
 	delegated := func(host string) []string {
 		return []string{"https://" + host + "/IMAP.AccessAsUser.All", "https://" + host + "/POP.AccessAsUser.All", "https://" + host + "/SMTP.Send", "offline_access"}
 	}
+	graphApp := func(host string) GraphAPI {
+		return GraphAPI{URL: "https://" + host, Scopes: []string{"https://" + host + "/.default"}}
+	}
+	graphUser := func(host string) GraphAPI {
+		return GraphAPI{URL: "https://" + host, Scopes: []string{"https://" + host + "/Mail.Send", "https://" + host + "/Mail.ReadWrite", "offline_access"}}
+	}
 	tests := []struct {
 		provider string
 		want     Provider
@@ -361,7 +374,8 @@ func TestDefaults(t *testing.T) {
 			DeviceURL:    "https://login.microsoftonline.com/t.com/oauth2/v2.0/devicecode",
 			Scopes:       []string{"https://outlook.office365.com/.default"},
 			SMTP:         Upstream{"smtp.office365.com:587", "starttls"}, IMAP: Upstream{"outlook.office365.com:993", "implicit"},
-			POP3: Upstream{"outlook.office365.com:995", "implicit"},
+			POP3:  Upstream{"outlook.office365.com:995", "implicit"},
+			Graph: graphApp("graph.microsoft.com"),
 		}},
 		{"{type: microsoft, grant: device_code, client_id: id}", Provider{
 			Type: "microsoft", Cloud: "global", Tenant: "organizations", Grant: "device_code",
@@ -370,7 +384,8 @@ func TestDefaults(t *testing.T) {
 			DeviceURL:    "https://login.microsoftonline.com/organizations/oauth2/v2.0/devicecode",
 			Scopes:       delegated("outlook.office.com"),
 			SMTP:         Upstream{"smtp.office365.com:587", "starttls"}, IMAP: Upstream{"outlook.office365.com:993", "implicit"},
-			POP3: Upstream{"outlook.office365.com:995", "implicit"},
+			POP3:  Upstream{"outlook.office365.com:995", "implicit"},
+			Graph: graphUser("graph.microsoft.com"),
 		}},
 		{"{type: microsoft, cloud: usgov, tenant: t.us, client_id: id, client_secret: s}", Provider{
 			Type: "microsoft", Cloud: "usgov", Tenant: "t.us", Grant: "client_credentials",
@@ -379,7 +394,8 @@ func TestDefaults(t *testing.T) {
 			DeviceURL:    "https://login.microsoftonline.us/t.us/oauth2/v2.0/devicecode",
 			Scopes:       []string{"https://outlook.office365.us/.default"},
 			SMTP:         Upstream{"smtp.office365.us:587", "starttls"}, IMAP: Upstream{"outlook.office365.us:993", "implicit"},
-			POP3: Upstream{"outlook.office365.us:995", "implicit"},
+			POP3:  Upstream{"outlook.office365.us:995", "implicit"},
+			Graph: graphApp("graph.microsoft.us"),
 		}},
 		{"{type: microsoft, cloud: usgov, grant: authorization_code, client_id: id}", Provider{
 			Type: "microsoft", Cloud: "usgov", Tenant: "organizations", Grant: "authorization_code",
@@ -388,7 +404,8 @@ func TestDefaults(t *testing.T) {
 			DeviceURL:    "https://login.microsoftonline.us/organizations/oauth2/v2.0/devicecode",
 			Scopes:       delegated("outlook.office365.us"),
 			SMTP:         Upstream{"smtp.office365.us:587", "starttls"}, IMAP: Upstream{"outlook.office365.us:993", "implicit"},
-			POP3: Upstream{"outlook.office365.us:995", "implicit"},
+			POP3:  Upstream{"outlook.office365.us:995", "implicit"},
+			Graph: graphUser("graph.microsoft.us"),
 		}},
 		{"{type: microsoft, cloud: china, tenant: t.cn, client_id: id, client_secret: s}", Provider{
 			Type: "microsoft", Cloud: "china", Tenant: "t.cn", Grant: "client_credentials",
@@ -397,7 +414,8 @@ func TestDefaults(t *testing.T) {
 			DeviceURL:    "https://login.partner.microsoftonline.cn/t.cn/oauth2/v2.0/devicecode",
 			Scopes:       []string{"https://partner.outlook.cn/.default"},
 			SMTP:         Upstream{"smtp.partner.outlook.cn:587", "starttls"}, IMAP: Upstream{"partner.outlook.cn:993", "implicit"},
-			POP3: Upstream{"partner.outlook.cn:995", "implicit"},
+			POP3:  Upstream{"partner.outlook.cn:995", "implicit"},
+			Graph: graphApp("microsoftgraph.chinacloudapi.cn"),
 		}},
 		{"{type: microsoft, cloud: china, grant: authorization_code, client_id: id}", Provider{
 			Type: "microsoft", Cloud: "china", Tenant: "organizations", Grant: "authorization_code",
@@ -406,7 +424,8 @@ func TestDefaults(t *testing.T) {
 			DeviceURL:    "https://login.partner.microsoftonline.cn/organizations/oauth2/v2.0/devicecode",
 			Scopes:       delegated("partner.outlook.cn"),
 			SMTP:         Upstream{"smtp.partner.outlook.cn:587", "starttls"}, IMAP: Upstream{"partner.outlook.cn:993", "implicit"},
-			POP3: Upstream{"partner.outlook.cn:995", "implicit"},
+			POP3:  Upstream{"partner.outlook.cn:995", "implicit"},
+			Graph: graphUser("microsoftgraph.chinacloudapi.cn"),
 		}},
 		{"{type: google, client_id: id}", Provider{
 			Type: "google", Grant: "authorization_code",
@@ -427,7 +446,8 @@ func TestDefaults(t *testing.T) {
 			DeviceURL:    "https://login.microsoftonline.com/t.com/oauth2/v2.0/devicecode",
 			Scopes:       []string{"x"},
 			SMTP:         Upstream{"localhost:2587", "starttls"}, IMAP: Upstream{"outlook.office365.com:993", "implicit"},
-			POP3: Upstream{"outlook.office365.com:995", "implicit"},
+			POP3:  Upstream{"outlook.office365.com:995", "implicit"},
+			Graph: graphApp("graph.microsoft.com"),
 		}},
 	}
 	for _, tt := range tests {

@@ -87,6 +87,7 @@ func applyDefaults(c *Config, getenv func(string) (string, bool)) {
 		}
 		setDefault(&a.SendAs, SendAsMailbox)
 		setDefault(&a.Delivery, DeliveryDirect)
+		setDefault(&a.Upstream, UpstreamSMTP)
 		a.EffectiveLimits = c.Limits.with(a.Limits)
 	}
 }
@@ -175,6 +176,35 @@ func providerDefaults(p *Provider) {
 	setDefault(&p.IMAP.TLS, TLSImplicit)
 	setDefault(&p.POP3.Addr, d.pop3)
 	setDefault(&p.POP3.TLS, TLSImplicit)
+	setDefault(&p.Graph.URL, d.graph)
+	if len(p.Graph.Scopes) == 0 && p.Graph.URL != "" {
+		// The scopes name Graph's resource, not where requests go: a
+		// graph.url through a proxy keeps the cloud's; one of Graph's
+		// own hosts (DoD's) is its own resource.
+		root := d.graph
+		if graphHosts[strings.TrimRight(p.Graph.URL, "/")] || root == "" {
+			root = p.Graph.URL
+		}
+		p.Graph.Scopes = graphScopes(root, p.Grant == GrantClientCredentials)
+	}
+}
+
+// graphHosts are the Microsoft Graph roots of the national clouds.
+var graphHosts = map[string]bool{
+	"https://graph.microsoft.com": true, "https://graph.microsoft.us": true,
+	"https://dod-graph.microsoft.us": true, "https://microsoftgraph.chinacloudapi.cn": true,
+}
+
+// graphScopes are the scopes of Graph tokens for the Graph at root:
+// app-only the .default of the application permissions (Mail.Send, and
+// Mail.ReadWrite for drafts and attachments over 3 MB); delegated the same
+// permissions by name, and offline_access.
+func graphScopes(root string, appOnly bool) []string {
+	root = strings.TrimRight(root, "/")
+	if appOnly {
+		return []string{root + "/.default"}
+	}
+	return []string{root + "/Mail.Send", root + "/Mail.ReadWrite", "offline_access"}
 }
 
 // preset is what a provider type (and cloud) implies.
@@ -182,6 +212,7 @@ type preset struct {
 	token, authorize, device string
 	scopes                   []string
 	smtp, imap, pop3         string
+	graph                    string // Microsoft Graph's root
 }
 
 // microsoft returns the endpoints of a Microsoft cloud. Delegated scopes in
@@ -194,17 +225,21 @@ type preset struct {
 // scopes of the sign-in (golang.org/x/oauth2 sends none), so a grant signed
 // in before POP3 was a default gets POP only after the next sign-in.
 func microsoft(cloud, tenant string, appOnly bool) (preset, bool) {
-	var login, smtp, mailHost, scopeHost string
+	var login, smtp, mailHost, scopeHost, graph string
 	switch cloud {
 	case CloudGlobal:
 		login, smtp, mailHost, scopeHost = "login.microsoftonline.com", "smtp.office365.com:587", "outlook.office365.com", "outlook.office.com"
+		graph = "https://graph.microsoft.com"
 		if appOnly {
 			scopeHost = "outlook.office365.com"
 		}
 	case CloudUSGov:
+		// GCC High; DoD tenants set graph.url to https://dod-graph.microsoft.us.
 		login, smtp, mailHost, scopeHost = "login.microsoftonline.us", "smtp.office365.us:587", "outlook.office365.us", "outlook.office365.us"
+		graph = "https://graph.microsoft.us"
 	case CloudChina:
 		login, smtp, mailHost, scopeHost = "login.partner.microsoftonline.cn", "smtp.partner.outlook.cn:587", "partner.outlook.cn", "partner.outlook.cn"
+		graph = "https://microsoftgraph.chinacloudapi.cn"
 	default:
 		return preset{}, false
 	}
@@ -220,7 +255,7 @@ func microsoft(cloud, tenant string, appOnly bool) (preset, bool) {
 	}
 	return preset{
 		token: base + "token", authorize: base + "authorize", device: base + "devicecode",
-		scopes: scopes, smtp: smtp, imap: mailHost + ":993", pop3: mailHost + ":995",
+		scopes: scopes, smtp: smtp, imap: mailHost + ":993", pop3: mailHost + ":995", graph: graph,
 	}, true
 }
 

@@ -27,6 +27,8 @@ func resolvePaths(c *Config, dir string) {
 		abs(&l.CertFile)
 		abs(&l.KeyFile)
 	}
+	abs(&c.Listen.Admin.CertFile)
+	abs(&c.Listen.Admin.KeyFile)
 	for _, p := range c.Providers {
 		abs(&p.ClientSecretFile)
 		abs(&p.ClientCertificateFile)

@@ -192,6 +192,17 @@ func validateAdmin(r *report, a *Admin) {
 	if a.PasswordHash != "" {
 		checkHash(r, "listen.admin.password_hash", a.PasswordHash)
 	}
+	switch {
+	case a.CertFile == "" && a.KeyFile == "":
+	case a.CertFile == "":
+		r.add("listen.admin.cert_file", "required with key_file")
+	case a.KeyFile == "":
+		r.add("listen.admin.key_file", "required with cert_file")
+	default:
+		if _, err := tls.LoadX509KeyPair(a.CertFile, a.KeyFile); err != nil {
+			r.add("listen.admin.cert_file", "cannot load with key_file: %w", err)
+		}
+	}
 }
 
 func checkHash(r *report, key, hash string) {
@@ -239,6 +250,7 @@ func validateProvider(r *report, path string, p *Provider) {
 	validateUpstream(r, path+".smtp", p.SMTP)
 	validateUpstream(r, path+".imap", p.IMAP)
 	validateUpstream(r, path+".pop3", p.POP3)
+	checkURL(r, path+".graph.url", p.Graph.URL, false)
 	if p.CAFile != "" {
 		if err := checkCAFile(p.CAFile); err != nil {
 			r.add(path+".ca_file", "%w", err)
@@ -333,6 +345,7 @@ func validateAccount(r *report, path string, a *Account, c *Config) {
 		r.add(path+".delivery", "queue is not possible with password_passthrough: "+
 			"a queued message is delivered after the session that brought the password has ended")
 	}
+	validateUpstreamMode(r, path, a)
 	validateLimits(r, path+".limits", a.Limits)
 	validateMailboxes(r, path, a)
 	switch {
@@ -370,6 +383,27 @@ func validateAccount(r *report, path string, a *Account, c *Config) {
 			continue
 		}
 		a.RelayNets = append(a.RelayNets, p.Masked())
+	}
+}
+
+// validateUpstreamMode checks upstream and what Graph needs: its URL, and
+// credentials of the account's own (a passthrough password arrives with an
+// SMTP session and is not Graph's).
+func validateUpstreamMode(r *report, path string, a *Account) {
+	if !oneOf(r, path+".upstream", a.Upstream, "sending path", UpstreamSMTP, UpstreamGraph, UpstreamAuto) || !a.SendsThroughGraph() {
+		if a.SaveToSentItems != nil && a.Upstream == UpstreamSMTP {
+			r.add(path+".save_to_sent_items", "only for upstream graph or auto (SMTP submission always saves to Sent Items)")
+		}
+		return
+	}
+	switch {
+	case a.ProviderRef == nil:
+	case a.ProviderRef.Graph.URL == "":
+		r.add(path+".upstream", "%s needs Microsoft Graph: provider %s has no graph.url (set it, or use type microsoft)", a.Upstream, a.Provider)
+	case a.PasswordPassthrough:
+		r.add(path+".upstream", "%s is not possible with password_passthrough: Graph tokens are the account's own, not the app session's", a.Upstream)
+	case a.DomainWide() || len(a.Mailboxes) > 0 || a.SendAs == SendAsSender:
+		r.add(path+".upstream", "%s sends as the account's one mailbox: not with a domain-wide mailbox, mailboxes or send_as: sender (use one account per mailbox)", a.Upstream)
 	}
 }
 

@@ -24,8 +24,15 @@ type Account struct {
 	*config.Account
 	// Source gets this account's access tokens.
 	Source *oauth.Source
+	// GraphSource gets its Microsoft Graph tokens (upstream graph or
+	// auto; nil otherwise): a second Source over the same grant and
+	// refresh token, for Graph's scopes.
+	GraphSource *oauth.Source
 	// Delivery is how mail submitted for this account leaves the relay.
 	Delivery delivery.Delivery
+	// auto is the upstream: auto delivery inside Delivery (nil for the
+	// others), for the status page.
+	auto *delivery.Auto
 	// roots verify the provider's upstream servers (system roots plus
 	// ca_file).
 	roots *x509.CertPool
@@ -63,7 +70,7 @@ func newAccount(ca *config.Account, prev *Account, opts Options) (*Account, erro
 	a := &Account{Account: ca, roots: roots, sessions: tls.NewLRUClientSessionCache(64), dialer: opts.Dialer,
 		observer: opts.Observer}
 	if prev != nil && sameTokenSettings(prev.Account, ca) {
-		a.Source = prev.Source
+		a.Source, a.GraphSource = prev.Source, prev.GraphSource
 		prev.runMu.Lock()
 		a.cancel, prev.cancel = prev.cancel, nil
 		prev.runMu.Unlock()
@@ -79,6 +86,11 @@ func newAccount(ca *config.Account, prev *Account, opts Options) (*Account, erro
 	})
 	if err != nil {
 		return nil, fmt.Errorf("token source: %w", err)
+	}
+	if ca.SendsThroughGraph() {
+		if a.GraphSource, err = newGraphSource(ca, opts, a); err != nil {
+			return nil, fmt.Errorf("graph token source: %w", err)
+		}
 	}
 	return a, nil
 }
@@ -98,7 +110,7 @@ func tokenResult(e *oauth.Error) events.TokenResult {
 // same tokens, so a reload can keep the cached token and its refresher.
 func sameTokenSettings(a, b *config.Account) bool {
 	return a.Name == b.Name && a.Mailbox == b.Mailbox && a.Password == b.Password &&
-		a.PasswordPassthrough == b.PasswordPassthrough &&
+		a.PasswordPassthrough == b.PasswordPassthrough && a.SendsThroughGraph() == b.SendsThroughGraph() &&
 		reflect.DeepEqual(*a.ProviderRef, *b.ProviderRef)
 }
 
@@ -169,6 +181,9 @@ func (a *Account) start(ctx context.Context, wg *sync.WaitGroup) {
 	}
 	ctx, a.cancel = context.WithCancel(ctx)
 	wg.Go(func() { a.Source.Run(ctx) })
+	if a.GraphSource != nil {
+		wg.Go(func() { a.GraphSource.Run(ctx) })
+	}
 }
 
 func (a *Account) stop() {

@@ -33,10 +33,11 @@ type senderKey struct {
 	server  string // the provider's SMTP address
 }
 
-// attachDelivery gives a its Delivery: direct over the mailbox's Sender,
-// or a queue in the spool that delivers over the same Sender; for an
-// account whose messages log in as several mailboxes, a mailboxRouter over
-// one such delivery per mailbox.
+// attachDelivery gives a its Delivery: direct over the mailbox's Sender
+// (upstream smtp), through Graph (graph), or SMTP moving to Graph (auto);
+// with delivery: queue, a queue in the spool that delivers through the
+// same; for an account whose messages log in as several mailboxes, a
+// mailboxRouter over one such delivery per mailbox (SMTP only).
 func (r *Relay) attachDelivery(cfg *config.Config, a *Account) error {
 	if routesMailboxes(a.Account) {
 		m, err := r.newMailboxRouter(cfg, a)
@@ -46,23 +47,40 @@ func (r *Relay) attachDelivery(cfg *config.Config, a *Account) error {
 		a.Delivery = m
 		return nil
 	}
-	sender := r.sender(cfg, a, a.Mailbox)
-	if a.Account.Delivery != config.DeliveryQueue {
-		a.Delivery = delivery.NewDirect(a.Info(), sender, r.observer,
-			delivery.DirectOptions{MaxWait: a.EffectiveLimits.MaxWait, SharedSender: true})
+	queued := a.Account.Delivery == config.DeliveryQueue
+	maxWait := a.EffectiveLimits.MaxWait
+	if queued {
+		// The worker waits longer than an app would for the mailbox's
+		// pace: no one is waiting on the other end, and a message past it
+		// is only deferred.
+		maxWait = queueMaxWait
+	}
+	var send delivery.Delivery
+	switch a.Upstream {
+	case config.UpstreamGraph:
+		send = r.graphDelivery(cfg, a)
+	case config.UpstreamAuto:
+		a.auto = delivery.NewAuto(a.Info(), r.direct(cfg, a, maxWait), r.graphDelivery(cfg, a), r.log)
+		send = a.auto
+	default:
+		send = r.direct(cfg, a, maxWait)
+	}
+	if !queued {
+		a.Delivery = send
 		return nil
 	}
-	// The worker waits longer than an app would for the mailbox's pace:
-	// no one is waiting on the other end, and a message past it is only
-	// deferred.
-	direct := delivery.NewDirect(a.Info(), sender, r.observer,
-		delivery.DirectOptions{MaxWait: queueMaxWait, SharedSender: true})
-	q, err := r.newQueue(cfg, a, direct, nil)
+	q, err := r.newQueue(cfg, a, send, nil)
 	if err != nil {
 		return err
 	}
 	a.Delivery = q
 	return nil
+}
+
+// direct is a's direct delivery over its mailbox's Sender.
+func (r *Relay) direct(cfg *config.Config, a *Account, maxWait time.Duration) *delivery.Direct {
+	return delivery.NewDirect(a.Info(), r.sender(cfg, a, a.Mailbox), r.observer,
+		delivery.DirectOptions{MaxWait: maxWait, SharedSender: true})
 }
 
 // newQueue makes a's queue in the spool, delivering over sender (or by
@@ -172,12 +190,22 @@ func (r *Relay) closeUnusedSenders(snap *snapshot) {
 		}
 		return false
 	}
+	usedGraph := make(map[graphKey]bool)
+	for _, a := range snap.accounts {
+		usedGraph[graphKeyOf(a)] = true
+	}
 	r.deliveryMu.Lock()
 	defer r.deliveryMu.Unlock()
 	for k, s := range r.senders {
 		if !used(k) {
 			s.Close()
 			delete(r.senders, k)
+		}
+	}
+	for k, c := range r.graphs {
+		if !usedGraph[k] {
+			c.CloseIdle()
+			delete(r.graphs, k)
 		}
 	}
 }
@@ -189,6 +217,10 @@ func (r *Relay) closeDelivery() {
 	for k, s := range r.senders {
 		s.Close()
 		delete(r.senders, k)
+	}
+	for k, c := range r.graphs {
+		c.CloseIdle()
+		delete(r.graphs, k)
 	}
 	if r.spool != nil {
 		r.spool.Close()

@@ -26,6 +26,7 @@ import (
 	"github.com/oauthrelay/oauthrelay/config"
 	"github.com/oauthrelay/oauthrelay/internal/delivery"
 	"github.com/oauthrelay/oauthrelay/internal/events"
+	"github.com/oauthrelay/oauthrelay/internal/graph"
 	"github.com/oauthrelay/oauthrelay/internal/oauth"
 	"github.com/oauthrelay/oauthrelay/internal/spool"
 )
@@ -66,6 +67,8 @@ type Relay struct {
 	deliveryMu sync.Mutex
 	senders    map[senderKey]*delivery.Sender
 	spool      *spool.Spool
+	// graphs are the mailboxes' Graph clients (graph.go).
+	graphs map[graphKey]*graph.Client
 }
 
 // snapshot is one configuration's accounts.
@@ -92,6 +95,7 @@ func NewRelay(cfg *config.Config, opts Options) (*Relay, error) {
 		observer: opts.Observer,
 		throttle: NewThrottle(),
 		senders:  make(map[senderKey]*delivery.Sender),
+		graphs:   make(map[graphKey]*graph.Client),
 	}
 	snap, err := r.build(cfg, nil)
 	if err != nil {

@@ -34,16 +34,21 @@ func runBench(ctx context.Context, args []string, _ io.Reader, stdout, stderr io
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	quick := fs.Bool("quick", false, "fewer messages (a smoke run)")
-	only := fs.String("only", "", "smtp, imap, pop3 or delivery: run one part")
+	only := fs.String("only", "", "smtp, imap, pop3, delivery, graph or load: run one part (graph and load run only when named)")
 	pin := fs.Bool("pin", true, "pin the relay and the load generator to separate CPUs (Linux)")
 	speed := fs.Float64("speed", defaultBenchSpeed, "delivery: how many times faster than real time the fake Exchange and the relay keep their limits")
+	soak := fs.Duration("soak", 0, "load: then run steady traffic this long, watching the relay's memory and open files")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	switch *only {
 	case "", "smtp", "imap", "pop3", "delivery":
+	case "load":
+		return runLoad(ctx, *quick, *soak, *pin, stdout, stderr)
+	case "graph":
+		return graphBench(ctx, *quick, *pin, stdout, stderr)
 	default:
-		return fmt.Errorf("bench: -only %q: want smtp, imap, pop3 or delivery", *only)
+		return fmt.Errorf("bench: -only %q: want smtp, imap, pop3, delivery, graph or load", *only)
 	}
 	if *only != "delivery" {
 		if err := proxyBench(ctx, *only, *quick, *pin, stdout, stderr); err != nil {
@@ -54,7 +59,10 @@ func runBench(ctx context.Context, args []string, _ io.Reader, stdout, stderr io
 		return nil
 	}
 	db := &deliveryBench{pin: *pin, quick: *quick, speed: max(*speed, 1), stdout: stdout, stderr: stderr}
-	return db.run(ctx)
+	if err := db.run(ctx); err != nil || *only != "" {
+		return err
+	}
+	return graphBench(ctx, *quick, *pin, stdout, stderr)
 }
 
 // proxyBench is the SMTP, IMAP and POP3 proxies' part of the bench (only:

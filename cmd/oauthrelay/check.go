@@ -44,6 +44,7 @@ func runCheck(ctx context.Context, args []string, _ io.Reader, stdout, stderr io
 		return err
 	}
 	var results []checkResult
+	withGraph := false
 	for _, a := range relay.Accounts() {
 		if len(rest) >= 1 && a.Name != rest[0] {
 			continue
@@ -55,30 +56,35 @@ func runCheck(ctx context.Context, args []string, _ io.Reader, stdout, stderr io
 			}
 			a = v
 		}
-		results = append(results, checkAccount(ctx, a, cfg.Listen.POP3.Addr != config.AddrOff))
+		res := checkAccount(ctx, a, cfg.Listen.POP3.Addr != config.AddrOff)
+		if a.GraphSource != nil {
+			res.graph, withGraph = checkGraph(ctx, relay, a), true
+		}
+		results = append(results, res)
 	}
 	if len(results) == 0 {
 		return fmt.Errorf("%s: no account %q", path, rest[0])
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "ACCOUNT\tGRANT\tTOKEN\tSMTP\tIMAP\tPOP3")
+	graphCol := func(r checkResult) string { return "" }
+	if withGraph {
+		graphCol = func(r checkResult) string { return "\t" + graphShort(r.graph) }
+	}
+	fmt.Fprintln(tw, "ACCOUNT\tGRANT\tTOKEN\tSMTP\tIMAP\tPOP3"+map[bool]string{true: "\tGRAPH"}[withGraph])
 	failed := false
 	for _, r := range results {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", r.account, r.grant, r.token.short(), r.smtp.short(), r.imap.short(), r.pop3.short())
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s%s\n", r.account, r.grant, r.token.short(), r.smtp.short(), r.imap.short(), r.pop3.short(), graphCol(r))
 	}
 	tw.Flush()
 	for _, r := range results {
-		for _, s := range []struct {
-			what string
-			st   step
-		}{{"token", r.token}, {"SMTP", r.smtp}, {"IMAP", r.imap}, {"POP3", r.pop3}} {
-			if s.st.err == nil {
+		for _, s := range append([]namedStep{{"token", r.token}, {"SMTP", r.smtp}, {"IMAP", r.imap}, {"POP3", r.pop3}}, r.graph...) {
+			if s.err == nil {
 				continue
 			}
 			failed = true
-			fmt.Fprintf(stdout, "\n%s %s: %v\n", r.account, s.what, s.st.err)
-			if s.st.explain != "" {
-				fmt.Fprintf(stdout, "  %s\n", s.st.explain)
+			fmt.Fprintf(stdout, "\n%s %s: %v\n", r.account, s.what, s.err)
+			if s.explain != "" {
+				fmt.Fprintf(stdout, "  %s\n", s.explain)
 			}
 		}
 	}
@@ -92,6 +98,7 @@ func runCheck(ctx context.Context, args []string, _ io.Reader, stdout, stderr io
 type checkResult struct {
 	account, grant          string
 	token, smtp, imap, pop3 step
+	graph                   []namedStep // upstream graph or auto only
 }
 
 // step is one check: ok, skipped (with why) or failed (with an
@@ -140,8 +147,12 @@ func checkAccount(ctx context.Context, a *proxy.Account, pop3 bool) checkResult 
 		r.pop3.skipped = r.smtp.skipped
 		return r
 	}
-	if a.ProviderRef.SMTP.Addr != "" {
+	switch {
+	case a.Upstream == config.UpstreamGraph:
+		r.smtp.skipped = "sends through Graph"
+	case a.ProviderRef.SMTP.Addr != "":
 		r.smtp = checkSMTP(ctx, a)
+		autoSMTP(a, &r.smtp)
 	}
 	if a.ProviderRef.IMAP.Addr != "" {
 		r.imap = checkIMAP(ctx, a)

@@ -153,6 +153,7 @@ func startFake(t testing.TB, opts fakems.Options) *fakems.Server {
 type acct struct {
 	name, provider, mailbox, username, hash string
 	allowedFrom                             []string
+	upstream                                string // "" leaves the default (smtp)
 }
 
 // cfgSpec is a test configuration. Providers "app" (client credentials),
@@ -210,6 +211,7 @@ providers:
     smtp: {addr: %q, tls: starttls}
     imap: {addr: %q, tls: implicit}
     pop3: {addr: %q, tls: implicit}
+    graph: {url: %q}
     ca_file: %q
   device:
     type: microsoft
@@ -235,7 +237,7 @@ providers:
     ca_file: %q
 accounts:
 `, spec.stateDir, spec.level, spec.format, off(spec.smtp), off(spec.imap), off(spec.pop3), off(spec.admin),
-		ms.Tenant, appID, spec.secret, ms.TokenURL, ms.SMTPAddr, ms.IMAPAddr, ms.POP3Addr, ms.CAFile,
+		ms.Tenant, appID, spec.secret, ms.TokenURL, ms.SMTPAddr, ms.IMAPAddr, ms.POP3Addr, ms.GraphURL, ms.CAFile,
 		ms.Tenant, publicID, ms.TokenURL, ms.DeviceURL, ms.SMTPAddr, ms.IMAPAddr, ms.POP3Addr, ms.CAFile,
 		ms.Tenant, publicID, ms.TokenURL, ms.AuthorizeURL, ms.SMTPAddr, ms.IMAPAddr, ms.POP3Addr, ms.CAFile)
 	for _, a := range spec.accounts {
@@ -249,6 +251,9 @@ accounts:
 				q[i] = fmt.Sprintf("%q", f)
 			}
 			fmt.Fprintf(&b, "    allowed_from: [%s]\n", strings.Join(q, ", "))
+		}
+		if a.upstream != "" {
+			fmt.Fprintf(&b, "    upstream: %s\n", a.upstream)
 		}
 	}
 	return b.String()
@@ -451,13 +456,16 @@ func TestUsageUnknownFlag(t *testing.T) {
 	}
 }
 
-func TestDemo(t *testing.T) {
+// runDemoOnce runs `oauthrelay demo args...` until it says it serves,
+// stops it, and returns what it printed.
+func runDemoOnce(t *testing.T, args ...string) string {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
 	defer cancel()
 	runCtx, stop := context.WithCancel(ctx)
 	defer stop()
 	var out, errb syncBuffer
-	done := background(runCtx, nil, &out, &errb, "demo")
+	done := background(runCtx, nil, &out, &errb, append([]string{"demo"}, args...)...)
 	waitFor(t, waitTimeout, "the demo to say Press Ctrl-C to stop", func() bool {
 		select {
 		case code := <-done:
@@ -470,7 +478,11 @@ func TestDemo(t *testing.T) {
 	if code := exitCode(t, done, "demo"); code != 0 {
 		t.Fatalf("demo exit %d:\n%s\n%s", code, out.String(), errb.String())
 	}
-	o := out.String()
+	return out.String()
+}
+
+func TestDemo(t *testing.T) {
+	o := runDemoOnce(t)
 	for _, want := range []string{
 		"the relay answered: 250",
 		"| Subject: oauthrelay demo",  // the delivered message
@@ -489,6 +501,6 @@ func TestDemo(t *testing.T) {
 		}
 	}
 	if t.Failed() {
-		t.Logf("stdout:\n%s\nstderr:\n%s", o, errb.String())
+		t.Logf("stdout:\n%s", o)
 	}
 }

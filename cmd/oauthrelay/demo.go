@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -36,6 +37,8 @@ const (
 type fakeWorld struct {
 	ms     *fakems.Server
 	secret string
+	// upstream is the account's upstream key ("": the default, smtp).
+	upstream string
 }
 
 func startFakeWorld(ctx context.Context, opts fakems.Options) (*fakeWorld, error) {
@@ -83,6 +86,7 @@ providers:
     smtp: {addr: %q, tls: starttls}
     imap: {addr: %q, tls: implicit}
     pop3: {addr: %q, tls: implicit}
+    graph: {url: %q}
     ca_file: %q
 accounts:
   - name: demo
@@ -92,7 +96,15 @@ accounts:
     password_hash: %q
     allowed_from: [%q]
 `, stateDir, smtpAddr, imapAddr, pop3Addr, adminAddr, w.ms.Tenant, demoClientID, w.secret, w.ms.TokenURL, w.ms.SMTPAddr, w.ms.IMAPAddr,
-		w.ms.POP3Addr, w.ms.CAFile, demoMailbox, demoUser, hash, demoMailbox)
+		w.ms.POP3Addr, w.ms.GraphURL, w.ms.CAFile, demoMailbox, demoUser, hash, demoMailbox) + w.upstreamKey()
+}
+
+// upstreamKey is the account's upstream line, "" for the default.
+func (w *fakeWorld) upstreamKey() string {
+	if w.upstream == "" {
+		return ""
+	}
+	return "    upstream: " + w.upstream + "\n"
 }
 
 // startDemoDaemon starts the relay on the README's ports and, where one of
@@ -120,7 +132,10 @@ func startDemoDaemon(ctx context.Context, fw *fakeWorld, stateDir string, stderr
 }
 
 func runDemo(ctx context.Context, args []string, _ io.Reader, stdout, stderr io.Writer) error {
-	if len(args) != 0 {
+	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	viaGraph := fs.Bool("graph", false, "a tenant with SMTP AUTH switched off: the account (upstream: auto) moves to Microsoft Graph")
+	if err := fs.Parse(args); err != nil || fs.NArg() != 0 {
 		return errUsage
 	}
 	fw, err := startFakeWorld(ctx, fakems.Options{})
@@ -128,6 +143,10 @@ func runDemo(ctx context.Context, args []string, _ io.Reader, stdout, stderr io.
 		return err
 	}
 	defer fw.ms.Close()
+	if *viaGraph {
+		fw.upstream = config.UpstreamAuto
+		fw.ms.SetTenantSMTPAuthDisabled(true)
+	}
 	stateDir, err := os.MkdirTemp("", "oauthrelay-demo-")
 	if err != nil {
 		return err
@@ -138,7 +157,7 @@ func runDemo(ctx context.Context, args []string, _ io.Reader, stdout, stderr io.
 		return err
 	}
 	defer d.shutdown(5 * time.Second)
-	smtpAddr, imapAddr := d.smtpAddr.String(), d.imapAddr.String()
+	smtpAddr := d.smtpAddr.String()
 
 	p := func(format string, a ...any) { fmt.Fprintf(stdout, format+"\n", a...) }
 	p("oauthrelay demo: a fake Microsoft 365 (Entra ID token endpoint %s,", fw.ms.TokenURL)
@@ -155,6 +174,12 @@ func runDemo(ctx context.Context, args []string, _ io.Reader, stdout, stderr io.
 		return fmt.Errorf("demo message: %w", err)
 	}
 	p("   the relay answered: 250 %s", reply)
+	if *viaGraph {
+		if err := demoGraph(ctx, fw, p); err != nil {
+			return err
+		}
+		return demoRest(ctx, fw, d, p)
+	}
 	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	msgs, err := fw.ms.WaitMessages(wctx, 1)
 	cancel()
@@ -163,9 +188,13 @@ func runDemo(ctx context.Context, args []string, _ io.Reader, stdout, stderr io.
 	}
 	m := msgs[0]
 	p("   the fake Exchange delivered it (XOAUTH2 user %s, app-only token: %v, %d bytes):", m.AuthUser, m.AppOnly, m.Size)
-	for _, l := range strings.Split(strings.TrimRight(string(m.Data), "\r\n"), "\r\n") {
-		p("   | %s", l)
-	}
+	printLines(p, m.Data)
+	return demoRest(ctx, fw, d, p)
+}
+
+// demoRest is the IMAP part of the demo and the way to use the relay.
+func demoRest(ctx context.Context, fw *fakeWorld, d *daemon, p func(string, ...any)) error {
+	smtpAddr, imapAddr := d.smtpAddr.String(), d.imapAddr.String()
 	p("")
 
 	// 2. The same app reads the mailbox with a plain IMAP LOGIN.
@@ -252,4 +281,28 @@ func demoFetch(addr string) (string, error) {
 	}
 	c.Logout().Wait()
 	return string(bytes.TrimSpace(msgs[0].FindBodySection(section))), nil
+}
+
+// demoGraph shows what the fake's Graph received: the tenant refused SMTP
+// AUTH with 535 5.7.139, so the relay sent through Graph.
+func demoGraph(ctx context.Context, fw *fakeWorld, p func(string, ...any)) error {
+	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	msgs, err := fw.ms.WaitGraphMessages(wctx, 1)
+	cancel()
+	if err != nil {
+		return fmt.Errorf("the fake Graph did not receive the message: %w", err)
+	}
+	m := msgs[0]
+	p("   Exchange refused SMTP AUTH (535 5.7.139, disabled for the tenant), so the relay (upstream: auto)")
+	p("   moved to Microsoft Graph; the fake Graph took it by %s (app-only token: %v, %d bytes) for %s:",
+		m.Via, m.AppOnly, m.Size, strings.Join(m.Recipients, ", "))
+	printLines(p, m.MIME)
+	return nil
+}
+
+// printLines shows a message line by line, indented.
+func printLines(p func(string, ...any), msg []byte) {
+	for _, l := range strings.Split(strings.TrimRight(string(msg), "\r\n"), "\r\n") {
+		p("   | %s", l)
+	}
 }

@@ -4,16 +4,18 @@
 //
 // Usage:
 //
+//	oauthrelay init [-config FILE] [-force] [FLAGS]
 //	oauthrelay serve -config FILE [-addr-file FILE]
 //	oauthrelay check -config FILE [ACCOUNT [MAILBOX]]
 //	oauthrelay login -config FILE ACCOUNT
 //	oauthrelay token -config FILE ACCOUNT
 //	oauthrelay queue -config FILE list|show|retry|delete|export [ARGS]
 //	oauthrelay hash-password < password
-//	oauthrelay demo
+//	oauthrelay demo [-graph]
 //	oauthrelay bench
 //	oauthrelay service install|uninstall|start|stop|run [-name NAME] [-config FILE] [-log FILE]
 //	oauthrelay version
+//	oauthrelay help (or -h, --help)
 package main
 
 import (
@@ -39,13 +41,14 @@ type command struct {
 
 func commands() []command {
 	return []command{
+		{"init", "init [-config FILE] [-force] [FLAGS]  guided setup: config, secret file, Entra/Exchange PowerShell, sign-in (init -h)", runInit},
 		{"serve", "serve -config FILE [-addr-file FILE]  run the relay", runServe},
 		{"check", "check -config FILE [ACCOUNT [MAILBOX]]  get a token and log in over SMTP and IMAP for each account (or one mailbox of it)", runCheck},
 		{"login", "login -config FILE [-replace] ACCOUNT  sign an account in (authorization code or device code)", runLogin},
 		{"token", "token -config FILE ACCOUNT    print a fresh access token", runToken},
 		{"queue", "queue -config FILE list|show|retry|delete|export [ARGS]  see and steer delivery: queue (queue -h)", runQueue},
 		{"hash-password", "hash-password                 read a password on stdin, print its bcrypt hash", runHashPassword},
-		{"demo", "demo                          run the relay against a fake Microsoft 365 on loopback", runDemo},
+		{"demo", "demo [-graph]                 run the relay against a fake Microsoft 365 on loopback (-graph: SMTP AUTH off, sent through Graph)", runDemo},
 		{"bench", "bench                         measure relay vs direct throughput against the fake", runBench},
 		{"service", "service install|uninstall|start|stop|run [-name NAME] [-config FILE] [-log FILE]  Windows service", runService},
 		{"version", "version                       print the version", runVersion},
@@ -71,6 +74,13 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	if len(args) == 0 {
 		usage(stderr)
 		return 2
+	}
+	switch args[0] {
+	case "help", "-h", "-help", "--help":
+		// Asked for: the usage goes to stdout and is a success (the man
+		// page and README list the same commands).
+		usage(stdout)
+		return 0
 	}
 	for _, c := range commands() {
 		if c.name != args[0] {

@@ -36,6 +36,8 @@ const (
 	daemonAppID  = "33333333-aaaa-bbbb-cccc-000000000003"
 	daemonSecret = "daemon-app-secret-value-do-not-show"
 	invoicesBox  = "invoices@contoso.com"
+	deskAppID    = "44444444-aaaa-bbbb-cccc-000000000004" // public client, device code
+	deskBox      = "frontdesk@contoso.com"
 	alertsBox    = "alerts@contoso.com"
 	adminUser    = "ops"
 	adminPass    = "admin-password-for-tests"
@@ -56,6 +58,13 @@ type worldOptions struct {
 	ready     func() error // Options.Ready
 	// queueAlerts gives alerts delivery: queue (a spool in state_dir).
 	queueAlerts bool
+	// device adds the account frontdesk (mailbox deskBox), device code
+	// grant with a public client, not signed in yet.
+	device bool
+	// tls serves the admin pages over HTTPS with this certificate.
+	tls *testutil.LocalCert
+	// autoAlerts gives alerts upstream: auto (SMTP, or Graph).
+	autoAlerts bool
 	// accounts are more accounts (YAML list items; %[1]s is the local
 	// password's hash, %[2]s the daemon provider's name).
 	accounts string
@@ -69,9 +78,11 @@ type world struct {
 	metrics *Metrics
 	srv     *Server
 	store   *tokenstore.Store
-	base    string // http://127.0.0.1:PORT
+	base    string // http://127.0.0.1:PORT (https with worldOptions.tls)
 	log     *testutil.Buf
 	opts    worldOptions
+	// transport trusts worldOptions.tls; nil: the default.
+	transport http.RoundTripper
 }
 
 func newWorld(t *testing.T, o worldOptions) *world {
@@ -88,16 +99,24 @@ func newWorld(t *testing.T, o worldOptions) *world {
 	if err != nil {
 		t.Fatal(err)
 	}
+	auth := ""
 	base := "http://" + ln.Addr().String()
+	var transport http.RoundTripper
+	if o.tls != nil {
+		base = "https://" + ln.Addr().String()
+		tr := &http.Transport{TLSClientConfig: o.tls.ClientTLS()}
+		t.Cleanup(tr.CloseIdleConnections)
+		transport = tr
+		auth += fmt.Sprintf(", cert_file: %q, key_file: %q", o.tls.CertFile, o.tls.KeyFile)
+	}
 	ms.AddApp(fakems.App{ClientID: webAppID, Secret: webSecret, RedirectURIs: []string{base + "/oauth2/callback"}})
 	ms.AddApp(fakems.App{ClientID: daemonAppID, Secret: daemonSecret})
 	ms.AddMailbox(invoicesBox, "invoices-mailbox-password")
 	ms.AddMailbox(alertsBox, "alerts-mailbox-password")
 	ms.GrantApp(daemonAppID, alertsBox)
 
-	auth := ""
 	if o.basicAuth {
-		auth = fmt.Sprintf(", username: %s, password_hash: %q", adminUser, hash(adminPass))
+		auth += fmt.Sprintf(", username: %s, password_hash: %q", adminUser, hash(adminPass))
 	}
 	yaml := fmt.Sprintf(`
 state_dir: %s
@@ -124,6 +143,7 @@ providers:
     client_id: %[12]s
     client_secret: %[13]q
     token_url: %[7]s
+    graph: {url: %[17]q}
     smtp: {addr: %[9]q, tls: starttls}
     imap: {addr: %[10]q, tls: implicit}
     ca_file: %[11]s
@@ -139,9 +159,30 @@ accounts:
     username: monitor
     password_hash: %[16]q
 `, t.TempDir(), ln.Addr().String(), auth, ms.Tenant, webAppID, webSecret, ms.TokenURL, ms.AuthorizeURL,
-		ms.SMTPAddr, ms.IMAPAddr, ms.CAFile, daemonAppID, daemonSecret, invoicesBox, alertsBox, localHash)
+		ms.SMTPAddr, ms.IMAPAddr, ms.CAFile, daemonAppID, daemonSecret, invoicesBox, alertsBox, localHash, ms.GraphURL)
+	if o.autoAlerts {
+		yaml += "    upstream: auto\n"
+	}
 	if o.queueAlerts {
 		yaml += "    delivery: queue\n" // alerts is the last account
+	}
+	if o.device {
+		ms.AddApp(fakems.App{ClientID: deskAppID, PublicClient: true})
+		ms.AddMailbox(deskBox, "desk-mailbox-password")
+		yaml = strings.Replace(yaml, "\naccounts:\n", fmt.Sprintf(`
+  desk:
+    type: microsoft
+    tenant: %s
+    client_id: %s
+    grant: device_code
+    token_url: %s
+    device_url: %s
+    smtp: {addr: %q, tls: starttls}
+    imap: {addr: %q, tls: implicit}
+    ca_file: %s
+accounts:
+`, ms.Tenant, deskAppID, ms.TokenURL, ms.DeviceURL, ms.SMTPAddr, ms.IMAPAddr, ms.CAFile), 1)
+		yaml += fmt.Sprintf("  - name: frontdesk\n    provider: desk\n    mailbox: %s\n    username: desk\n    password_hash: %q\n", deskBox, localHash)
 	}
 	if o.accounts != "" {
 		yaml += fmt.Sprintf(o.accounts, localHash, "daemon")
@@ -180,7 +221,8 @@ accounts:
 			t.Errorf("Serve: %v", err)
 		}
 	})
-	return &world{t: t, ctx: ctx, ms: ms, relay: relay, metrics: m, srv: srv, store: store, base: base, log: buf, opts: o}
+	return &world{t: t, ctx: ctx, ms: ms, relay: relay, metrics: m, srv: srv, store: store, base: base, log: buf, opts: o,
+		transport: transport}
 }
 
 func (w *world) account(name string) *proxy.Account {
@@ -217,6 +259,9 @@ func (w *world) do(c *http.Client, method, path string, form url.Values, hdr htt
 	}
 	if c == nil {
 		c = &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	}
+	if c.Transport == nil {
+		c.Transport = w.transport
 	}
 	resp, err := c.Do(req)
 	if err != nil {

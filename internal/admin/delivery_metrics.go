@@ -21,8 +21,10 @@ type deliveryMetrics struct {
 	failures   *prometheus.CounterVec // account, reason
 	duplicates *prometheus.CounterVec // account
 	outcomes   *prometheus.CounterVec // account, outcome
-	queue      *queueCollector
-	senders    *senderCollector
+	// graphDuplicates: Graph sends repeated without knowing (graph_metrics.go)
+	graphDuplicates *prometheus.CounterVec // account
+	queue           *queueCollector
+	senders         *senderCollector
 }
 
 func newDeliveryMetrics() *deliveryMetrics {
@@ -51,13 +53,14 @@ func newDeliveryMetrics() *deliveryMetrics {
 			Name: "oauthrelay_message_outcomes_total",
 			Help: "Messages by account and outcome, as the status page's message log records them: direct delivery's delivered, refused (the upstream's or the relay's reply at the final dot) or failed (connection lost, the app's message cut short); queue mode's queued, then each attempt's delivered, deferred or failed.",
 		}, []string{"account", "outcome"}),
-		queue:   newQueueCollector(),
-		senders: newSenderCollector(),
+		graphDuplicates: newGraphDuplicates(),
+		queue:           newQueueCollector(),
+		senders:         newSenderCollector(),
 	}
 }
 
 func (d *deliveryMetrics) collectors() []prometheus.Collector {
-	return []prometheus.Collector{d.queued, d.attempts, d.deferrals, d.failures, d.duplicates, d.outcomes, d.queue, d.senders}
+	return []prometheus.Collector{d.queued, d.attempts, d.deferrals, d.failures, d.duplicates, d.outcomes, d.graphDuplicates, d.queue, d.senders}
 }
 
 func (d *deliveryMetrics) setRelay(r Relay) {

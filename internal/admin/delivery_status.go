@@ -20,10 +20,13 @@ const pageLogRows = 20
 type deliveryView struct {
 	Name, Mailbox string
 	Queued        bool // delivery: queue
-	Queue         queueView
-	Pool          *poolView // nil: no Sender for the mailbox (yet)
-	Chart         chart
-	Log           []logRow
+	// Upstream is the account's upstream (smtp, graph, auto);
+	// UpstreamNote, for auto, where its mail goes now in plain words.
+	Upstream, UpstreamNote string
+	Queue                  queueView
+	Pool                   *poolView // nil: no Sender for the mailbox (yet)
+	Chart                  chart
+	Log                    []logRow
 	// LogHeld is how many messages the account's log holds; LogNote
 	// says what Log shows of them.
 	LogHeld int
@@ -90,7 +93,8 @@ func (s *Server) deliveryViews(accts []account, query string, now time.Time) []d
 	})
 	var out []deliveryView
 	for _, a := range accts {
-		v := deliveryView{Name: a.Name, Mailbox: a.Mailbox, Queued: a.Delivery == config.DeliveryQueue}
+		v := deliveryView{Name: a.Name, Mailbox: a.Mailbox, Queued: a.Delivery == config.DeliveryQueue, Upstream: a.Upstream}
+		v.UpstreamNote = s.autoNote(a.Name, now)
 		if v.Queued && queueOK {
 			v.Queue = queueOf(qs.Accounts[a.Name], now)
 			v.Queue.Unreadable = qerr != nil
@@ -120,6 +124,26 @@ func (s *Server) deliveryViews(accts []account, query string, now time.Time) []d
 		out = append(out, v)
 	}
 	return out
+}
+
+// AutoStater is an optional add-on of Relay (*proxy.Relay has it): where
+// an account with upstream: auto sends now.
+type AutoStater interface {
+	AutoState(account string) (delivery.AutoState, bool)
+}
+
+// autoNote says, for an upstream: auto account that moved to Graph, why
+// and since when; "" otherwise.
+func (s *Server) autoNote(name string, now time.Time) string {
+	as, ok := s.relay.(AutoStater)
+	if !ok {
+		return ""
+	}
+	st, ok := as.AutoState(name)
+	if !ok || !st.Graph {
+		return ""
+	}
+	return fmt.Sprintf("%s. Moved %s; SMTP is tried again %s.", st.Reason, relTime(st.Since, now), relTime(st.NextProbe, now))
 }
 
 type poolKey struct{ mailbox, server string }

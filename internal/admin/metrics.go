@@ -58,6 +58,7 @@ type accountStats struct {
 	lastOK    time.Time // last upstream login that succeeded
 	lastErr   string    // plain words
 	lastErrAt time.Time
+	lastFix   string // the status page's fix entry for lastErr (fixes.go), or ""
 	// mailboxes are the mailboxes seen in use (a login or a message) by
 	// address, at most maxMailboxesShown: a domain-wide account serves
 	// many, and the status page lists them.
@@ -239,11 +240,12 @@ func (m *Metrics) accountStats(name string) accountStats {
 	return accountStats{}
 }
 
-// recordError notes a failure for the status page.
-func (m *Metrics) recordError(name, words string) {
+// recordError notes a failure for the status page, with the ID of its
+// entry in the page's fixes ("" for none).
+func (m *Metrics) recordError(name, words, fix string) {
 	m.mu.Lock()
 	st := m.statsLocked(name)
-	st.lastErr, st.lastErrAt = words, time.Now()
+	st.lastErr, st.lastErrAt, st.lastFix = words, time.Now(), fix
 	m.mu.Unlock()
 }
 
@@ -260,7 +262,7 @@ func (m *Metrics) Connection(proto events.Proto, delta int) {
 func (m *Metrics) Login(proto events.Proto, a events.Account, result events.LoginResult) {
 	m.logins.WithLabelValues(string(proto), string(result)).Inc()
 	if a.Name != "" && result != events.LoginOK {
-		m.recordError(a.Name, loginWords(proto, result))
+		m.recordError(a.Name, loginWords(proto, result), loginFix(result))
 	}
 	if a.Name != "" && result == events.LoginOK {
 		m.mu.Lock()
@@ -288,7 +290,11 @@ func (m *Metrics) Upstream(proto events.Proto, a events.Account, result events.U
 		m.mu.Unlock()
 		return
 	}
-	m.recordError(a.Name, upstreamWords(proto, result))
+	fix := fixMailbox
+	if result == events.UpstreamUnavailable {
+		fix = fixUnreachable
+	}
+	m.recordError(a.Name, upstreamWords(proto, result), fix)
 }
 
 // Message implements events.Observer.
@@ -354,6 +360,20 @@ func loginWords(proto events.Proto, result events.LoginResult) string {
 		return "Exchange refused the " + protoName(proto) + " login with the account's token (the log has its reply)"
 	}
 	return "an app login to " + protoName(proto) + " failed (" + string(result) + ")"
+}
+
+// loginFix is the fixes entry for a failed app login; a token failure has
+// the token state's own.
+func loginFix(result events.LoginResult) string {
+	switch result {
+	case events.LoginBadCredentials:
+		return fixAppPassword
+	case events.LoginUnavailable:
+		return fixUnreachable
+	case events.LoginUpstreamRejected:
+		return fixMailbox
+	}
+	return ""
 }
 
 // upstreamWords says what a failed upstream login means.

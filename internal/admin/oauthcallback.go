@@ -86,18 +86,33 @@ func (s *Server) account(name string) *account {
 	return nil
 }
 
-// canSignIn: the status page offers Sign in for this account.
+// canSignIn: the status page offers Sign in for this account (the
+// authorization code grant, or the device code grant).
 func (s *Server) canSignIn(a *account) bool {
-	return s.opts.Store != nil && a.ProviderRef.Grant == config.GrantAuthorizationCode && a.ProviderRef.AuthorizeURL != ""
+	if s.opts.Store == nil {
+		return false
+	}
+	switch p := a.ProviderRef; p.Grant {
+	case config.GrantAuthorizationCode:
+		return p.AuthorizeURL != ""
+	case config.GrantDeviceCode:
+		return p.DeviceURL != ""
+	}
+	return false
 }
 
 // redirectURL is the provider's configured redirect URI, else this
-// listener's /oauth2/callback at the host the page was reached on.
+// listener's /oauth2/callback at the host the page was reached on (https
+// when the listener has TLS).
 func redirectURL(p *config.Provider, r *http.Request) string {
 	if p.RedirectURL != "" {
 		return p.RedirectURL
 	}
-	return (&url.URL{Scheme: "http", Host: r.Host, Path: "/oauth2/callback"}).String()
+	scheme := "http"
+	if r.TLS != nil {
+		scheme = "https"
+	}
+	return (&url.URL{Scheme: scheme, Host: r.Host, Path: "/oauth2/callback"}).String()
 }
 
 // signin starts the authorization code flow of the posted account and sends
@@ -113,7 +128,11 @@ func (s *Server) signin(w http.ResponseWriter, r *http.Request) {
 	a := s.account(name)
 	if a == nil || !s.canSignIn(a) {
 		s.renderStatus(w, r, http.StatusBadRequest, &notice{Error: true,
-			Text: "There is no account " + quote(name) + " that signs in with the authorization code grant."})
+			Text: "There is no account " + quote(name) + " that signs in with the authorization code or device code grant."})
+		return
+	}
+	if a.ProviderRef.Grant == config.GrantDeviceCode {
+		s.signinDevice(w, r, a)
 		return
 	}
 	flow, err := oauth.NewAuthCodeFlow(a.Account, redirectURL(a.ProviderRef, r), oauth.Options{
@@ -148,7 +167,7 @@ func (s *Server) callback(w http.ResponseWriter, r *http.Request) {
 	if err := p.flow.Callback(ctx, q); err != nil {
 		words := failureWords(err)
 		s.log.Warn("sign-in failed", "account", p.account, "err", err)
-		s.metrics.recordError(p.account, "sign-in from the status page failed: "+words)
+		s.metrics.recordError(p.account, "sign-in from the status page failed: "+words, fixFor(err, config.GrantAuthorizationCode))
 		s.renderStatus(w, r, http.StatusBadGateway, &notice{Error: true,
 			Text: "The sign-in for " + p.account + " failed: " + words})
 		return

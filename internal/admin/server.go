@@ -2,20 +2,23 @@
 // answers), /readyz (listeners up, every account's token usable, and every
 // provider's mail server accepting TCP connections),
 // /metrics (Prometheus), a status page at / with one row per account, and
-// the authorization code sign-in started from that page, whose redirect
-// comes back to /oauth2/callback.
+// the sign-ins started from that page: authorization code, whose redirect
+// comes back to /oauth2/callback, and device code, whose code the page
+// shows while it waits for the user (devicesignin.go).
 //
 // Security: the listener binds loopback by default; config validation
 // requires listen.admin.username and password_hash (bcrypt) for any other
 // address, and then every path but /healthz and /readyz needs HTTP basic
-// auth. Without a password, requests must name the host as an IP address or
-// localhost, which defeats DNS rebinding. The Sign in button is a POST form
-// carrying a per-process token (see signin). The pages never show a token, a
-// client secret, a password or a hash: only what oauth.Error says is safe.
+// auth. listen.admin.cert_file and key_file serve it over HTTPS; a
+// non-loopback listener without them is warned about at start-up (the basic
+// auth password would cross the network in clear). Without a password,
+// requests must name the host as an IP address or localhost, which defeats
+// DNS rebinding. The Sign in button is a POST form carrying a per-process
+// token (see signin). The pages never show a token, a client secret, a
+// password or a hash: only what oauth.Error says is safe.
 //
-// Out of scope: changing the configuration, the device code sign-in (it
-// needs a person at a terminal: `oauthrelay login`), TLS on the admin
-// listener (put it on loopback or behind a proxy), and JavaScript.
+// Out of scope: changing the configuration, reloading the admin
+// certificate without a restart, and JavaScript.
 package admin
 
 import (
@@ -23,6 +26,7 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/subtle"
+	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -75,6 +79,7 @@ type Server struct {
 	handler http.Handler
 	httpSrv *http.Server
 	flows   flows
+	devices *deviceFlows
 	tmpl    pageTemplate
 	// upstreams probes the providers' mail servers for /readyz and the
 	// status page.
@@ -105,6 +110,7 @@ func New(relay Relay, m *Metrics, opts Options) *Server {
 		admin:   relay.Config().Listen.Admin,
 		csrf:    hex.EncodeToString(tok),
 		flows:   flows{m: make(map[string]*pendingFlow)},
+		devices: newDeviceFlows(),
 		tmpl:    mustParsePage(),
 
 		upstreams: newUpstreamChecker(),
@@ -132,10 +138,25 @@ func New(relay Relay, m *Metrics, opts Options) *Server {
 // Handler is the server's HTTP handler, for tests and embedding.
 func (s *Server) Handler() http.Handler { return s.handler }
 
-// Serve answers on ln until Shutdown or Close; it then returns nil.
+// Serve answers on ln until Shutdown or Close; it then returns nil. With
+// listen.admin.cert_file and key_file it speaks HTTPS on ln (an error if
+// the pair cannot be loaded).
 func (s *Server) Serve(ln net.Listener) error {
+	useTLS := s.admin.CertFile != "" && s.admin.KeyFile != ""
 	if host, _, err := net.SplitHostPort(ln.Addr().String()); err == nil && !config.IsLoopbackHost(host) {
-		s.log.Warn("admin listener reachable from other hosts", "addr", ln.Addr().String(), "basic_auth", s.authConfigured())
+		s.log.Warn("admin listener reachable from other hosts", "addr", ln.Addr().String(), "basic_auth", s.authConfigured(), "tls", useTLS)
+		if !useTLS {
+			s.log.Warn("admin listener without TLS on a non-loopback address: the admin password crosses the network in clear; "+
+				"set listen.admin.cert_file and key_file", "addr", ln.Addr().String())
+		}
+	}
+	if useTLS {
+		cert, err := tls.LoadX509KeyPair(s.admin.CertFile, s.admin.KeyFile)
+		if err != nil {
+			ln.Close()
+			return fmt.Errorf("admin: listen.admin.cert_file: %w", err)
+		}
+		ln = tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12})
 	}
 	err := s.conns.serve(func() error { return s.httpSrv.Serve(ln) })
 	if errors.Is(err, http.ErrServerClosed) {
@@ -150,6 +171,7 @@ func (s *Server) Serve(ln net.Listener) error {
 // connection's goroutine have returned.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.upstreams.close()
+	s.devices.stop()
 	if err := s.httpSrv.Shutdown(ctx); err != nil {
 		return err
 	}
@@ -162,6 +184,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 // and every connection's goroutine, and so every handler, have.
 func (s *Server) Close() error {
 	s.upstreams.close()
+	s.devices.stop()
 	s.conns.close()
 	err := s.httpSrv.Close()
 	s.conns.wait()

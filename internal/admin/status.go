@@ -35,6 +35,11 @@ type page struct {
 	// per account.
 	Query    string
 	Delivery []deliveryView
+	// Refresh is the page's reload interval in seconds: short while a
+	// device sign-in waits, so its row turns OK soon after the user signs in.
+	Refresh int
+	// Fixes is the "How to fix" section the failing rows link to.
+	Fixes []fix
 }
 
 // notice is a banner above the table.
@@ -55,6 +60,11 @@ type row struct {
 	Messages                int64
 	Bytes                   string
 	SignIn, SignInUrgent    bool
+	// DeviceCode, DeviceURI and DeviceExpires: a device sign-in waits for
+	// the user to enter the code at the link.
+	DeviceCode, DeviceURI, DeviceExpires string
+	// Fix is the ID of the fixes entry for the row's failure ("": none).
+	Fix string
 	// Mailboxes are those seen in use since the relay started, for an
 	// account that serves several (domain-wide, or with a mailboxes list).
 	Mailboxes []mailboxRow
@@ -72,6 +82,14 @@ func (s *Server) status(w http.ResponseWriter, r *http.Request) {
 	if name := r.URL.Query().Get("signed_in"); name != "" && s.account(name) != nil {
 		n = &notice{Text: name + " is signed in."}
 	}
+	if name := r.URL.Query().Get("device"); name != "" {
+		if a := s.account(name); a != nil {
+			if _, ok := s.devices.pending(name); ok {
+				n = &notice{Text: "Sign-in for " + name + " started: open the link in its row on any device, enter the code, and sign in as " +
+					a.Mailbox + ". The row turns OK when you have."}
+			}
+		}
+	}
 	s.renderStatus(w, r, http.StatusOK, n)
 }
 
@@ -80,7 +98,11 @@ func (s *Server) status(w http.ResponseWriter, r *http.Request) {
 func (s *Server) renderStatus(w http.ResponseWriter, r *http.Request, code int, n *notice) {
 	n = withUpstreams(n, s.unreachableUpstreams(r.Context()))
 	now := time.Now()
-	p := page{Now: now.Format("2006-01-02 15:04:05 MST"), CSRF: s.csrf, Notice: n, Query: searchQuery(r.URL.Query().Get("q"))}
+	p := page{Now: now.Format("2006-01-02 15:04:05 MST"), CSRF: s.csrf, Notice: n, Query: searchQuery(r.URL.Query().Get("q")),
+		Refresh: 60, Fixes: fixes}
+	if s.devices.any() {
+		p.Refresh = pendingRefresh
+	}
 	accts := accounts(s.relay)
 	for _, a := range accts {
 		p.Rows = append(p.Rows, s.row(a, now))
@@ -154,14 +176,19 @@ func (s *Server) row(a account, now time.Time) row {
 	if !last.IsZero() {
 		r.LastOK, r.LastOKTitle = relTime(last, now), absTime(last)
 	}
+	if d, ok := s.devices.pending(a.Name); ok && st.Status != oauth.StatusOK {
+		r.DeviceCode, r.DeviceURI, r.DeviceExpires = d.userCode, d.uri, relTime(d.expiry, now)
+		r.StateNote = "waiting for the sign-in with the code below"
+	}
 	if e := st.Err; e != nil {
 		// The token source's failure is current: it wins.
+		r.Fix = fixFor(e, a.ProviderRef.Grant)
 		r.LastErr, r.LastErrFix, r.LastErrRef = capitalize(e.Reason), e.Fix, errorRef(e)
 		if e.Description != "" {
 			r.LastErrRef = strings.TrimPrefix(r.LastErrRef+": "+e.Description, ": ")
 		}
 	} else if stats.lastErr != "" {
-		r.LastErr, r.LastErrWhen = capitalize(stats.lastErr), relTime(stats.lastErrAt, now)
+		r.LastErr, r.LastErrWhen, r.Fix = capitalize(stats.lastErr), relTime(stats.lastErrAt, now), stats.lastFix
 	}
 	return r
 }

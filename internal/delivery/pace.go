@@ -21,6 +21,17 @@ import "time"
 type window struct {
 	sent     []time.Time // oldest first
 	inFlight int
+	// span is the window's length; zero is paceWindow (Exchange's SMTP
+	// pace counts a minute, Graph's requests ten: see graphPace).
+	span time.Duration
+}
+
+// length is the window's span.
+func (w *window) length() time.Duration {
+	if w.span > 0 {
+		return w.span
+	}
+	return paceWindow
 }
 
 // expire drops the messages sent paceWindow or longer ago. The log is
@@ -29,7 +40,7 @@ type window struct {
 // for every message.
 func (w *window) expire(now time.Time) {
 	n := 0
-	for n < len(w.sent) && now.Sub(w.sent[n]) >= paceWindow {
+	for n < len(w.sent) && now.Sub(w.sent[n]) >= w.length() {
 		n++
 	}
 	if n == 0 {
@@ -58,7 +69,7 @@ func (w *window) free(now time.Time, limit int) (bool, time.Time) {
 	// n-limit+1 of the sent ones must age out; the last of them is at
 	// index n-limit.
 	if i := n - limit; i < len(w.sent) {
-		return false, w.sent[i].Add(paceWindow)
+		return false, w.sent[i].Add(w.length())
 	}
 	return false, time.Time{}
 }

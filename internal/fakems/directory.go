@@ -47,6 +47,10 @@ type dir struct {
 	devices map[string]*deviceAuth // by device_code
 	byUser  map[string]*deviceAuth // by user_code
 
+	// smtpAuthOffTenant is Set-TransportConfig
+	// -SmtpClientAuthenticationDisabled $true.
+	smtpAuthOffTenant bool
+
 	tokenRequests int
 	failLeft      int
 	failure       TokenFailure
@@ -303,6 +307,16 @@ func (s *Server) SetSMTPAuthDisabled(mailbox string, disabled bool) {
 	if m, ok := s.mailboxes[lower(mailbox)]; ok {
 		m.smtpAuthDisabled = disabled
 	}
+}
+
+// SetTenantSMTPAuthDisabled is Set-TransportConfig
+// -SmtpClientAuthenticationDisabled: when disabled, every AUTH XOAUTH2 gets
+// 535 5.7.139 ... disabled for the Tenant (the default of tenants created
+// in recent years), whatever the mailbox's own setting.
+func (s *Server) SetTenantSMTPAuthDisabled(disabled bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.smtpAuthOffTenant = disabled
 }
 
 // TokenFailure is an injected token-endpoint failure.

@@ -18,7 +18,9 @@
 // replies differ from Exchange's, the connection wrappers in wire.go rewrite
 // the reply lines, so clients see Microsoft's texts.
 //
-// Out of scope: EWS and Graph, conditional access, consent prompts
+// Microsoft Graph's mail sending is served too (graph.go), over HTTPS.
+//
+// Out of scope: EWS, the rest of Graph, conditional access, consent prompts
 // (every app is consented for every user), token signatures (access tokens
 // are opaque; they only look like JWTs), and anything off loopback: all
 // listeners are on 127.0.0.1 and the certificates come from a CA generated at
@@ -179,6 +181,9 @@ type Server struct {
 	IMAPAddr string
 	// POP3Addr is outlook.office365.com:995: implicit TLS (pop3.go).
 	POP3Addr string
+	// GraphURL stands for https://graph.microsoft.com (HTTPS with the
+	// generated CA; see graph.go), e.g. "https://127.0.0.1:41235".
+	GraphURL string
 
 	// CAFile is the PEM file of the generated CA, in a temporary directory
 	// that Close removes. CAPool holds the same CA.
@@ -191,9 +196,11 @@ type Server struct {
 	tmpDir string
 	clock  Clock // opts.Clock or the system clock
 
-	httpSrv *http.Server
-	smtpSrv *smtp.Server
-	imapSrv *imapserver.Server
+	httpSrv  *http.Server
+	graphSrv *http.Server
+	graph    *graphState
+	smtpSrv  *smtp.Server
+	imapSrv  *imapserver.Server
 	// listeners are closed by Close as well: a Serve that has not yet
 	// registered its listener with its server would otherwise never return.
 	listeners []net.Listener
@@ -250,6 +257,7 @@ func Start(ctx context.Context, opts Options) (_ *Server, err error) {
 		conns:     newConnSet(),
 		dir:       newDir(),
 		clock:     opts.Clock,
+		graph:     newGraphState(),
 	}
 	if s.clock == nil {
 		s.clock = realClock{}
@@ -310,6 +318,19 @@ func Start(ctx context.Context, opts Options) (_ *Server, err error) {
 	}
 	s.goServe("http", func() error { return s.httpSrv.Serve(httpLn) })
 
+	graphLn, err := listen("Graph")
+	if err != nil {
+		return nil, err
+	}
+	s.GraphURL = "https://" + graphLn.Addr().String()
+	s.graphSrv = &http.Server{
+		Handler:           s.graphHandler(),
+		ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
+		ConnState:         s.conns.httpState,
+	}
+	s.goServe("graph", func() error { return s.graphSrv.Serve(tls.NewListener(graphLn, s.pki.serverTLSConfig())) })
+
 	smtpLn, err := listen("SMTP")
 	if err != nil {
 		return nil, err
@@ -337,7 +358,7 @@ func Start(ctx context.Context, opts Options) (_ *Server, err error) {
 		defer close(s.afterDone)
 		s.shutdown()
 	})
-	logger.Info("fakems started", "base_url", s.BaseURL, "smtp", s.SMTPAddr, "imap", s.IMAPAddr, "pop3", s.POP3Addr, "tenant", s.Tenant)
+	logger.Info("fakems started", "base_url", s.BaseURL, "graph", s.GraphURL, "smtp", s.SMTPAddr, "imap", s.IMAPAddr, "pop3", s.POP3Addr, "tenant", s.Tenant)
 	return s, nil
 }
 
@@ -376,6 +397,9 @@ func (s *Server) shutdown() error {
 		var errs []error
 		if s.httpSrv != nil {
 			errs = append(errs, s.httpSrv.Close())
+		}
+		if s.graphSrv != nil {
+			errs = append(errs, s.graphSrv.Close())
 		}
 		for _, ln := range s.listeners {
 			_ = ln.Close() // the SMTP and IMAP Serve loops end

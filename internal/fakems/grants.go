@@ -36,8 +36,11 @@ func (s *Server) grantClientCredentials(w http.ResponseWriter, r *http.Request) 
 		return
 	}
 	var roles []string
-	if aud == resOutlook {
+	switch aud {
+	case resOutlook:
 		roles = appRoles
+	case resGraph:
+		roles = s.graphRoles(app.ClientID)
 	}
 	s.mu.Lock()
 	at, life := s.newAccessLocked(app.ClientID, "", aud, nil, roles)

@@ -18,6 +18,8 @@ var (
 		Message: "Authentication unsuccessful, basic authentication is disabled. [" + exchangeHost + "]"}
 	replySMTPAuthDisabled = &smtp.SMTPError{Code: 535, EnhancedCode: smtp.EnhancedCode{5, 7, 139},
 		Message: "Authentication unsuccessful, SmtpClientAuthentication is disabled for the Mailbox. Visit https://aka.ms/smtp_auth_disabled for more information. [" + exchangeHost + "]"}
+	replySMTPAuthDisabledTenant = &smtp.SMTPError{Code: 535, EnhancedCode: smtp.EnhancedCode{5, 7, 139},
+		Message: "Authentication unsuccessful, SmtpClientAuthentication is disabled for the Tenant. Visit https://aka.ms/smtp_auth_disabled for more information. [" + exchangeHost + "]"}
 	replyUnknownMech = &smtp.SMTPError{Code: 504, EnhancedCode: smtp.EnhancedCode{5, 7, 4},
 		Message: "Unrecognized authentication type [" + exchangeHost + "]"}
 	replyLineTooLong = &smtp.SMTPError{Code: 500, EnhancedCode: smtp.EnhancedCode{5, 5, 2},

@@ -140,6 +140,10 @@ func (ss *smtpSession) loginXOAuth2(user, token string) error {
 	}
 	ss.s.mu.Lock()
 	defer ss.s.mu.Unlock()
+	if s := ss.s; s.smtpAuthOffTenant {
+		ss.log.Info("smtp: XOAUTH2 refused", "user", user, "reason", "SMTP AUTH disabled for the tenant")
+		return replySMTPAuthDisabledTenant
+	}
 	if m.smtpAuthDisabled {
 		ss.log.Info("smtp: XOAUTH2 refused", "user", user, "reason", "SMTP AUTH disabled for the mailbox")
 		return replySMTPAuthDisabled

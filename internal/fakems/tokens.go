@@ -163,8 +163,11 @@ func parseDelegatedScopes(scope string) (scopeSet, *aadError) {
 		ss.aud = aud
 		if perm == ".default" {
 			ss.dotDefault = true
-			if aud == resOutlook {
+			switch aud {
+			case resOutlook:
 				ss.perms = append(ss.perms, scopeIMAP, scopeSMTP, scopePOP)
+			case resGraph:
+				ss.perms = append(ss.perms, defaultGraphPerms...)
 			}
 			continue
 		}

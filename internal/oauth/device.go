@@ -24,34 +24,68 @@ const deviceCodeLifetime = 15 * time.Minute
 
 // LoginDevice runs a device code sign-in (RFC 8628) for acct (grant
 // device_code) and saves the refresh token in opts.Store: it prints the
-// provider's message (where to go, which code to enter) to out and polls the
-// token endpoint at the given interval until the user has signed in, declined,
-// or the code expired. authorization_pending and slow_down (+5 s) are handled
-// by x/oauth2; a transient failure while polling does not end the sign-in.
+// provider's message (where to go, which code to enter) to out and waits
+// (DeviceFlow.Wait) until the user has signed in, declined, or the code
+// expired.
 func LoginDevice(ctx context.Context, acct *config.Account, opts Options, out io.Writer) error {
 	if out == nil {
 		out = io.Discard
 	}
-	src, err := NewSource(acct, opts)
+	f, err := StartDevice(ctx, acct, opts)
 	if err != nil {
 		return err
 	}
+	fmt.Fprintf(out, "%s\nSign in as %s.\n", f.Message, acct.Mailbox)
+	return f.Wait(ctx)
+}
+
+// DeviceFlow is a device code sign-in between the code being issued and the
+// user signing in: what to show the user, and Wait to finish it. The status
+// page shows the code and link and waits in the background; `oauthrelay
+// login` prints them and waits in the foreground.
+type DeviceFlow struct {
+	// UserCode and VerificationURI are what the user enters where; Message
+	// is the provider's own sentence saying so (or one made of them).
+	UserCode, VerificationURI, Message string
+	// Expiry is when the code stops working (Entra: 15 minutes).
+	Expiry time.Time
+
+	src *Source
+	da  *oauth2.DeviceAuthResponse
+}
+
+// StartDevice asks the provider for a device code for acct (grant
+// device_code); nothing is stored until Wait succeeds.
+func StartDevice(ctx context.Context, acct *config.Account, opts Options) (*DeviceFlow, error) {
+	src, err := NewSource(acct, opts)
+	if err != nil {
+		return nil, err
+	}
 	if src.grant != grantDeviceCode {
-		return fmt.Errorf("oauth: account %s uses grant %s, not device_code", acct.Name, src.grant)
+		return nil, fmt.Errorf("oauth: account %s uses grant %s, not device_code", acct.Name, src.grant)
 	}
 	if src.prov.DeviceURL == "" {
-		return fmt.Errorf("oauth: provider %s has no device_url", src.prov.Name)
+		return nil, fmt.Errorf("oauth: provider %s has no device_url", src.prov.Name)
 	}
 	da, msg, e := src.deviceAuth(ctx)
 	if e != nil {
 		src.logFailure(e)
-		return e
+		return nil, e
 	}
 	if msg == "" {
 		msg = fmt.Sprintf("To sign in, open %s and enter the code %s.", da.VerificationURI, da.UserCode)
 	}
-	fmt.Fprintf(out, "%s\nSign in as %s.\n", msg, acct.Mailbox)
+	return &DeviceFlow{UserCode: da.UserCode, VerificationURI: da.VerificationURI, Message: msg, Expiry: da.Expiry,
+		src: src, da: da}, nil
+}
 
+// Wait polls the token endpoint at the provider's interval until the user
+// has signed in (the refresh token is then saved in the store), declined,
+// or the code expired, or ctx ends. authorization_pending and slow_down
+// (+5 s) are handled by x/oauth2; a transient failure while polling does
+// not end the sign-in.
+func (f *DeviceFlow) Wait(ctx context.Context) error {
+	src, da := f.src, f.da
 	cfg := oauth2.Config{
 		ClientID: src.prov.ClientID,
 		Scopes:   src.prov.Scopes,
@@ -72,7 +106,7 @@ func LoginDevice(ctx context.Context, acct *config.Account, opts Options, out io
 		}
 		if errors.Is(err, context.DeadlineExceeded) || !time.Now().Before(da.Expiry) {
 			// DeviceAccessToken stops polling at the code's expiry.
-			return &Error{Class: NeedsSignIn, Code: "expired_token", Reason: "the sign-in code expired before sign-in finished", Fix: "run `oauthrelay login` again and finish within 15 minutes", Err: err}
+			return &Error{Class: NeedsSignIn, Code: "expired_token", Reason: "the sign-in code expired before sign-in finished", Fix: "sign in again (`oauthrelay login`, or Sign in on the status page) and finish within 15 minutes", Err: err}
 		}
 		e := classify(err, grantDeviceCode, src.now())
 		if e.Class != Transient {

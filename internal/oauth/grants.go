@@ -64,7 +64,7 @@ func (s *Source) request(ctx context.Context, params url.Values, auth bool) (*oa
 	cfg := clientcredentials.Config{
 		ClientID:       s.prov.ClientID,
 		TokenURL:       s.prov.TokenURL,
-		Scopes:         s.prov.Scopes,
+		Scopes:         s.scopes,
 		EndpointParams: params,
 		AuthStyle:      oauth2.AuthStyleInParams,
 	}
@@ -126,6 +126,8 @@ func (s *Source) fetchRefresh(ctx context.Context) (tokenResult, *Error) {
 	}
 	if nrt := tok.RefreshToken; nrt != "" && nrt != rt {
 		rec := tokenstore.Record{RefreshToken: nrt, Scopes: s.prov.Scopes, Updated: s.now()}
+		// The grant's consented scopes are the provider's (see
+		// Options.Scopes): a Graph source saves them too.
 		if err := s.store.Save(s.acct.Name, rec); err != nil {
 			// The old refresh token is still in the store and in memory;
 			// Entra keeps it valid after rotation, so the next attempt can

@@ -57,6 +57,16 @@ type Options struct {
 	// interactive logins): err is nil on success. For metrics; it must not
 	// block.
 	OnRequest func(err *Error, took time.Duration)
+	// Scopes, when set, replace the provider's scopes in token requests:
+	// a second Source of the same account for another resource
+	// (Microsoft Graph's scopes, the provider's graph.scopes). Both read
+	// and save the account's one refresh token in Store, so a rotation by
+	// one is what the other redeems next; interactive sign-ins keep
+	// asking for the provider's scopes.
+	Scopes []string
+	// Resource names the resource in the log ("graph"); "" for the mail
+	// servers'.
+	Resource string
 	// RefreshMargin is how long before expiry Run refreshes the access
 	// token. Zero: 5 minutes. For short-lived tokens at most half the
 	// lifetime is used.
@@ -87,6 +97,7 @@ type Source struct {
 	acct   *config.Account
 	prov   *config.Provider
 	grant  string
+	scopes []string // of the token requests (Options.Scopes or the provider's)
 	store  Store
 	client *http.Client
 	log    *slog.Logger
@@ -138,6 +149,7 @@ func NewSource(acct *config.Account, opts Options) (*Source, error) {
 		acct:      acct,
 		prov:      p,
 		grant:     p.Grant,
+		scopes:    p.Scopes,
 		store:     opts.Store,
 		client:    opts.HTTPClient,
 		log:       opts.Logger,
@@ -155,6 +167,12 @@ func NewSource(acct *config.Account, opts Options) (*Source, error) {
 		s.log = slog.New(slog.DiscardHandler)
 	}
 	s.log = s.log.With(slog.String("account", acct.Name), slog.String("grant", p.Grant))
+	if len(opts.Scopes) > 0 {
+		s.scopes = opts.Scopes
+	}
+	if opts.Resource != "" {
+		s.log = s.log.With(slog.String("resource", opts.Resource))
+	}
 	if s.now == nil {
 		s.now = time.Now
 	}

@@ -54,6 +54,17 @@ func WriteNew(path string, data []byte) error {
 	return writeAtomic(path, data, linkNew)
 }
 
+// CreateTemp creates a new private file in dir (os.CreateTemp's pattern),
+// open for reading and writing: a message body held while it is sent on,
+// which only the relay may read. The caller removes it.
+func CreateTemp(dir, pattern string) (*os.File, error) {
+	f, err := createTemp(dir, pattern)
+	if err != nil {
+		return nil, fmt.Errorf("securefile: create temp file: %w", err)
+	}
+	return f, nil
+}
+
 // Remove deletes path and makes the removal durable. A missing file is not an
 // error, so removing twice is harmless.
 func Remove(path string) error {

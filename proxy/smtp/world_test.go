@@ -66,6 +66,9 @@ type worldOptions struct {
 	queue bool
 	// stateDir is the relay's state_dir; "" is a new temporary one.
 	stateDir string
+	// upstream is the invoices account's upstream (smtp, graph, auto);
+	// "" leaves the default.
+	upstream string
 }
 
 type world struct {
@@ -138,6 +141,7 @@ providers:
     token_url: %s
     smtp: {addr: %q, tls: starttls}
     imap: {addr: %q, tls: implicit}
+    graph: {url: %q}
     ca_file: %s
 accounts:
   - name: invoices
@@ -148,7 +152,10 @@ accounts:
     allowed_from: ["invoices@contoso.com", "*@billing.contoso.com"]
     enforce_header_from: %v
 `, o.stateDir, o.listenTLS, w.cert.CertFile, w.cert.KeyFile, ms.Tenant, clientID, o.secret, ms.TokenURL,
-		o.smtpAddr, ms.IMAPAddr, ms.CAFile, mailbox, username, testHash, o.enforceHeaderFrom)
+		o.smtpAddr, ms.IMAPAddr, ms.GraphURL, ms.CAFile, mailbox, username, testHash, o.enforceHeaderFrom)
+	if o.upstream != "" {
+		yaml += "    upstream: " + o.upstream + "\n"
+	}
 	if o.queue {
 		yaml += "    delivery: queue\n"
 	}
