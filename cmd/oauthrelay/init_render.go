@@ -13,8 +13,8 @@ import (
 const providerName = "m365"
 
 // exchangeAppID is the application id of "Office 365 Exchange Online", the
-// API whose permissions (SMTP.SendAsApp, IMAP.AccessAsApp, SMTP.Send,
-// IMAP.AccessAsUser.All) the app needs.
+// API whose permissions (SMTP.SendAsApp, IMAP.AccessAsApp, POP.AccessAsApp,
+// SMTP.Send, IMAP.AccessAsUser.All, POP.AccessAsUser.All) the app needs.
 const exchangeAppID = "00000002-0000-0ff1-ce00-000000000000"
 
 // accountNames are the accounts' names: the mailboxes' local parts, made
@@ -209,7 +209,7 @@ func (a *initAnswers) powerShell() string {
 	p("$sp = Get-MgServicePrincipal -Filter \"appId eq '$appId'\"")
 	p("if (-not $sp) { $sp = New-MgServicePrincipal -AppId $appId }")
 	if a.Grant == config.GrantClientCredentials {
-		perms := []string{"IMAP.AccessAsApp"}
+		perms := []string{"IMAP.AccessAsApp", "POP.AccessAsApp"}
 		if !a.RBAC {
 			perms = append([]string{"SMTP.SendAsApp"}, perms...)
 		}
@@ -220,7 +220,8 @@ func (a *initAnswers) powerShell() string {
 		p("Update-MgApplication -ApplicationId $app.Id -RequiredResourceAccess $rra")
 		p("foreach ($r in $perms) { New-MgServicePrincipalAppRoleAssignment -ServicePrincipalId $sp.Id -PrincipalId $sp.Id -ResourceId $exo.Id -AppRoleId $r.Id }")
 	} else {
-		perms := []string{"SMTP.Send", "IMAP.AccessAsUser.All"}
+		// POP.AccessAsUser.All: the delegated default scopes ask for it.
+		perms := []string{"SMTP.Send", "IMAP.AccessAsUser.All", "POP.AccessAsUser.All"}
 		p("# API permissions (delegated): %s, then admin consent for all users.", strings.Join(perms, ", "))
 		p("$perms = $exo.Oauth2PermissionScopes | Where-Object { $_.Value -in %s }", psList(perms))
 		p("$rra = @($app.RequiredResourceAccess | Where-Object { $_.ResourceAppId -ne $exo.AppId })")
