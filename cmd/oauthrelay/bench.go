@@ -170,29 +170,38 @@ func smtpBench(ctx context.Context, fw *fakeWorld, rp *relayProcess, tok string,
 const benchRounds = 3
 
 // alternated are the samples of a proxied protocol's bench: the seconds of
-// each throughput run, and the login durations pooled over the rounds.
+// each throughput run, the relay's CPU time over its throughput runs, and
+// the login durations pooled over the rounds.
 type alternated struct {
 	direct, relay           []float64
+	relayCPU                time.Duration
 	directLogin, relayLogin []time.Duration
 }
 
 // alternate runs throughput and logins benchRounds times, direct then
-// through the relay each time (relay false, then true), so that a burst of
-// noise on the machine does not decide the comparison.
-func alternate(throughput func(relay bool) (time.Duration, error), logins func(relay bool) ([]time.Duration, error)) (alternated, error) {
+// through the relay (process pid) each time (relay false, then true), so
+// that a burst of noise on the machine does not decide the comparison.
+func alternate(pid int, throughput func(relay bool) (time.Duration, error), logins func(relay bool) ([]time.Duration, error)) (alternated, error) {
 	var a alternated
 	for range benchRounds {
-		for _, relay := range []bool{false, true} {
-			d, err := throughput(relay)
-			if err != nil {
-				return a, fmt.Errorf("%s transfer: %w", benchSide(relay), err)
-			}
-			if relay {
-				a.relay = append(a.relay, d.Seconds())
-			} else {
-				a.direct = append(a.direct, d.Seconds())
-			}
+		d, err := throughput(false)
+		if err != nil {
+			return a, fmt.Errorf("direct transfer: %w", err)
 		}
+		cpu0, err := processCPU(pid)
+		if err != nil {
+			return a, err
+		}
+		r, err := throughput(true)
+		if err != nil {
+			return a, fmt.Errorf("relay transfer: %w", err)
+		}
+		cpu1, err := processCPU(pid)
+		if err != nil {
+			return a, err
+		}
+		a.relayCPU += cpu1 - cpu0
+		a.direct, a.relay = append(a.direct, d.Seconds()), append(a.relay, r.Seconds())
 		for _, relay := range []bool{false, true} {
 			l, err := logins(relay)
 			if err != nil {
@@ -215,13 +224,20 @@ func benchSide(relay bool) string {
 	return "direct"
 }
 
-// report prints the throughput of mb megabytes (medians) and the login
-// latencies added by the relay (pooled p50 and p99) of a, what names the
-// transfer ("IMAP FETCH of 100 messages").
-func (a alternated) report(p func(string, ...any), proto, what string, mb, target float64) {
+// report prints the throughput of a run of size bytes (medians), the
+// relay's CPU per GB through it, and the login latencies added by the relay
+// (pooled p50 and p99) of a; transfer names it ("IMAP FETCH") and msgs
+// counts its messages; a cpuTarget of 0 prints none.
+func (a alternated) report(p func(string, ...any), proto, transfer string, msgs int, size, target, cpuTarget float64) {
+	mb := size / (1 << 20)
 	dm, rm := median(a.direct), median(a.relay)
-	p("%s (%.0f MB), medians of %d alternating runs: direct %.0f MB/s, relay %.0f MB/s, ratio %.2f (target >= %.2f)",
-		what, mb, benchRounds, mb/dm, mb/rm, dm/rm, target)
+	p("%s of %d messages (%.0f MB), medians of %d alternating runs: direct %.0f MB/s, relay %.0f MB/s, ratio %.2f (target >= %.2f)",
+		transfer, msgs, mb, benchRounds, mb/dm, mb/rm, dm/rm, target)
+	cpu := fmt.Sprintf("%s cost in the relay: %.2f s of CPU per GB through it", transfer, a.relayCPU.Seconds()/(size*benchRounds/1e9))
+	if cpuTarget > 0 {
+		cpu += fmt.Sprintf(" (target <= %.1f)", cpuTarget)
+	}
+	p("%s", cpu)
 	dp, rp := percentiles(a.directLogin), percentiles(a.relayLogin)
 	p("%s login latency, cached token, %d logins each: direct p50 %s p99 %s; relay p50 %s p99 %s; added p50 %s p99 %s (target <= 1ms)",
 		proto, len(a.directLogin), ms(dp[0]), ms(dp[1]), ms(rp[0]), ms(rp[1]), ms(rp[0]-dp[0]), ms(rp[1]-dp[1]))

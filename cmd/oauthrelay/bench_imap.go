@@ -6,7 +6,10 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"slices"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/emersion/go-imap/v2"
@@ -40,13 +43,13 @@ func (b *imapBench) run(ctx context.Context, quick bool) error {
 		}
 		return b.dialDirect
 	}
-	a, err := alternate(
+	a, err := alternate(b.rp.cmd.Process.Pid,
 		func(relay bool) (time.Duration, error) { return b.fetchAll(ctx, dial(relay)) },
 		func(relay bool) ([]time.Duration, error) { return b.loginLatency(ctx, dial(relay), logins/benchRounds) })
 	if err != nil {
 		return fmt.Errorf("IMAP: %w", err)
 	}
-	a.report(b.p, "IMAP", fmt.Sprintf("IMAP FETCH of %d messages", msgs), float64(msgs*size)/(1<<20), 0.90)
+	a.report(b.p, "IMAP", "IMAP FETCH", msgs, float64(msgs*size), 0.95, 1.0)
 
 	per, err := b.idleMemory(ctx, conns)
 	if err != nil {
@@ -219,4 +222,30 @@ func containsLine(b []byte, prefix string) bool {
 		}
 	}
 	return false
+}
+
+// processCPU is the CPU time (user and system) process pid has used, from
+// /proc/PID/stat (Linux; clock ticks of USER_HZ, 100 on every Linux).
+func processCPU(pid int) (time.Duration, error) {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, fmt.Errorf("the relay's CPU time: %w", err)
+	}
+	// The command name (field 2) is in parentheses and may hold spaces:
+	// the fields counted from after its closing one.
+	i := bytes.LastIndexByte(data, ')')
+	if i < 0 {
+		return 0, fmt.Errorf("the relay's CPU time: unexpected /proc/%d/stat", pid)
+	}
+	f := strings.Fields(string(data[i+1:]))
+	if len(f) < 13 {
+		return 0, fmt.Errorf("the relay's CPU time: unexpected /proc/%d/stat", pid)
+	}
+	utime, err1 := strconv.ParseInt(f[11], 10, 64)
+	stime, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err1 != nil || err2 != nil {
+		return 0, fmt.Errorf("the relay's CPU time: unexpected /proc/%d/stat", pid)
+	}
+	const userHZ = 100
+	return time.Duration(utime+stime) * time.Second / userHZ, nil
 }

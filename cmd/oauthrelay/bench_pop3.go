@@ -62,13 +62,13 @@ func (b *pop3Bench) run(ctx context.Context, quick bool) error {
 		}
 		return b.dialDirect
 	}
-	a, err := alternate(
+	a, err := alternate(b.rp.cmd.Process.Pid,
 		func(relay bool) (time.Duration, error) { return b.retrAll(ctx, dial(relay), msgs) },
 		func(relay bool) ([]time.Duration, error) { return b.loginLatency(ctx, dial(relay), logins/benchRounds) })
 	if err != nil {
 		return fmt.Errorf("POP3: %w", err)
 	}
-	a.report(b.p, "POP3", fmt.Sprintf("POP3 RETR of %d messages", msgs), float64(msgs*len(msg))/(1<<20), 0.95)
+	a.report(b.p, "POP3", "POP3 RETR", msgs, float64(msgs*len(msg)), 0.95, 0)
 	per, err := b.idleMemory(ctx, conns)
 	if err != nil {
 		return fmt.Errorf("idle sessions: %w", err)
