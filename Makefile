@@ -47,7 +47,8 @@ bench: build
 # found interesting into the corpora, to be committed.
 FUZZ_TARGETS := ./config:FuzzParse ./proxy:FuzzSMTPSession ./proxy:FuzzPOP3Session ./proxy/imap:FuzzReadCommand \
 	./internal/sasl:FuzzParseXOAuth2Response ./internal/sasl:FuzzLoginServer \
-	./internal/tokenstore:FuzzDecode ./internal/oauth:FuzzParseErrorBody ./internal/smtpclient:FuzzStuffer
+	./internal/tokenstore:FuzzDecode ./internal/oauth:FuzzParseErrorBody ./internal/smtpclient:FuzzStuffer \
+	./internal/graph:FuzzRewriteHeader ./internal/graph:FuzzSplitMessage
 FUZZTIME ?= 5m
 
 fuzz:
