@@ -37,49 +37,19 @@ func (b *imapBench) run(ctx context.Context, quick bool) error {
 	if err := b.fill(msgs, size); err != nil {
 		return err
 	}
-	// Alternate direct and relay runs (medians for FETCH, pooled samples
-	// for logins), so a burst of noise does not decide the comparison.
-	var direct, relay []float64
-	var dl, rl []time.Duration
-	var relayCPU time.Duration
-	for round := 0; round < benchRounds; round++ {
-		d, err := b.fetchAll(ctx, b.dialDirect)
-		if err != nil {
-			return fmt.Errorf("direct FETCH: %w", err)
+	dial := func(relay bool) func() (*imapclient.Client, error) {
+		if relay {
+			return b.dialRelay
 		}
-		cpu0, err := processCPU(b.rp.cmd.Process.Pid)
-		if err != nil {
-			return err
-		}
-		r, err := b.fetchAll(ctx, b.dialRelay)
-		if err != nil {
-			return fmt.Errorf("relay FETCH: %w", err)
-		}
-		cpu1, err := processCPU(b.rp.cmd.Process.Pid)
-		if err != nil {
-			return err
-		}
-		relayCPU += cpu1 - cpu0
-		direct, relay = append(direct, d.Seconds()), append(relay, r.Seconds())
-		ds, err := b.loginLatency(ctx, b.dialDirect, logins/benchRounds)
-		if err != nil {
-			return fmt.Errorf("direct logins: %w", err)
-		}
-		rs, err := b.loginLatency(ctx, b.dialRelay, logins/benchRounds)
-		if err != nil {
-			return fmt.Errorf("relay logins: %w", err)
-		}
-		dl, rl = append(dl, ds...), append(rl, rs...)
+		return b.dialDirect
 	}
-	mb := float64(msgs*size) / (1 << 20)
-	dm, rm := median(direct), median(relay)
-	b.p("IMAP FETCH of %d messages (%.0f MB), medians of %d alternating runs: direct %.0f MB/s, relay %.0f MB/s, ratio %.2f (target >= 0.95)",
-		msgs, mb, benchRounds, mb/dm, mb/rm, dm/rm)
-	gb := float64(msgs*size) * benchRounds / 1e9
-	b.p("IMAP FETCH cost in the relay: %.2f s of CPU per GB fetched through it (target <= 1.0)", relayCPU.Seconds()/gb)
-	dp, rp := percentiles(dl), percentiles(rl)
-	b.p("IMAP login latency, cached token, %d logins each: direct p50 %s p99 %s; relay p50 %s p99 %s; added p50 %s p99 %s (target <= 1ms)",
-		len(dl), ms(dp[0]), ms(dp[1]), ms(rp[0]), ms(rp[1]), ms(rp[0]-dp[0]), ms(rp[1]-dp[1]))
+	a, err := alternate(b.rp.cmd.Process.Pid,
+		func(relay bool) (time.Duration, error) { return b.fetchAll(ctx, dial(relay)) },
+		func(relay bool) ([]time.Duration, error) { return b.loginLatency(ctx, dial(relay), logins/benchRounds) })
+	if err != nil {
+		return fmt.Errorf("IMAP: %w", err)
+	}
+	a.report(b.p, "IMAP", "IMAP FETCH", msgs, float64(msgs*size), 0.95, 1.0)
 
 	per, err := b.idleMemory(ctx, conns)
 	if err != nil {

@@ -34,7 +34,8 @@ administrator sets them up, one line per step:
   mailbox permission  app-only: the app may open the mailbox
   SMTP AUTH           SMTP AUTH is enabled for the mailbox (535 5.7.139 otherwise)
   send as ADDRESS     the mailbox may send as each other allowed_from address
-  IMAP, POP3          the logins the relay makes, when the provider has them
+  IMAP, POP3          the logins the relay makes (IMAP opens INBOX, POP3 runs
+                      STAT), when the provider has them (POP3: and listen.pop3)
   Graph token, Graph Mail.Send, Graph Mail.ReadWrite, Graph Sent Items
                       upstream graph|auto: the Graph token and each permission used
 
@@ -165,7 +166,7 @@ func checkAccounts(ctx context.Context, path string, rest []string, stderr io.Wr
 			}
 			a = v
 		}
-		out = append(out, checkAccount(ctx, relay, a))
+		out = append(out, checkAccount(ctx, relay, a, cfg.Listen.POP3.Addr != config.AddrOff))
 	}
 	if len(out) == 0 {
 		return nil, "", usageError{fmt.Errorf("%s: no account %q", path, rest[0])}
@@ -173,9 +174,11 @@ func checkAccounts(ctx context.Context, path string, rest []string, stderr io.Wr
 	return out, counted, nil
 }
 
-// checkAccount proves the steps of one account (or one mailbox of it).
-func checkAccount(ctx context.Context, relay *proxy.Relay, a *proxy.Account) checkedAccount {
-	c := &accountCheck{ctx: ctx, relay: relay, a: a}
+// checkAccount proves the steps of one account (or one mailbox of it);
+// POP3 only when pop3 is set (the POP3 listener is on: a relay that serves
+// no POP3 does not need the tenant's POP3, which many tenants switch off).
+func checkAccount(ctx context.Context, relay *proxy.Relay, a *proxy.Account, pop3 bool) checkedAccount {
+	c := &accountCheck{ctx: ctx, relay: relay, a: a, pop3: pop3}
 	c.run()
 	ca := checkedAccount{Name: a.Name, Mailbox: a.Mailbox, Provider: a.Provider, Grant: a.ProviderRef.Grant,
 		Upstream: a.Upstream, Status: stepOK, Steps: c.steps(), label: a.Name}

@@ -28,6 +28,7 @@ const (
 	stepSMTPAuth   = "SMTP AUTH"
 	stepSendAs     = "send as " // + the address
 	stepIMAP       = "IMAP"
+	stepPOP3       = "POP3"
 )
 
 // accountCheck proves one account's steps. Every step of the plan ends up
@@ -36,6 +37,7 @@ type accountCheck struct {
 	ctx   context.Context
 	relay *proxy.Relay
 	a     *proxy.Account
+	pop3  bool // the relay serves POP3 (listen.pop3 is on)
 
 	plan    []string
 	done    map[string]checkStep
@@ -126,6 +128,9 @@ func (c *accountCheck) makePlan() {
 	if a.ProviderRef.IMAP.Addr != "" {
 		c.plan = append(c.plan, stepIMAP)
 	}
+	if a.ProviderRef.POP3.Addr != "" {
+		c.plan = append(c.plan, stepPOP3)
+	}
 	if a.GraphSource != nil {
 		c.plan = append(c.plan, graphSteps...)
 	}
@@ -157,6 +162,7 @@ func (c *accountCheck) run() {
 	c.consent(tok, smtpLogin)
 	c.smtpSteps(smtpLogin)
 	c.imapStep()
+	c.pop3Step()
 	if a.GraphSource != nil {
 		c.graph()
 	}
@@ -243,6 +249,9 @@ func (c *accountCheck) neededPerms() []perm {
 	}
 	if c.a.ProviderRef.IMAP.Addr != "" {
 		out = append(out, perm{pick("IMAP.AccessAsApp", "IMAP.AccessAsUser.All"), events.IMAP})
+	}
+	if c.usesPOP3() {
+		out = append(out, perm{pick("POP.AccessAsApp", "POP.AccessAsUser.All"), events.POP3})
 	}
 	return out
 }
@@ -533,6 +542,66 @@ func (c *accountCheck) imapStep() {
 	c.put(st)
 }
 
+// usesPOP3: the provider has POP3 and the relay serves it.
+func (c *accountCheck) usesPOP3() bool { return c.a.ProviderRef.POP3.Addr != "" && c.pop3 }
+
+// pop3Step logs in over POP3 as the relay does and runs STAT, which shows
+// the maildrop can be read, then QUIT (nothing is deleted).
+func (c *accountCheck) pop3Step() {
+	a := c.a
+	switch {
+	case a.ProviderRef.POP3.Addr == "":
+		return
+	case !c.pop3:
+		c.skip(stepPOP3, "listen.pop3 is off: the relay serves no POP3")
+		return
+	}
+	if p, ok := c.missing[events.POP3]; ok {
+		c.skip(stepPOP3, "consent failed: the token has no "+p)
+		return
+	}
+	ctx, cancel := context.WithTimeout(c.ctx, checkTimeout)
+	defer cancel()
+	s, err := upstream.POP3(ctx, a.Target(events.POP3), a.Source)
+	if err == nil {
+		if _, _, err = s.Stat(ctx); err != nil {
+			s.Close()
+		} else {
+			err = s.Quit(ctx)
+		}
+	}
+	addr := a.ProviderRef.POP3.Addr
+	if err == nil {
+		c.put(checkStep{Name: stepPOP3, Status: stepOK, Detail: "logged in to " + addr + " as " + a.Mailbox + " and read the maildrop (STAT)"})
+		return
+	}
+	st := checkStep{Name: stepPOP3, Status: stepFail, Detail: loginDetail(err), Fix: loginFix(err, addr)}
+	var ue *upstream.Error
+	if errors.As(err, &ue) && ue.Kind == upstream.Refused {
+		ps := powershell.New(a.ProviderRef.Cloud)
+		if a.AppOnly() {
+			ps = c.graphScript()
+		}
+		ps.ConnectExchange()
+		ps.EnablePOP3(a.Mailbox)
+		if a.AppOnly() {
+			ps.NewServicePrincipal("oauthrelay " + a.Provider)
+			ps.AddMailboxPermission(a.Mailbox)
+		}
+		st.PowerShell = ps.String()
+	}
+	c.put(st)
+}
+
+// explainRefusal is the explanation of an IMAP or POP3 login's refusal,
+// found in its reason.
+func explainRefusal(ue *upstream.Error) string {
+	if ue.Proto == events.POP3 {
+		return upstream.ExplainPOP3(ue.Reason)
+	}
+	return upstream.ExplainIMAP(ue.Reason)
+}
+
 // loginDetail is what a failed login saw: the SMTP reply with its enhanced
 // code, or the reason without its explanation (which is the fix).
 func loginDetail(err error) string {
@@ -546,7 +615,7 @@ func loginDetail(err error) string {
 	case errors.As(ue.Err, &oe):
 		return tokenStep("", oe).Detail
 	case ue.Kind == upstream.Refused:
-		if hint := upstream.ExplainIMAP(ue.Reason); hint != "" {
+		if hint := explainRefusal(ue); hint != "" {
 			return strings.TrimSuffix(ue.Reason, "; "+hint)
 		}
 		return ue.Reason
@@ -570,7 +639,7 @@ func loginFix(err error, addr string) string {
 	case errors.As(ue.Err, &oe):
 		return oe.Fix
 	case ue.Kind == upstream.Refused:
-		return upstream.ExplainIMAP(ue.Reason)
+		return explainRefusal(ue)
 	}
 	return "the upstream " + strings.ToUpper(string(ue.Proto)) + " server " + addr +
 		" could not be reached, the TLS handshake failed, or it is unavailable for now"

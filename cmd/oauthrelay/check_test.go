@@ -71,7 +71,7 @@ func TestCheckAllOK(t *testing.T) {
 	a := invoices(t)
 	b := acct{name: "sales", provider: "app", mailbox: salesBox, username: salesUser, hash: hashOf(t, salesPass),
 		allowedFrom: []string{salesBox, "*@sales.contoso.com"}}
-	path := newConfig(t, ms, cfgSpec{accounts: []acct{a, b}})
+	path := newConfig(t, ms, cfgSpec{pop3: listenAny, accounts: []acct{a, b}})
 	r := runCmd(t, nil, "check", "-config", path)
 	if r.code != 0 {
 		t.Fatalf("want exit 0: %v", r)
@@ -86,7 +86,9 @@ func TestCheckAllOK(t *testing.T) {
 		wantStep(t, r.stdout, acc, "mailbox permission", "ok")
 		wantStep(t, r.stdout, acc, "SMTP AUTH", "ok")
 		wantStep(t, r.stdout, acc, "IMAP", "ok", "opened INBOX")
+		wantStep(t, r.stdout, acc, "POP3", "ok", "STAT")
 	}
+	wantStep(t, r.stdout, "invoices", "consent", "ok", "POP.AccessAsApp")
 	if strings.Contains(r.stdout, "send as") || strings.Contains(r.stdout, "PowerShell") {
 		t.Errorf("a send-as step for a pattern, or a fix with nothing failing:\n%s", r.stdout)
 	}
@@ -105,12 +107,12 @@ func TestCheckStepOrder(t *testing.T) {
 	a := invoices(t)
 	a.allowedFrom = []string{mailbox, "ceo@contoso.com"}
 	a.upstream = "auto"
-	_, rep := checkJSON(t, "-config", newConfig(t, ms, cfgSpec{accounts: []acct{a}}))
+	_, rep := checkJSON(t, "-config", newConfig(t, ms, cfgSpec{pop3: listenAny, accounts: []acct{a}}))
 	var names []string
 	for _, s := range rep.Accounts[0].Steps {
 		names = append(names, s.Name)
 	}
-	want := "token,consent,mailbox permission,SMTP AUTH,send as ceo@contoso.com,IMAP,Graph token,Graph Mail.Send,Graph Mail.ReadWrite,Graph Sent Items"
+	want := "token,consent,mailbox permission,SMTP AUTH,send as ceo@contoso.com,IMAP,POP3,Graph token,Graph Mail.Send,Graph Mail.ReadWrite,Graph Sent Items"
 	if strings.Join(names, ",") != want {
 		t.Errorf("steps %v, want %s", names, want)
 	}
@@ -136,6 +138,8 @@ func TestCheckSMTPAuthDisabled(t *testing.T) {
 		wantStep(t, r.stdout, "invoices", "SMTP AUTH", "FAIL", "535 5.7.139", "SmtpClientAuthentication is disabled")
 		wantStep(t, r.stdout, "invoices", "send as ceo@contoso.com", "skip", "skipped: SMTP AUTH failed")
 		wantStep(t, r.stdout, "invoices", "IMAP", "ok")
+		// No POP3 listener: the tenant's POP3 is not checked.
+		wantStep(t, r.stdout, "invoices", "POP3", "skip", "listen.pop3 is off")
 		fix := fixOf(t, r.stdout, "invoices", "SMTP AUTH")
 		wantAll(t, fix, "fix: SMTP AUTH is disabled", "Set-TransportConfig -SmtpClientAuthenticationDisabled $false",
 			"PowerShell:", "Connect-ExchangeOnline", "Set-CASMailbox -Identity '"+mailbox+"' -SmtpClientAuthenticationDisabled $false")
@@ -212,7 +216,7 @@ func TestCheckNotGranted(t *testing.T) {
 	ms := startFake(t, fakems.Options{IMAPNotConnected: true})
 	a := acct{name: "nogrant", provider: "app", mailbox: noGrantBox, username: "ng", hash: hashOf(t, "x"),
 		allowedFrom: []string{noGrantBox}}
-	path := newConfig(t, ms, cfgSpec{accounts: []acct{a}})
+	path := newConfig(t, ms, cfgSpec{pop3: listenAny, accounts: []acct{a}})
 	r := runCmd(t, nil, "check", "-config", path)
 	if r.code != 1 {
 		t.Fatalf("want exit 1: %v", r)
@@ -227,6 +231,25 @@ func TestCheckNotGranted(t *testing.T) {
 	// IMAP: the login passes, EXAMINE says "authenticated but not connected".
 	wantStep(t, r.stdout, "nogrant", "IMAP", "FAIL", "User is authenticated but not connected")
 	wantAll(t, fixOf(t, r.stdout, "nogrant", "IMAP"), "cannot open the mailbox", "Add-MailboxPermission -Identity '"+noGrantBox+"'")
+	// POP3: Exchange refuses the login itself.
+	wantStep(t, r.stdout, "nogrant", "POP3", "FAIL", "-ERR Authentication failure")
+	wantAll(t, fixOf(t, r.stdout, "nogrant", "POP3"), "POP.AccessAsApp", "PopEnabled",
+		"Set-CASMailbox -Identity '"+noGrantBox+"' -PopEnabled $true", "Add-MailboxPermission -Identity '"+noGrantBox+"'")
+}
+
+// The app has no POP.AccessAsApp: consent says so and POP3 is skipped.
+func TestCheckConsentPOP3(t *testing.T) {
+	t.Parallel()
+	ms := startFake(t, fakems.Options{})
+	ms.SetAppRoles(appID, "SMTP.SendAsApp", "IMAP.AccessAsApp")
+	r := runCmd(t, nil, "check", "-config", newConfig(t, ms, cfgSpec{pop3: listenAny, accounts: []acct{invoices(t)}}))
+	if r.code != 1 {
+		t.Fatalf("want exit 1: %v", r)
+	}
+	wantStep(t, r.stdout, "invoices", "consent", "FAIL", "lack POP.AccessAsApp")
+	wantAll(t, fixOf(t, r.stdout, "invoices", "consent"), "-in 'POP.AccessAsApp'")
+	wantStep(t, r.stdout, "invoices", "IMAP", "ok")
+	wantStep(t, r.stdout, "invoices", "POP3", "skip", "consent failed: the token has no POP.AccessAsApp")
 }
 
 func TestCheckSendAs(t *testing.T) {
@@ -328,7 +351,7 @@ func TestCheckJSON(t *testing.T) {
 	ms := startFake(t, fakems.Options{})
 	ms.SetSMTPAuthDisabled(salesBox, true)
 	b := acct{name: "sales", provider: "app", mailbox: salesBox, username: salesUser, hash: hashOf(t, salesPass)}
-	path := newConfig(t, ms, cfgSpec{accounts: []acct{invoices(t), b}})
+	path := newConfig(t, ms, cfgSpec{pop3: listenAny, accounts: []acct{invoices(t), b}})
 	r, rep := checkJSON(t, "-config", path)
 	if r.code != 1 || rep.Status != "fail" || rep.Config != path || len(rep.Accounts) != 2 {
 		t.Fatalf("want exit 1, status fail, 2 accounts: %+v %v", rep, r)

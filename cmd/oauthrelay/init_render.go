@@ -61,12 +61,14 @@ func (a *initAnswers) configYAML(hash string) string {
 		p("state_dir: %s", q(a.StateDir))
 	}
 	p("")
-	p("# What the application connects to: SMTP on 127.0.0.1:2525 and IMAP on")
-	p("# 127.0.0.1:1143, no TLS (the connection never leaves this host); the")
-	p("# status page on http://127.0.0.1:8025/.")
+	p("# What the application connects to: SMTP on 127.0.0.1:2525, IMAP on")
+	p("# 127.0.0.1:1143 and POP3 on 127.0.0.1:1110 (\"off\" turns one off), no")
+	p("# TLS (the connection never leaves this host); the status page on")
+	p("# http://127.0.0.1:8025/.")
 	p("listen:")
 	p("  smtp: {addr: \"127.0.0.1:2525\"}")
 	p("  imap: {addr: \"127.0.0.1:1143\"}")
+	p("  pop3: {addr: \"127.0.0.1:1110\"}")
 	p("  admin: {addr: \"127.0.0.1:8025\"}")
 	p("")
 	p("providers:")
@@ -104,6 +106,9 @@ func (a *initAnswers) configYAML(hash string) string {
 	}
 	if a.IMAPAddr != "" {
 		p("    imap: {addr: %s, tls: implicit}", q(a.IMAPAddr))
+	}
+	if a.POP3Addr != "" {
+		p("    pop3: {addr: %s, tls: implicit}", q(a.POP3Addr))
 	}
 	if a.CAFile != "" {
 		p("    ca_file: %s", q(a.CAFile))
@@ -187,14 +192,15 @@ func (a *initAnswers) powerShell() string {
 	p("# Office 365 Exchange Online, the API that owns the mail permissions.")
 	s.API(powershell.VarExchange, powershell.ExchangeAppID)
 	if a.Grant == config.GrantClientCredentials {
-		perms := []string{"IMAP.AccessAsApp"}
+		perms := []string{"IMAP.AccessAsApp", "POP.AccessAsApp"}
 		if !a.RBAC {
 			perms = append([]string{"SMTP.SendAsApp"}, perms...)
 		}
 		p("# API permissions (application): %s, then admin consent (an app role assignment each).", strings.Join(perms, ", "))
 		s.GrantAppRoles(powershell.VarExchange, perms)
 	} else {
-		perms := []string{"SMTP.Send", "IMAP.AccessAsUser.All"}
+		// POP.AccessAsUser.All: the delegated default scopes ask for it.
+		perms := []string{"SMTP.Send", "IMAP.AccessAsUser.All", "POP.AccessAsUser.All"}
 		p("# API permissions (delegated): %s, then admin consent for all users.", strings.Join(perms, ", "))
 		s.GrantDelegated(powershell.VarExchange, perms)
 		switch {
