@@ -173,8 +173,14 @@ func (c *accountCheck) token() (string, bool) {
 	if err != nil {
 		s := tokenStep(stepToken, err)
 		var oe *oauth.Error
-		if errors.As(err, &oe) && oe.AADSTS == 65001 {
+		switch {
+		case !errors.As(err, &oe):
+		case oe.AADSTS == 65001:
 			s.PowerShell = c.consentScript(c.neededPerms())
+		case oe.AADSTS == 700016:
+			// The app has no service principal in this tenant (or the
+			// client_id or tenant is wrong): App makes it.
+			s.PowerShell = c.graphScript().String()
 		}
 		c.put(s)
 		return "", false

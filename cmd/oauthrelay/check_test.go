@@ -182,6 +182,16 @@ func TestCheckTokenConsentMissing(t *testing.T) {
 	wantStep(t, r.stdout, "invoices", "token", "FAIL", "AADSTS65001")
 	wantAll(t, fixOf(t, r.stdout, "invoices", "token"), "fix: ", "$appId = '"+appID+"'",
 		"'SMTP.SendAsApp','IMAP.AccessAsApp'", "New-MgServicePrincipalAppRoleAssignment")
+
+	// The app is not known in the tenant: check client_id and tenant, or
+	// make its service principal.
+	ms = startFake(t, fakems.Options{})
+	ms.FailTokenRequests(100, fakems.TokenFailure{Error: "unauthorized_client", AADSTS: 700016,
+		Description: "Application with identifier '" + appID + "' was not found in the directory."})
+	r = runCmd(t, nil, "check", "-config", newConfig(t, ms, cfgSpec{accounts: []acct{invoices(t)}}))
+	wantStep(t, r.stdout, "invoices", "token", "FAIL", "AADSTS700016", "not found in the tenant")
+	wantAll(t, fixOf(t, r.stdout, "invoices", "token"), "check client_id and tenant", "$appId = '"+appID+"'",
+		"if (-not $sp) { $sp = New-MgServicePrincipal -AppId $appId }")
 }
 
 // The app lacks a consented Exchange permission: the token's roles say
