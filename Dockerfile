@@ -11,8 +11,9 @@
 # which is the container's own loopback:
 #   - Sidecar (the application shares the relay's network namespace: a
 #     Kubernetes pod, or docker compose network_mode: "service:oauthrelay"):
-#     keep 127.0.0.1. The application reaches the relay on 127.0.0.1:2525 and
-#     127.0.0.1:1143 exactly as on a server, and nothing else can.
+#     keep 127.0.0.1. The application reaches the relay on 127.0.0.1:2525,
+#     127.0.0.1:1143 and 127.0.0.1:1110 exactly as on a server, and nothing
+#     else can.
 #   - Separate containers or published ports (-p): the listeners must bind
 #     0.0.0.0 (or the pod/container IP). With tls: none that needs
 #     allow_insecure: true, and the application's password then crosses the
@@ -50,7 +51,7 @@ USER 65532:65532
 # volume, or every restart of an authorization_code / device_code account
 # needs a new sign-in.
 VOLUME ["/var/lib/oauthrelay"]
-# SMTP, IMAP, admin HTTP (/healthz, /readyz, /metrics).
-EXPOSE 2525 1143 8025
+# SMTP, IMAP, POP3, admin HTTP (/healthz, /readyz, /metrics).
+EXPOSE 2525 1143 1110 8025
 ENTRYPOINT ["/oauthrelay"]
 CMD ["serve", "-config", "/etc/oauthrelay/config.yaml"]

@@ -45,9 +45,10 @@ bench: build
 # (fuzz-ci) on top of its committed corpus (testdata/fuzz/), which the
 # plain test run replays too. `make fuzz-corpus` copies what a long run
 # found interesting into the corpora, to be committed.
-FUZZ_TARGETS := ./config:FuzzParse ./proxy:FuzzSMTPSession ./proxy/imap:FuzzReadCommand \
+FUZZ_TARGETS := ./config:FuzzParse ./proxy:FuzzSMTPSession ./proxy:FuzzPOP3Session ./proxy/imap:FuzzReadCommand \
 	./internal/sasl:FuzzParseXOAuth2Response ./internal/sasl:FuzzLoginServer \
-	./internal/tokenstore:FuzzDecode ./internal/oauth:FuzzParseErrorBody ./internal/smtpclient:FuzzStuffer
+	./internal/tokenstore:FuzzDecode ./internal/oauth:FuzzParseErrorBody ./internal/smtpclient:FuzzStuffer \
+	./internal/graph:FuzzRewriteHeader ./internal/graph:FuzzSplitMessage
 FUZZTIME ?= 5m
 
 fuzz:

@@ -197,15 +197,17 @@ type Log struct {
 
 // Listen holds the local listeners.
 type Listen struct {
-	SMTP  Listener `yaml:"smtp"`
-	IMAP  Listener `yaml:"imap"`
+	SMTP Listener `yaml:"smtp"`
+	IMAP Listener `yaml:"imap"`
+	// POP3 is the POP3 front end (RFC 1939): default 127.0.0.1:1110.
+	POP3  Listener `yaml:"pop3"`
 	Admin Admin    `yaml:"admin"`
 }
 
-// Listener is a local SMTP or IMAP listener.
+// Listener is a local SMTP, IMAP or POP3 listener.
 type Listener struct {
 	// Addr is host:port; "off" disables the listener. Default
-	// 127.0.0.1:2525 (SMTP), 127.0.0.1:1143 (IMAP).
+	// 127.0.0.1:2525 (SMTP), 127.0.0.1:1143 (IMAP), 127.0.0.1:1110 (POP3).
 	Addr string `yaml:"addr"`
 	// TLS is none|starttls|implicit (default none). starttls and implicit
 	// need CertFile and KeyFile.
@@ -264,6 +266,9 @@ type Provider struct {
 
 	SMTP Upstream `yaml:"smtp"`
 	IMAP Upstream `yaml:"imap"`
+	// POP3 is the provider's POP3 server (Microsoft: port 995 of the IMAP
+	// host, implicit TLS, AUTH XOAUTH2).
+	POP3 Upstream `yaml:"pop3"`
 	// Graph is Microsoft Graph, for accounts with upstream graph or auto;
 	// filled in from Type, Cloud and Grant when empty.
 	Graph GraphAPI `yaml:"graph"`

@@ -152,6 +152,12 @@ func TestProblems(t *testing.T) {
 		{"listener cert required", prov + acct + "listen:\n  smtp: {tls: starttls}\n  imap: {tls: implicit, cert_file: srv.crt}\n", []string{
 			`c.yaml:6: listen.smtp.cert_file: required for tls starttls`,
 			`c.yaml:7: listen.imap.key_file: required for tls implicit`}},
+		{"pop3 listener", prov + acct + "listen:\n  pop3: {addr: \"0.0.0.0:110\", tls: stls}\n", []string{
+			`c.yaml:6: listen.pop3.tls: "stls" is not a listener tls mode (have: none, starttls, implicit)`}},
+		{"pop3 listener insecure and cert", prov + acct + "listen:\n  pop3: {addr: \"0.0.0.0:110\"}\n  imap: {addr: off}\n", []string{
+			`c.yaml:6: listen.pop3.addr: "0.0.0.0:110" is not a loopback address and tls is none: set tls (starttls or implicit, with cert_file and key_file) or allow_insecure: true`}},
+		{"pop3 upstream", "providers:\n  p: {type: microsoft, tenant: t, client_id: id, client_secret: s, pop3: {addr: \"pop.example.com:995\", tls: none}}\n" + acct, []string{
+			`c.yaml:2: providers.p.pop3.tls: none is allowed only to a loopback host, not "pop.example.com"`}},
 		{"listener pair", prov + acct + "listen:\n  smtp: {tls: starttls, cert_file: srv.crt, key_file: client.key}\n", []string{
 			`c.yaml:6: listen.smtp.cert_file: cannot load with key_file: tls: private key type does not match public key type`}},
 
@@ -201,7 +207,7 @@ func TestProblems(t *testing.T) {
 		{"generic needs endpoints", "providers:\n  p: {type: generic, client_id: id, grant: authorization_code}\n  q: {type: generic, client_id: id, grant: device_code, token_url: \"https://x/t\", imap: {addr: \"x:993\", tls: implicit}}\n" + acct, []string{
 			`c.yaml:2: providers.p.token_url: required for type generic`,
 			`c.yaml:2: providers.p.authorize_url: required for type generic`,
-			`c.yaml:2: providers.p.smtp.addr: required for type generic (smtp.addr or imap.addr, or both)`,
+			`c.yaml:2: providers.p.smtp.addr: required for type generic (smtp.addr, imap.addr or pop3.addr)`,
 			`c.yaml:3: providers.q.device_url: required for type generic`}},
 		{"urls", "providers:\n  p: {type: microsoft, tenant: t.com, client_id: id, client_secret: s, token_url: \"http://login.example.com/t\",\n      device_url: \"http://127.0.0.1:8080/d\", authorize_url: \"/a\", redirect_url: \"localhost:80\"}\n" + acct, []string{
 			`c.yaml:2: providers.p.token_url: want an https:// URL (http:// only to a loopback host), not "http://login.example.com/t"`,
@@ -349,7 +355,7 @@ listen: {smtp: {allow_insecure: "${INSECURE}"}}
 
 func TestDefaults(t *testing.T) {
 	delegated := func(host string) []string {
-		return []string{"https://" + host + "/IMAP.AccessAsUser.All", "https://" + host + "/SMTP.Send", "offline_access"}
+		return []string{"https://" + host + "/IMAP.AccessAsUser.All", "https://" + host + "/POP.AccessAsUser.All", "https://" + host + "/SMTP.Send", "offline_access"}
 	}
 	graphApp := func(host string) GraphAPI {
 		return GraphAPI{URL: "https://" + host, Scopes: []string{"https://" + host + "/.default"}}
@@ -368,6 +374,7 @@ func TestDefaults(t *testing.T) {
 			DeviceURL:    "https://login.microsoftonline.com/t.com/oauth2/v2.0/devicecode",
 			Scopes:       []string{"https://outlook.office365.com/.default"},
 			SMTP:         Upstream{"smtp.office365.com:587", "starttls"}, IMAP: Upstream{"outlook.office365.com:993", "implicit"},
+			POP3:  Upstream{"outlook.office365.com:995", "implicit"},
 			Graph: graphApp("graph.microsoft.com"),
 		}},
 		{"{type: microsoft, grant: device_code, client_id: id}", Provider{
@@ -377,6 +384,7 @@ func TestDefaults(t *testing.T) {
 			DeviceURL:    "https://login.microsoftonline.com/organizations/oauth2/v2.0/devicecode",
 			Scopes:       delegated("outlook.office.com"),
 			SMTP:         Upstream{"smtp.office365.com:587", "starttls"}, IMAP: Upstream{"outlook.office365.com:993", "implicit"},
+			POP3:  Upstream{"outlook.office365.com:995", "implicit"},
 			Graph: graphUser("graph.microsoft.com"),
 		}},
 		{"{type: microsoft, cloud: usgov, tenant: t.us, client_id: id, client_secret: s}", Provider{
@@ -386,6 +394,7 @@ func TestDefaults(t *testing.T) {
 			DeviceURL:    "https://login.microsoftonline.us/t.us/oauth2/v2.0/devicecode",
 			Scopes:       []string{"https://outlook.office365.us/.default"},
 			SMTP:         Upstream{"smtp.office365.us:587", "starttls"}, IMAP: Upstream{"outlook.office365.us:993", "implicit"},
+			POP3:  Upstream{"outlook.office365.us:995", "implicit"},
 			Graph: graphApp("graph.microsoft.us"),
 		}},
 		{"{type: microsoft, cloud: usgov, grant: authorization_code, client_id: id}", Provider{
@@ -395,6 +404,7 @@ func TestDefaults(t *testing.T) {
 			DeviceURL:    "https://login.microsoftonline.us/organizations/oauth2/v2.0/devicecode",
 			Scopes:       delegated("outlook.office365.us"),
 			SMTP:         Upstream{"smtp.office365.us:587", "starttls"}, IMAP: Upstream{"outlook.office365.us:993", "implicit"},
+			POP3:  Upstream{"outlook.office365.us:995", "implicit"},
 			Graph: graphUser("graph.microsoft.us"),
 		}},
 		{"{type: microsoft, cloud: china, tenant: t.cn, client_id: id, client_secret: s}", Provider{
@@ -404,6 +414,7 @@ func TestDefaults(t *testing.T) {
 			DeviceURL:    "https://login.partner.microsoftonline.cn/t.cn/oauth2/v2.0/devicecode",
 			Scopes:       []string{"https://partner.outlook.cn/.default"},
 			SMTP:         Upstream{"smtp.partner.outlook.cn:587", "starttls"}, IMAP: Upstream{"partner.outlook.cn:993", "implicit"},
+			POP3:  Upstream{"partner.outlook.cn:995", "implicit"},
 			Graph: graphApp("microsoftgraph.chinacloudapi.cn"),
 		}},
 		{"{type: microsoft, cloud: china, grant: authorization_code, client_id: id}", Provider{
@@ -413,6 +424,7 @@ func TestDefaults(t *testing.T) {
 			DeviceURL:    "https://login.partner.microsoftonline.cn/organizations/oauth2/v2.0/devicecode",
 			Scopes:       delegated("partner.outlook.cn"),
 			SMTP:         Upstream{"smtp.partner.outlook.cn:587", "starttls"}, IMAP: Upstream{"partner.outlook.cn:993", "implicit"},
+			POP3:  Upstream{"partner.outlook.cn:995", "implicit"},
 			Graph: graphUser("microsoftgraph.chinacloudapi.cn"),
 		}},
 		{"{type: google, client_id: id}", Provider{
@@ -422,6 +434,7 @@ func TestDefaults(t *testing.T) {
 			DeviceURL:    "https://oauth2.googleapis.com/device/code",
 			Scopes:       []string{"https://mail.google.com/"},
 			SMTP:         Upstream{"smtp.gmail.com:587", "starttls"}, IMAP: Upstream{"imap.gmail.com:993", "implicit"},
+			POP3: Upstream{"pop.gmail.com:995", "implicit"},
 		}},
 		{"{type: generic, client_id: id, client_secret: s, token_url: \"http://127.0.0.1:9/t\", imap: {addr: \"127.0.0.1:143\", tls: none}}", Provider{
 			Type: "generic", Grant: "client_credentials", TokenURL: "http://127.0.0.1:9/t", IMAP: Upstream{"127.0.0.1:143", "none"},
@@ -433,6 +446,7 @@ func TestDefaults(t *testing.T) {
 			DeviceURL:    "https://login.microsoftonline.com/t.com/oauth2/v2.0/devicecode",
 			Scopes:       []string{"x"},
 			SMTP:         Upstream{"localhost:2587", "starttls"}, IMAP: Upstream{"outlook.office365.com:993", "implicit"},
+			POP3:  Upstream{"outlook.office365.com:995", "implicit"},
 			Graph: graphApp("graph.microsoft.com"),
 		}},
 	}
@@ -459,6 +473,7 @@ func TestDefaults(t *testing.T) {
 		Listen: Listen{
 			SMTP:  Listener{Addr: "127.0.0.1:2525", TLS: "none"},
 			IMAP:  Listener{Addr: "127.0.0.1:1143", TLS: "none"},
+			POP3:  Listener{Addr: "127.0.0.1:1110", TLS: "none"},
 			Admin: Admin{Addr: "127.0.0.1:8025"},
 		},
 		// Exchange Online's limits; Postfix's queue lifetime.

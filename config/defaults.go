@@ -66,6 +66,8 @@ func applyDefaults(c *Config, getenv func(string) (string, bool)) {
 	setDefault(&c.Listen.SMTP.TLS, TLSNone)
 	setDefault(&c.Listen.IMAP.Addr, "127.0.0.1:1143")
 	setDefault(&c.Listen.IMAP.TLS, TLSNone)
+	setDefault(&c.Listen.POP3.Addr, "127.0.0.1:1110")
+	setDefault(&c.Listen.POP3.TLS, TLSNone)
 	setDefault(&c.Listen.Admin.Addr, "127.0.0.1:8025")
 
 	for name, p := range c.Providers {
@@ -157,6 +159,7 @@ func providerDefaults(p *Provider) {
 			scopes:    []string{"https://mail.google.com/"},
 			smtp:      "smtp.gmail.com:587",
 			imap:      "imap.gmail.com:993",
+			pop3:      "pop.gmail.com:995",
 		}
 	default:
 		return
@@ -171,6 +174,8 @@ func providerDefaults(p *Provider) {
 	setDefault(&p.SMTP.TLS, TLSStartTLS)
 	setDefault(&p.IMAP.Addr, d.imap)
 	setDefault(&p.IMAP.TLS, TLSImplicit)
+	setDefault(&p.POP3.Addr, d.pop3)
+	setDefault(&p.POP3.TLS, TLSImplicit)
 	setDefault(&p.Graph.URL, d.graph)
 	if len(p.Graph.Scopes) == 0 && p.Graph.URL != "" {
 		// The scopes name Graph's resource, not where requests go: a
@@ -206,29 +211,34 @@ func graphScopes(root string, appOnly bool) []string {
 type preset struct {
 	token, authorize, device string
 	scopes                   []string
-	smtp, imap               string
+	smtp, imap, pop3         string
 	graph                    string // Microsoft Graph's root
 }
 
 // microsoft returns the endpoints of a Microsoft cloud. Delegated scopes in
 // the global cloud name outlook.office.com, app-only ones
 // outlook.office365.com (as Microsoft documents); the national clouds use
-// one host for both.
+// one host for both. POP3 is port 995 of the IMAP host in every cloud
+// (implicit TLS). Delegated grants ask for POP.AccessAsUser.All beside IMAP
+// and SMTP; app-only grants get POP.AccessAsApp through .default, like
+// IMAP.AccessAsApp, once it is consented in Entra. A refresh keeps the
+// scopes of the sign-in (golang.org/x/oauth2 sends none), so a grant signed
+// in before POP3 was a default gets POP only after the next sign-in.
 func microsoft(cloud, tenant string, appOnly bool) (preset, bool) {
-	var login, smtp, imap, scopeHost, graph string
+	var login, smtp, mailHost, scopeHost, graph string
 	switch cloud {
 	case CloudGlobal:
-		login, smtp, imap, scopeHost = "login.microsoftonline.com", "smtp.office365.com:587", "outlook.office365.com:993", "outlook.office.com"
+		login, smtp, mailHost, scopeHost = "login.microsoftonline.com", "smtp.office365.com:587", "outlook.office365.com", "outlook.office.com"
 		graph = "https://graph.microsoft.com"
 		if appOnly {
 			scopeHost = "outlook.office365.com"
 		}
 	case CloudUSGov:
 		// GCC High; DoD tenants set graph.url to https://dod-graph.microsoft.us.
-		login, smtp, imap, scopeHost = "login.microsoftonline.us", "smtp.office365.us:587", "outlook.office365.us:993", "outlook.office365.us"
+		login, smtp, mailHost, scopeHost = "login.microsoftonline.us", "smtp.office365.us:587", "outlook.office365.us", "outlook.office365.us"
 		graph = "https://graph.microsoft.us"
 	case CloudChina:
-		login, smtp, imap, scopeHost = "login.partner.microsoftonline.cn", "smtp.partner.outlook.cn:587", "partner.outlook.cn:993", "partner.outlook.cn"
+		login, smtp, mailHost, scopeHost = "login.partner.microsoftonline.cn", "smtp.partner.outlook.cn:587", "partner.outlook.cn", "partner.outlook.cn"
 		graph = "https://microsoftgraph.chinacloudapi.cn"
 	default:
 		return preset{}, false
@@ -238,13 +248,14 @@ func microsoft(cloud, tenant string, appOnly bool) (preset, bool) {
 	if !appOnly {
 		scopes = []string{
 			"https://" + scopeHost + "/IMAP.AccessAsUser.All",
+			"https://" + scopeHost + "/POP.AccessAsUser.All",
 			"https://" + scopeHost + "/SMTP.Send",
 			"offline_access",
 		}
 	}
 	return preset{
 		token: base + "token", authorize: base + "authorize", device: base + "devicecode",
-		scopes: scopes, smtp: smtp, imap: imap, graph: graph,
+		scopes: scopes, smtp: smtp, imap: mailHost + ":993", pop3: mailHost + ":995", graph: graph,
 	}, true
 }
 

@@ -23,7 +23,7 @@ func resolvePaths(c *Config, dir string) {
 		}
 	}
 	abs(&c.StateDir)
-	for _, l := range []*Listener{&c.Listen.SMTP, &c.Listen.IMAP} {
+	for _, l := range []*Listener{&c.Listen.SMTP, &c.Listen.IMAP, &c.Listen.POP3} {
 		abs(&l.CertFile)
 		abs(&l.KeyFile)
 	}

@@ -36,6 +36,7 @@ func validate(c *Config, r *report) {
 	oneOf(r, "log.format", c.Log.Format, "log format", "text", "json")
 	validateListener(r, "listen.smtp", &c.Listen.SMTP)
 	validateListener(r, "listen.imap", &c.Listen.IMAP)
+	validateListener(r, "listen.pop3", &c.Listen.POP3)
 	validateAdmin(r, &c.Listen.Admin)
 	validateLimits(r, "limits", limitsOverride(c.Limits))
 	checkDuration(r, "queue.max_age", c.Queue.MaxAge, minMaxAge, maxMaxAge)
@@ -244,11 +245,12 @@ func validateProvider(r *report, path string, p *Provider) {
 			r.add(path+".redirect_url", "want an absolute URL, not %q", p.RedirectURL)
 		}
 	}
-	if p.Type == TypeGeneric && p.SMTP.Addr == "" && p.IMAP.Addr == "" {
-		r.add(path+".smtp.addr", "required for type generic (smtp.addr or imap.addr, or both)")
+	if p.Type == TypeGeneric && p.SMTP.Addr == "" && p.IMAP.Addr == "" && p.POP3.Addr == "" {
+		r.add(path+".smtp.addr", "required for type generic (smtp.addr, imap.addr or pop3.addr)")
 	}
 	validateUpstream(r, path+".smtp", p.SMTP)
 	validateUpstream(r, path+".imap", p.IMAP)
+	validateUpstream(r, path+".pop3", p.POP3)
 	checkURL(r, path+".graph.url", p.Graph.URL, false)
 	if p.CAFile != "" {
 		if err := checkCAFile(p.CAFile); err != nil {

@@ -144,8 +144,11 @@ func (a *Account) Info() events.Account {
 // Target is the account's way to its provider's server for protocol p.
 func (a *Account) Target(p events.Proto) upstream.Target {
 	srv := a.ProviderRef.SMTP
-	if p == events.IMAP {
+	switch p {
+	case events.IMAP:
 		srv = a.ProviderRef.IMAP
+	case events.POP3:
+		srv = a.ProviderRef.POP3
 	}
 	return upstream.Target{
 		// A mailbox the app chose by its login name is checked at

@@ -127,9 +127,10 @@ func FuzzSMTPSession(f *testing.F) {
 	})
 }
 
-// fuzzSMTPWorld starts the relay's SMTP front end on 127.0.0.1 with one
-// account whose delivery is memory, and returns its address.
-func fuzzSMTPWorld(f *testing.F) (string, *memDelivery) {
+// fuzzRelay is the relay of the front ends' fuzz targets: one account
+// whose token endpoint does not answer, the login throttle sped up, SMTP and
+// POP3 listeners on 127.0.0.1 ports of their own.
+func fuzzRelay(f *testing.F) (*proxy.Relay, *config.Config) {
 	hash, err := bcrypt.GenerateFromPassword([]byte(fuzzPassword), bcrypt.MinCost)
 	if err != nil {
 		f.Fatal(err)
@@ -139,6 +140,7 @@ state_dir: %s
 listen:
   smtp: {addr: "127.0.0.1:0"}
   imap: {addr: "off"}
+  pop3: {addr: "127.0.0.1:0"}
   admin: {addr: "off"}
 providers:
   contoso: {type: microsoft, tenant: contoso.com, client_id: id, client_secret: s, token_url: "http://127.0.0.1:1/token"}
@@ -154,6 +156,32 @@ accounts:
 		f.Fatal(err)
 	}
 	relay.SpeedUpLoginDelays(1000)
+	return relay, cfg
+}
+
+// fuzzServe serves lc with srv until the fuzz target ends and returns the
+// listener's address.
+func fuzzServe(f *testing.F, lc config.Listener, srv interface {
+	Serve(net.Listener) error
+	Close() error
+}) string {
+	ln, err := proxy.Listen(lc)
+	if err != nil {
+		f.Fatal(err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	f.Cleanup(func() {
+		srv.Close()
+		<-served
+	})
+	return ln.Addr().String()
+}
+
+// fuzzSMTPWorld starts the relay's SMTP front end with the account's
+// delivery in memory, and returns its address.
+func fuzzSMTPWorld(f *testing.F) (string, *memDelivery) {
+	relay, cfg := fuzzRelay(f)
 	mem := &memDelivery{}
 	for _, a := range relay.Accounts() {
 		a.Delivery = mem
@@ -164,17 +192,7 @@ accounts:
 	if err != nil {
 		f.Fatal(err)
 	}
-	ln, err := proxy.Listen(cfg.Listen.SMTP)
-	if err != nil {
-		f.Fatal(err)
-	}
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(ln) }()
-	f.Cleanup(func() {
-		srv.Close()
-		<-served
-	})
-	return ln.Addr().String(), mem
+	return fuzzServe(f, cfg.Listen.SMTP, srv), mem
 }
 
 // converse sends input, half-closes, and returns the reply lines read

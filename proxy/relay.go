@@ -1,9 +1,10 @@
-// Package proxy holds what the SMTP and IMAP front ends share: the accounts
+// Package proxy holds what the SMTP, IMAP and POP3 front ends share: the accounts
 // of the current configuration with their token sources, local
 // authentication (bcrypt, per-address throttling), upstream dialling with
 // verified TLS, and the classification of login failures that each protocol
-// turns into its own reply. The protocol sessions live in proxy/smtp and
-// proxy/imap; the listeners are started by cmd/oauthrelay.
+// turns into its own reply. The protocol sessions live in proxy/smtp,
+// proxy/imap and proxy/pop3 (the last two on proxy/preauth); the listeners
+// are started by cmd/oauthrelay.
 //
 // A Relay is the one value holding this state (no globals). Reload swaps the
 // account set atomically: sessions that already logged in keep the *Account

@@ -19,7 +19,7 @@ import (
 func TestServeAddrFile(t *testing.T) {
 	t.Parallel()
 	ms := startFake(t, fakems.Options{})
-	path := newConfig(t, ms, cfgSpec{smtp: listenAny, imap: listenAny, accounts: []acct{invoices(t)}})
+	path := newConfig(t, ms, cfgSpec{smtp: listenAny, imap: listenAny, pop3: listenAny, accounts: []acct{invoices(t)}})
 	addrFile := filepath.Join(t.TempDir(), "addrs")
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -42,15 +42,15 @@ func TestServeAddrFile(t *testing.T) {
 		k, v, _ := strings.Cut(strings.TrimSpace(line), "=")
 		addrs[k] = v
 	}
-	if len(addrs) != 3 || addrs["admin"] != "off" {
+	if len(addrs) != 4 || addrs["admin"] != "off" {
 		t.Fatalf("address file:\n%s", text)
 	}
 	// The same addresses as the started line.
 	line := startedRE.FindString(stderr.String())
-	if addrIn(line, "smtp") != addrs["smtp"] || addrIn(line, "imap") != addrs["imap"] {
+	if addrIn(line, "smtp") != addrs["smtp"] || addrIn(line, "imap") != addrs["imap"] || addrIn(line, "pop3") != addrs["pop3"] {
 		t.Errorf("address file %q, log %q", text, line)
 	}
-	for proto, greeting := range map[string]string{"smtp": "220 ", "imap": "* OK"} {
+	for proto, greeting := range map[string]string{"smtp": "220 ", "imap": "* OK", "pop3": "+OK"} {
 		c, err := net.DialTimeout("tcp", addrs[proto], waitTimeout)
 		if err != nil {
 			t.Fatalf("%s at %s: %v", proto, addrs[proto], err)

@@ -34,7 +34,7 @@ func runBench(ctx context.Context, args []string, _ io.Reader, stdout, stderr io
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	quick := fs.Bool("quick", false, "fewer messages (a smoke run)")
-	only := fs.String("only", "", "smtp, imap, delivery, graph, load or cluster: run one part (graph, load and cluster run only when named)")
+	only := fs.String("only", "", "smtp, imap, pop3, delivery, graph, load or cluster: run one part (graph, load and cluster run only when named)")
 	pin := fs.Bool("pin", true, "pin the relay and the load generator to separate CPUs (Linux)")
 	speed := fs.Float64("speed", defaultBenchSpeed, "delivery: how many times faster than real time the fake Exchange and the relay keep their limits")
 	soak := fs.Duration("soak", 0, "load: then run steady traffic this long, watching the relay's memory and open files")
@@ -42,7 +42,7 @@ func runBench(ctx context.Context, args []string, _ io.Reader, stdout, stderr io
 		return err
 	}
 	switch *only {
-	case "", "smtp", "imap", "delivery":
+	case "", "smtp", "imap", "pop3", "delivery":
 	case "load":
 		return runLoad(ctx, *quick, *soak, *pin, stdout, stderr)
 	case "graph":
@@ -50,7 +50,7 @@ func runBench(ctx context.Context, args []string, _ io.Reader, stdout, stderr io
 	case "cluster":
 		return clusterBench(ctx, *quick, max(*speed, 1), stdout, stderr)
 	default:
-		return fmt.Errorf("bench: -only %q: want smtp, imap, delivery, graph, load or cluster", *only)
+		return fmt.Errorf("bench: -only %q: want smtp, imap, pop3, delivery, graph, load or cluster", *only)
 	}
 	if *only != "delivery" {
 		if err := proxyBench(ctx, *only, *quick, *pin, stdout, stderr); err != nil {
@@ -67,8 +67,9 @@ func runBench(ctx context.Context, args []string, _ io.Reader, stdout, stderr io
 	return graphBench(ctx, *quick, *pin, stdout, stderr)
 }
 
-// proxyBench is the SMTP and IMAP proxies' part of the bench (only: "",
-// "smtp" or "imap"), against one relay and one fake without limits.
+// proxyBench is the SMTP, IMAP and POP3 proxies' part of the bench (only:
+// "", "smtp", "imap" or "pop3"), against one relay and one fake without
+// limits.
 func proxyBench(ctx context.Context, only string, quick, pin bool, stdout, stderr io.Writer) error {
 	fw, err := startFakeWorld(ctx, fakems.Options{DiscardData: true})
 	if err != nil {
@@ -88,16 +89,22 @@ func proxyBench(ctx context.Context, only string, quick, pin bool, stdout, stder
 	}
 
 	tok := fw.ms.IssueAccessToken(demoClientID, "")
-	if only != "imap" {
+	if only == "" || only == "smtp" {
 		if err := smtpBench(ctx, fw, rp, tok, quick, stdout); err != nil {
 			return err
 		}
 	}
-	if only == "smtp" {
-		return nil
+	if only == "" || only == "imap" {
+		ib := &imapBench{fw: fw, rp: rp, token: tok, p: p}
+		if err := ib.run(ctx, quick); err != nil {
+			return err
+		}
 	}
-	ib := &imapBench{fw: fw, rp: rp, token: tok, p: p}
-	return ib.run(ctx, quick)
+	if only == "" || only == "pop3" {
+		pb := &pop3Bench{fw: fw, rp: rp, token: tok, p: p}
+		return pb.run(ctx, quick)
+	}
+	return nil
 }
 
 // smtpBench measures the relay's peak memory on one 100 MB message, then
@@ -164,6 +171,80 @@ func smtpBench(ctx context.Context, fw *fakeWorld, rp *relayProcess, tok string,
 // median of.
 const benchRounds = 3
 
+// alternated are the samples of a proxied protocol's bench: the seconds of
+// each throughput run, the relay's CPU time over its throughput runs, and
+// the login durations pooled over the rounds.
+type alternated struct {
+	direct, relay           []float64
+	relayCPU                time.Duration
+	directLogin, relayLogin []time.Duration
+}
+
+// alternate runs throughput and logins benchRounds times, direct then
+// through the relay (process pid) each time (relay false, then true), so
+// that a burst of noise on the machine does not decide the comparison.
+func alternate(pid int, throughput func(relay bool) (time.Duration, error), logins func(relay bool) ([]time.Duration, error)) (alternated, error) {
+	var a alternated
+	for range benchRounds {
+		d, err := throughput(false)
+		if err != nil {
+			return a, fmt.Errorf("direct transfer: %w", err)
+		}
+		cpu0, err := processCPU(pid)
+		if err != nil {
+			return a, err
+		}
+		r, err := throughput(true)
+		if err != nil {
+			return a, fmt.Errorf("relay transfer: %w", err)
+		}
+		cpu1, err := processCPU(pid)
+		if err != nil {
+			return a, err
+		}
+		a.relayCPU += cpu1 - cpu0
+		a.direct, a.relay = append(a.direct, d.Seconds()), append(a.relay, r.Seconds())
+		for _, relay := range []bool{false, true} {
+			l, err := logins(relay)
+			if err != nil {
+				return a, fmt.Errorf("%s logins: %w", benchSide(relay), err)
+			}
+			if relay {
+				a.relayLogin = append(a.relayLogin, l...)
+			} else {
+				a.directLogin = append(a.directLogin, l...)
+			}
+		}
+	}
+	return a, nil
+}
+
+func benchSide(relay bool) string {
+	if relay {
+		return "relay"
+	}
+	return "direct"
+}
+
+// report prints the throughput of a run of size bytes (medians), the
+// relay's CPU per GB through it, and the login latencies added by the relay
+// (pooled p50 and p99) of a; transfer names it ("IMAP FETCH") and msgs
+// counts its messages; a cpuTarget of 0 prints none.
+func (a alternated) report(p func(string, ...any), proto, transfer string, msgs int, size, target, cpuTarget float64) {
+	mb := size / (1 << 20)
+	dm, rm := median(a.direct), median(a.relay)
+	p("%s of %d messages (%.0f MB), medians of %d alternating runs: direct %.0f MB/s, relay %.0f MB/s, ratio %.2f (target >= %.2f)",
+		transfer, msgs, mb, benchRounds, mb/dm, mb/rm, dm/rm, target)
+	cpu := fmt.Sprintf("%s cost in the relay: %.2f s of CPU per GB through it", transfer, a.relayCPU.Seconds()/(size*benchRounds/1e9))
+	if cpuTarget > 0 {
+		cpu += fmt.Sprintf(" (target <= %.1f)", cpuTarget)
+	}
+	p("%s", cpu)
+	dp, rp := percentiles(a.directLogin), percentiles(a.relayLogin)
+	p("%s login latency, cached token, %d logins each: direct p50 %s p99 %s; relay p50 %s p99 %s; added p50 %s p99 %s (target <= 1ms)",
+		proto, len(a.directLogin), ms(dp[0]), ms(dp[1]), ms(rp[0]), ms(rp[1]), ms(rp[0]-dp[0]), ms(rp[1]-dp[1]))
+}
+
 func median(v []float64) float64 {
 	s := slices.Clone(v)
 	slices.Sort(s)
@@ -182,6 +263,7 @@ type relayProcess struct {
 	cmd      *exec.Cmd
 	smtpAddr string
 	imapAddr string
+	pop3Addr string // "off" when the relay's POP3 listener is
 	dir      string
 	cpus     string        // CPUs the relay is pinned to; "" when not pinned
 	exited   chan struct{} // closed when the process has exited (and was waited for)
@@ -200,15 +282,15 @@ type relaySpec struct {
 	watch string
 }
 
-// startRelayProcess starts the relay of the SMTP and IMAP proxies' bench:
-// the demo account, limits raised.
+// startRelayProcess starts the relay of the SMTP, IMAP and POP3 proxies'
+// bench: the demo account and the POP3 bench's, limits raised.
 func startRelayProcess(ctx context.Context, fw *fakeWorld, pin bool, stderr io.Writer) (*relayProcess, error) {
 	return startBenchRelay(ctx, relaySpec{config: func(dir, hash string) string {
-		yaml := strings.Replace(fw.yaml(dir, "127.0.0.1:0", "127.0.0.1:0", "off", hash), "level: info", "level: warn", 1)
+		yaml := strings.Replace(fw.yaml(dir, "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0", "off", hash), "level: info", "level: warn", 1)
 		// The throughput figures measure the relay's own cost against a
 		// fake that enforces no limits: the relay must not keep
 		// Exchange's 30 messages a minute here either.
-		return unlimited + yaml
+		return unlimited + yaml + pop3Account(hash)
 	}}, pin, stderr)
 }
 
@@ -265,7 +347,7 @@ func startBenchRelay(ctx context.Context, spec relaySpec, pin bool, stderr io.Wr
 		rp.stop()
 		return nil, err
 	}
-	rp.smtpAddr, rp.imapAddr = addrs["smtp"], addrs["imap"]
+	rp.smtpAddr, rp.imapAddr, rp.pop3Addr = addrs["smtp"], addrs["imap"], addrs["pop3"]
 	return rp, nil
 }
 

@@ -112,6 +112,7 @@ log: {level: %s}
 listen:
   smtp: {addr: "127.0.0.1:0"}
   imap: {addr: "127.0.0.1:0"}
+  pop3: {addr: "off"}
   admin: {addr: "off"}
 %sproviders:
   fake365:

@@ -38,7 +38,7 @@ func graphBench(ctx context.Context, quick, pin bool, stdout, stderr io.Writer) 
 	fw.upstream = "graph"
 	fw.ms.SetGraphLatency(graphBenchLatency)
 	rp, err := startBenchRelay(ctx, relaySpec{config: func(dir, hash string) string {
-		return unlimited + strings.Replace(fw.yaml(dir, "127.0.0.1:0", "127.0.0.1:0", "off", hash), "level: info", "level: warn", 1)
+		return unlimited + strings.Replace(fw.yaml(dir, "127.0.0.1:0", "127.0.0.1:0", "off", "off", hash), "level: info", "level: warn", 1)
 	}}, pin, stderr)
 	if err != nil {
 		return err

@@ -6,7 +6,10 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"slices"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/emersion/go-imap/v2"
@@ -34,37 +37,19 @@ func (b *imapBench) run(ctx context.Context, quick bool) error {
 	if err := b.fill(msgs, size); err != nil {
 		return err
 	}
-	// Alternate direct and relay runs (medians for FETCH, pooled samples
-	// for logins), so a burst of noise does not decide the comparison.
-	var direct, relay []float64
-	var dl, rl []time.Duration
-	for round := 0; round < benchRounds; round++ {
-		d, err := b.fetchAll(ctx, b.dialDirect)
-		if err != nil {
-			return fmt.Errorf("direct FETCH: %w", err)
+	dial := func(relay bool) func() (*imapclient.Client, error) {
+		if relay {
+			return b.dialRelay
 		}
-		r, err := b.fetchAll(ctx, b.dialRelay)
-		if err != nil {
-			return fmt.Errorf("relay FETCH: %w", err)
-		}
-		direct, relay = append(direct, d.Seconds()), append(relay, r.Seconds())
-		ds, err := b.loginLatency(ctx, b.dialDirect, logins/benchRounds)
-		if err != nil {
-			return fmt.Errorf("direct logins: %w", err)
-		}
-		rs, err := b.loginLatency(ctx, b.dialRelay, logins/benchRounds)
-		if err != nil {
-			return fmt.Errorf("relay logins: %w", err)
-		}
-		dl, rl = append(dl, ds...), append(rl, rs...)
+		return b.dialDirect
 	}
-	mb := float64(msgs*size) / (1 << 20)
-	dm, rm := median(direct), median(relay)
-	b.p("IMAP FETCH of %d messages (%.0f MB), medians of %d alternating runs: direct %.0f MB/s, relay %.0f MB/s, ratio %.2f (target >= 0.90)",
-		msgs, mb, benchRounds, mb/dm, mb/rm, dm/rm)
-	dp, rp := percentiles(dl), percentiles(rl)
-	b.p("IMAP login latency, cached token, %d logins each: direct p50 %s p99 %s; relay p50 %s p99 %s; added p50 %s p99 %s (target <= 1ms)",
-		len(dl), ms(dp[0]), ms(dp[1]), ms(rp[0]), ms(rp[1]), ms(rp[0]-dp[0]), ms(rp[1]-dp[1]))
+	a, err := alternate(b.rp.cmd.Process.Pid,
+		func(relay bool) (time.Duration, error) { return b.fetchAll(ctx, dial(relay)) },
+		func(relay bool) ([]time.Duration, error) { return b.loginLatency(ctx, dial(relay), logins/benchRounds) })
+	if err != nil {
+		return fmt.Errorf("IMAP: %w", err)
+	}
+	a.report(b.p, "IMAP", "IMAP FETCH", msgs, float64(msgs*size), 0.95, 1.0)
 
 	per, err := b.idleMemory(ctx, conns)
 	if err != nil {
@@ -237,4 +222,30 @@ func containsLine(b []byte, prefix string) bool {
 		}
 	}
 	return false
+}
+
+// processCPU is the CPU time (user and system) process pid has used, from
+// /proc/PID/stat (Linux; clock ticks of USER_HZ, 100 on every Linux).
+func processCPU(pid int) (time.Duration, error) {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, fmt.Errorf("the relay's CPU time: %w", err)
+	}
+	// The command name (field 2) is in parentheses and may hold spaces:
+	// the fields counted from after its closing one.
+	i := bytes.LastIndexByte(data, ')')
+	if i < 0 {
+		return 0, fmt.Errorf("the relay's CPU time: unexpected /proc/%d/stat", pid)
+	}
+	f := strings.Fields(string(data[i+1:]))
+	if len(f) < 13 {
+		return 0, fmt.Errorf("the relay's CPU time: unexpected /proc/%d/stat", pid)
+	}
+	utime, err1 := strconv.ParseInt(f[11], 10, 64)
+	stime, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err1 != nil || err2 != nil {
+		return 0, fmt.Errorf("the relay's CPU time: unexpected /proc/%d/stat", pid)
+	}
+	const userHZ = 100
+	return time.Duration(utime+stime) * time.Second / userHZ, nil
 }

@@ -2,17 +2,15 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"strings"
-	"text/tabwriter"
 	"time"
 
 	"github.com/oauthrelay/oauthrelay/config"
-	"github.com/oauthrelay/oauthrelay/internal/events"
-	"github.com/oauthrelay/oauthrelay/internal/oauth"
-	"github.com/oauthrelay/oauthrelay/internal/upstream"
 	"github.com/oauthrelay/oauthrelay/proxy"
 )
 
@@ -22,28 +20,141 @@ var errCheckFailed = errors.New("check failed")
 // checkTimeout bounds each step of a check.
 const checkTimeout = 60 * time.Second
 
-// runCheck validates the configuration, then for each account (or the one
-// named) gets a token and logs in upstream over SMTP and IMAP, and prints a
-// table plus, for every failure, what it means and how to fix it.
+// checkHelp is `check -h`: what is checked, the output and the exit codes
+// (README.md says the same).
+const checkHelp = `usage: oauthrelay check -config FILE [-json] [ACCOUNT [MAILBOX]]
+
+Validates the configuration, then proves each step of every account's setup
+(or of ACCOUNT, or of one MAILBOX of a domain-wide account), in the order an
+administrator sets them up, one line per step:
+
+  token               the grant works (an AADSTS code is explained)
+  consent             the token's roles (app-only) or scopes (delegated) hold the
+                      permissions the account uses (SMTP, IMAP, POP3)
+  mailbox permission  app-only: the app may open the mailbox
+  SMTP AUTH           SMTP AUTH is enabled for the mailbox (535 5.7.139 otherwise)
+  send as ADDRESS     the mailbox may send as each other allowed_from address
+  IMAP, POP3          the logins the relay makes (IMAP opens INBOX, POP3 runs
+                      STAT), when the provider has them (POP3: and listen.pop3)
+  Graph token, Graph Mail.Send, Graph Mail.ReadWrite, Graph Sent Items
+                      upstream graph|auto: the Graph token and each permission used
+
+A failing step prints the fix in plain words and the PowerShell to run, with
+the real names filled in; a step that cannot run because an earlier one
+failed says "skipped: <why>". -json prints one JSON document instead.
+
+Exit status: 0 every step passed (warnings allowed), 1 a step failed,
+2 a usage or configuration error.
+`
+
+// Step statuses (the JSON's status values).
+const (
+	stepOK   = "ok"
+	stepFail = "fail"
+	stepSkip = "skip"
+	stepWarn = "warn"
+)
+
+// checkStep is one proven (or failed, or skipped) step of an account.
+type checkStep struct {
+	// Name is the step: token, consent, mailbox permission, SMTP AUTH,
+	// send as ADDRESS, IMAP, POP3, Graph Mail.Send, Graph Mail.ReadWrite,
+	// Graph Sent Items.
+	Name   string `json:"name"`
+	Status string `json:"status"`
+	// Detail is what was seen: the reply, the reason, why it was skipped.
+	Detail string `json:"detail"`
+	// Fix says in plain words what to do ("" when the step passed).
+	Fix string `json:"fix"`
+	// PowerShell is the script that does it, with the real names.
+	PowerShell string `json:"powershell"`
+}
+
+// checkedAccount is an account's steps.
+type checkedAccount struct {
+	Name     string      `json:"name"`
+	Mailbox  string      `json:"mailbox"`
+	Provider string      `json:"provider"`
+	Grant    string      `json:"grant"`
+	Upstream string      `json:"upstream"`
+	Status   string      `json:"status"` // ok, warn or fail: the worst of its steps
+	Steps    []checkStep `json:"steps"`
+	// label names it in the text report: with the mailbox for one mailbox
+	// of the account (check ACCOUNT MAILBOX).
+	label string
+}
+
+// checkReport is check -json's document.
+type checkReport struct {
+	Config string `json:"config"`
+	// Status: ok, warn, fail (a step failed) or error (usage or
+	// configuration: Error says what, and there are no accounts).
+	Status   string           `json:"status"`
+	Error    string           `json:"error,omitempty"`
+	Accounts []checkedAccount `json:"accounts"`
+	// counted is the configuration's "N providers, M accounts".
+	counted string
+}
+
+// configError is a configuration that cannot be checked: exit 2, as a
+// usage error, without the usage line.
+type configError struct{ error }
+
+func (e configError) Unwrap() error { return e.error }
+
+// runCheck validates the configuration, then proves each account's steps
+// (or those of the account, or its mailbox, named) and prints them.
 func runCheck(ctx context.Context, args []string, _ io.Reader, stdout, stderr io.Writer) error {
-	path, rest, err := configFlag("check", args, stderr)
+	var asJSON bool
+	path, rest, err := configFlag("check", args, stderr, func(fs *flag.FlagSet) {
+		fs.BoolVar(&asJSON, "json", false, "print one JSON document")
+	})
+	if errors.Is(err, flag.ErrHelp) {
+		fmt.Fprint(stdout, checkHelp)
+		return nil
+	}
 	if err != nil {
 		return err
 	}
 	if len(rest) > 2 {
 		return errUsage
 	}
+	accounts, counted, err := checkAccounts(ctx, path, rest, stderr)
+	if err != nil {
+		if asJSON {
+			writeJSONReport(stdout, checkReport{Config: path, Status: "error", Error: err.Error(), Accounts: []checkedAccount{}})
+		}
+		return err
+	}
+	rep := checkReport{Config: path, Status: stepOK, Accounts: accounts, counted: counted}
+	for _, a := range accounts {
+		rep.Status = worse(rep.Status, a.Status)
+	}
+	if asJSON {
+		writeJSONReport(stdout, rep)
+	} else {
+		writeCheckText(stdout, path, rep)
+	}
+	if rep.Status == stepFail {
+		return errCheckFailed
+	}
+	return nil
+}
+
+// checkAccounts loads the configuration and checks the accounts chosen by
+// rest ([ACCOUNT [MAILBOX]]), and says how many providers and accounts the
+// configuration has. Its errors are usage or configuration errors.
+func checkAccounts(ctx context.Context, path string, rest []string, stderr io.Writer) ([]checkedAccount, string, error) {
 	cfg, err := config.Load(path)
 	if err != nil {
-		return err
+		return nil, "", configError{err}
 	}
-	fmt.Fprintf(stdout, "%s: configuration OK (%d providers, %d accounts)\n\n", path, len(cfg.Providers), len(cfg.Accounts))
+	counted := fmt.Sprintf("%d providers, %d accounts", len(cfg.Providers), len(cfg.Accounts))
 	relay, _, err := newRelay(cfg, newLogger(config.Log{Level: "error"}, stderr), nil, nil)
 	if err != nil {
-		return err
+		return nil, "", configError{err}
 	}
-	var results []checkResult
-	withGraph := false
+	var out []checkedAccount
 	for _, a := range relay.Accounts() {
 		if len(rest) >= 1 && a.Name != rest[0] {
 			continue
@@ -51,198 +162,110 @@ func runCheck(ctx context.Context, args []string, _ io.Reader, stdout, stderr io
 		if len(rest) == 2 {
 			v, ok := a.ForMailbox(rest[1])
 			if !ok {
-				return fmt.Errorf("%s: account %s has no mailbox %q (see its mailbox and mailboxes keys)", path, a.Name, rest[1])
+				return nil, "", usageError{fmt.Errorf("%s: account %s has no mailbox %q (see its mailbox and mailboxes keys)", path, a.Name, rest[1])}
 			}
 			a = v
 		}
-		res := checkAccount(ctx, a)
-		if a.GraphSource != nil {
-			res.graph, withGraph = checkGraph(ctx, relay, a), true
+		out = append(out, checkAccount(ctx, relay, a, cfg.Listen.POP3.Addr != config.AddrOff))
+	}
+	if len(out) == 0 {
+		return nil, "", usageError{fmt.Errorf("%s: no account %q", path, rest[0])}
+	}
+	return out, counted, nil
+}
+
+// checkAccount proves the steps of one account (or one mailbox of it);
+// POP3 only when pop3 is set (the POP3 listener is on: a relay that serves
+// no POP3 does not need the tenant's POP3, which many tenants switch off).
+func checkAccount(ctx context.Context, relay *proxy.Relay, a *proxy.Account, pop3 bool) checkedAccount {
+	c := &accountCheck{ctx: ctx, relay: relay, a: a, pop3: pop3}
+	c.run()
+	ca := checkedAccount{Name: a.Name, Mailbox: a.Mailbox, Provider: a.Provider, Grant: a.ProviderRef.Grant,
+		Upstream: a.Upstream, Status: stepOK, Steps: c.steps(), label: a.Name}
+	if a.Base() != a {
+		ca.label += " " + a.Mailbox
+	}
+	if ca.Upstream == "" {
+		ca.Upstream = config.UpstreamSMTP
+	}
+	for _, s := range ca.Steps {
+		ca.Status = worse(ca.Status, s.Status)
+	}
+	return ca
+}
+
+// worse is the worse of two statuses for a summary: fail over warn over ok
+// (a skip is not a result of its own: the step that caused it failed).
+func worse(a, b string) string {
+	rank := map[string]int{stepOK: 0, stepSkip: 0, stepWarn: 1, stepFail: 2}
+	if rank[b] > rank[a] {
+		return b
+	}
+	return a
+}
+
+func writeJSONReport(w io.Writer, rep checkReport) {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.SetEscapeHTML(false) // <mailbox> stays readable
+	enc.Encode(rep)          // a report of strings cannot fail to encode
+}
+
+// statusWord is a status as the text report shows it: failures stand out.
+func statusWord(s string) string {
+	switch s {
+	case stepFail:
+		return "FAIL"
+	case stepWarn:
+		return "WARN"
+	}
+	return s
+}
+
+// writeCheckText prints one line per step and account (ACCOUNT STEP STATUS
+// DETAIL, aligned), each failing or warning step followed by its fix and
+// PowerShell, indented.
+func writeCheckText(w io.Writer, path string, rep checkReport) {
+	fmt.Fprintf(w, "%s: configuration OK (%s)\n\n", path, rep.counted)
+	wa, ws := len("ACCOUNT"), len("STEP")
+	for _, a := range rep.Accounts {
+		wa = max(wa, len(a.label))
+		for _, s := range a.Steps {
+			ws = max(ws, len(s.Name))
 		}
-		results = append(results, res)
 	}
-	if len(results) == 0 {
-		return fmt.Errorf("%s: no account %q", path, rest[0])
+	line := func(acc, step, status, detail string) {
+		fmt.Fprintln(w, strings.TrimRight(fmt.Sprintf("%-*s  %-*s  %-6s  %s", wa, acc, ws, step, status, detail), " "))
 	}
-	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
-	graphCol := func(r checkResult) string { return "" }
-	if withGraph {
-		graphCol = func(r checkResult) string { return "\t" + graphShort(r.graph) }
-	}
-	fmt.Fprintln(tw, "ACCOUNT\tGRANT\tTOKEN\tSMTP\tIMAP"+map[bool]string{true: "\tGRAPH"}[withGraph])
-	failed := false
-	for _, r := range results {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s%s\n", r.account, r.grant, r.token.short(), r.smtp.short(), r.imap.short(), graphCol(r))
-	}
-	tw.Flush()
-	for _, r := range results {
-		for _, s := range append([]namedStep{{"token", r.token}, {"SMTP", r.smtp}, {"IMAP", r.imap}}, r.graph...) {
-			if s.err == nil {
+	line("ACCOUNT", "STEP", "STATUS", "DETAIL")
+	for _, a := range rep.Accounts {
+		for _, s := range a.Steps {
+			detail := s.Detail
+			if s.Status == stepSkip {
+				detail = "skipped: " + detail
+			}
+			line(a.label, s.Name, statusWord(s.Status), detail)
+			if s.Status != stepFail && s.Status != stepWarn {
 				continue
 			}
-			failed = true
-			fmt.Fprintf(stdout, "\n%s %s: %v\n", r.account, s.what, s.err)
-			if s.explain != "" {
-				fmt.Fprintf(stdout, "  %s\n", s.explain)
+			indent := strings.Repeat(" ", wa+2)
+			if s.Fix != "" {
+				fmt.Fprintf(w, "%sfix: %s\n", indent, s.Fix)
+			}
+			if s.PowerShell != "" {
+				fmt.Fprintf(w, "%sPowerShell:\n", indent)
+				for _, l := range strings.Split(strings.TrimRight(s.PowerShell, "\n"), "\n") {
+					fmt.Fprintf(w, "%s    %s\n", indent, l)
+				}
 			}
 		}
 	}
-	if failed {
-		return errCheckFailed
-	}
-	fmt.Fprintln(stdout, "\nAll checks passed.")
-	return nil
-}
-
-type checkResult struct {
-	account, grant    string
-	token, smtp, imap step
-	graph             []namedStep // upstream graph or auto only
-}
-
-// step is one check: ok, skipped (with why) or failed (with an
-// explanation for the administrator).
-type step struct {
-	ran     bool
-	skipped string
-	err     error
-	explain string
-}
-
-func (s step) short() string {
-	switch {
-	case s.skipped != "":
-		return "skipped (" + s.skipped + ")"
-	case !s.ran:
-		return "-"
-	case s.err != nil:
-		return "FAILED"
-	}
-	return "ok"
-}
-
-func checkAccount(ctx context.Context, a *proxy.Account) checkResult {
-	r := checkResult{account: a.Name, grant: a.ProviderRef.Grant}
-	if a.Base() != a {
-		r.account += " " + a.Mailbox
-	}
-	if a.PasswordPassthrough {
-		r.token.skipped = "password passthrough: needs the app's password"
-		return r
-	}
-	tctx, cancel := context.WithTimeout(ctx, checkTimeout)
-	_, err := a.Source.Token(tctx)
-	cancel()
-	r.token = tokenStep(err)
-	if err != nil {
-		return r
-	}
-	if a.DomainWide() {
-		r.smtp.skipped = "domain-wide: name a mailbox, check " + a.Name + " MAILBOX"
-		r.imap.skipped = r.smtp.skipped
-		return r
-	}
-	switch {
-	case a.Upstream == config.UpstreamGraph:
-		r.smtp.skipped = "sends through Graph"
-	case a.ProviderRef.SMTP.Addr != "":
-		r.smtp = checkSMTP(ctx, a)
-		autoSMTP(a, &r.smtp)
-	}
-	if a.ProviderRef.IMAP.Addr != "" {
-		r.imap = checkIMAP(ctx, a)
-	}
-	return r
-}
-
-// tokenStep is the outcome of a token request: for the provider's error,
-// its AADSTS code and reason, and the fix.
-func tokenStep(err error) step {
-	s := step{ran: true, err: err}
-	var oe *oauth.Error
-	if !errors.As(err, &oe) {
-		return s
-	}
-	msg := oe.Reason
-	if oe.AADSTS != 0 {
-		msg = fmt.Sprintf("AADSTS%d: %s", oe.AADSTS, msg)
-	}
-	s.err, s.explain = errors.New(msg), oe.Fix
-	return s
-}
-
-// checkSMTP logs in as the relay does and tries MAIL FROM with the first
-// concrete allowed sender (Send As permission).
-func checkSMTP(ctx context.Context, a *proxy.Account) step {
-	ctx, cancel := context.WithTimeout(ctx, checkTimeout)
-	defer cancel()
-	sender := ""
-	if a.Base() != a && a.AllowsSender(a.Mailbox) {
-		sender = a.Mailbox // a mailbox of a domain-wide account sends as itself
-	}
-	for _, f := range a.AllowedFrom {
-		if sender == "" && !strings.Contains(f, "*") && f != "<>" {
-			sender = f
-		}
-	}
-	t := a.SMTPTarget(sender)
-	err := upstream.ProbeSMTP(ctx, t, a.Source, sender)
-	st := upstreamStep(err, a.ProviderRef.SMTP.Addr)
-	var e *upstream.Error
-	if errors.As(err, &e) && e.Reply != nil && sender != "" {
-		if x := upstream.ExplainMail(e.Reply, sender, t.Account.Mailbox); x != "" {
-			st.explain = x // with the sender's and the mailbox's addresses
-		}
-	}
-	return st
-}
-
-// checkIMAP logs in as the relay does and opens INBOX read-only: Exchange
-// may accept the login and only then say "User is authenticated but not
-// connected".
-func checkIMAP(ctx context.Context, a *proxy.Account) step {
-	ctx, cancel := context.WithTimeout(ctx, checkTimeout)
-	defer cancel()
-	s, err := upstream.IMAP(ctx, a.Target(events.IMAP), a.Source)
-	if err == nil {
-		if err = s.Examine(ctx, "INBOX"); err != nil {
-			s.Close()
-		} else {
-			err = s.Logout(ctx)
-		}
-	}
-	return upstreamStep(err, a.ProviderRef.IMAP.Addr)
-}
-
-// upstreamStep turns the outcome of an upstream login into check's line and
-// explanation: an SMTP refusal is the upstream's reply with its enhanced
-// code (what Microsoft's documentation is organised by) and what it means;
-// an IMAP refusal its reason, which says what the upstream replied and what
-// it means; a token failure its AADSTS reason and fix.
-func upstreamStep(err error, addr string) step {
-	s := step{ran: true}
-	if err == nil {
-		return s
-	}
-	var e *upstream.Error
-	var oe *oauth.Error
-	switch {
-	case !errors.As(err, &e):
-		s.err = err
-	case e.Kind == upstream.Refused && e.Reply != nil:
-		s.err = errors.New(upstream.FormatReply(e.Reply))
-		s.explain = upstream.ExplainSMTP(e.Reply.Code, e.Reply.EnhancedCode, e.Reply.Message)
-	case e.Kind == upstream.Refused:
-		s.err = errors.New(e.Reason)
-	case errors.As(e.Err, &oe):
-		return tokenStep(oe)
+	switch rep.Status {
+	case stepFail:
+		fmt.Fprintln(w, "\nA step failed: run its fix, then check again.")
+	case stepWarn:
+		fmt.Fprintln(w, "\nAll checks passed, with warnings.")
 	default:
-		s.err = errors.New(e.Reason)
-		if e.Err != nil {
-			s.err = fmt.Errorf("%s: %w", e.Reason, e.Err)
-		}
-		s.explain = "the upstream " + strings.ToUpper(string(e.Proto)) + " server " + addr +
-			" could not be reached, the TLS handshake failed, or it is unavailable for now"
+		fmt.Fprintln(w, "\nAll checks passed.")
 	}
-	return s
 }

@@ -1,28 +1,29 @@
 package main
 
 import (
-	"strings"
 	"testing"
 
 	"github.com/oauthrelay/oauthrelay/internal/fakems"
 )
 
-// check against a Graph account missing each permission in turn: the
-// GRAPH column fails and each missing permission is named with its fix.
+// check against a Graph account missing each permission in turn: its
+// Graph step fails, naming the missing permission with its fix and the
+// PowerShell that grants it.
 func TestCheckGraphPermissions(t *testing.T) {
 	t.Parallel()
 	for _, tc := range []struct {
 		name  string
-		perms []string // nil: the fake's default (Mail.Send, Mail.ReadWrite)
-		want  []string // lines of the report
-		ok    bool
+		perms []string            // nil: the fake's default (Mail.Send, Mail.ReadWrite)
+		fail  map[string][]string // failing step → its fix contains
 	}{
-		{"all", nil, nil, true},
-		{"no Mail.Send", []string{"Mail.ReadWrite"}, []string{"invoices Graph Mail.Send: 403 ErrorAccessDenied", "New-ManagementRoleAssignment"}, false},
-		{"no Mail.ReadWrite", []string{"Mail.Send"}, []string{
-			"invoices Graph Mail.ReadWrite (messages over 3 MB): 403 ErrorAccessDenied", "grant the app the Microsoft Graph permission Mail.ReadWrite",
-			"invoices Graph Sent Items (no duplicates after a timeout): 403 ErrorAccessDenied", "may send it twice"}, false},
-		{"Mail.Read only for Sent Items", []string{"Mail.Send", "Mail.Read"}, []string{"invoices Graph Mail.ReadWrite"}, false},
+		{"all", nil, nil},
+		{"no Mail.Send", []string{"Mail.ReadWrite"}, map[string][]string{
+			"Graph Mail.Send": {"New-ManagementRoleAssignment", "-in 'Mail.Send'", "$graph = Get-MgServicePrincipal -Filter \"appId eq '00000003-0000-0000-c000-000000000000'\""}}},
+		{"no Mail.ReadWrite", []string{"Mail.Send"}, map[string][]string{
+			"Graph Mail.ReadWrite": {"grant the app the Microsoft Graph permission Mail.ReadWrite", "-in 'Mail.ReadWrite'"},
+			"Graph Sent Items":     {"-in 'Mail.Read'"}}},
+		{"Mail.Read only for Sent Items", []string{"Mail.Send", "Mail.Read"}, map[string][]string{
+			"Graph Mail.ReadWrite": {"Mail.ReadWrite"}}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -33,20 +34,21 @@ func TestCheckGraphPermissions(t *testing.T) {
 			a := invoices(t)
 			a.upstream = "graph"
 			r := runCmd(t, nil, "check", "-config", newConfig(t, ms, cfgSpec{accounts: []acct{a}}))
-			f := row(t, r.stdout, "invoices")
-			wantAll(t, r.stdout, "ACCOUNT", "GRAPH")
-			if tc.ok {
-				if r.code != 0 || f[len(f)-1] != "ok" || !strings.Contains(r.stdout, "skipped (sends through Graph)") {
-					t.Fatalf("want exit 0, GRAPH ok, SMTP skipped: %v", r)
+			wantStep(t, r.stdout, "invoices", "SMTP AUTH", "skip", "sends through Microsoft Graph")
+			wantStep(t, r.stdout, "invoices", "IMAP", "ok")
+			wantStep(t, r.stdout, "invoices", "mailbox permission", "ok", "IMAP")
+			wantStep(t, r.stdout, "invoices", "Graph token", "ok")
+			if want := map[bool]int{true: 0, false: 1}[tc.fail == nil]; r.code != want {
+				t.Fatalf("want exit %d: %v", want, r)
+			}
+			for _, step := range []string{"Graph Mail.Send", "Graph Mail.ReadWrite", "Graph Sent Items"} {
+				fix, failing := tc.fail[step]
+				if !failing {
+					wantStep(t, r.stdout, "invoices", step, "ok")
+					continue
 				}
-				return
-			}
-			if r.code != 1 || f[len(f)-1] != "FAILED" {
-				t.Fatalf("want exit 1, GRAPH FAILED: %v", r)
-			}
-			wantAll(t, r.stdout, tc.want...)
-			if tc.name == "Mail.Read only for Sent Items" && strings.Contains(r.stdout, "Sent Items (no duplicates") {
-				t.Errorf("Sent Items reported though Mail.Read is granted:\n%s", r.stdout)
+				wantStep(t, r.stdout, "invoices", step, "FAIL", "403 ErrorAccessDenied")
+				wantAll(t, fixOf(t, r.stdout, "invoices", step), append(fix, "$appId = '"+appID+"'")...)
 			}
 		})
 	}
@@ -64,7 +66,10 @@ func TestCheckGraphAuto(t *testing.T) {
 	if r.code != 0 {
 		t.Fatalf("want exit 0: %v", r)
 	}
-	wantAll(t, r.stdout, "SMTP AUTH disabled: auto sends through Graph", "All checks passed.")
+	wantStep(t, r.stdout, "invoices", "SMTP AUTH", "WARN", "SMTP AUTH disabled: auto sends through Graph", "535 5.7.139")
+	wantAll(t, fixOf(t, r.stdout, "invoices", "SMTP AUTH"), "nothing to do for the relay", "Set-CASMailbox -Identity '"+mailbox+"'")
+	wantStep(t, r.stdout, "invoices", "Graph Mail.Send", "ok")
+	wantAll(t, r.stdout, "All checks passed, with warnings.")
 }
 
 // oauthrelay demo -graph: the fake tenant refuses SMTP AUTH, the demo

@@ -77,7 +77,7 @@ func TestClusterSharesLimits(t *testing.T) {
 	for i := range 3 {
 		state := filepath.Join(dir, fmt.Sprintf("state%d", i))
 		cfg := filepath.Join(dir, fmt.Sprintf("relay%d.yaml", i))
-		writeFile(t, cfg, fw.yaml(state, "127.0.0.1:0", "off", "off", string(hash))+
+		writeFile(t, cfg, fw.yaml(state, "127.0.0.1:0", "off", "off", "off", string(hash))+
 			"    delivery: queue\n"+
 			fmt.Sprintf("cluster:\n  store: %s\n  instance: relay-%d\n", r.URL, i))
 		c.cfgs = append(c.cfgs, cfg)

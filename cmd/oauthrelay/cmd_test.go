@@ -162,10 +162,11 @@ type acct struct {
 type cfgSpec struct {
 	stateDir      string
 	level, format string // log
-	// smtp, imap, admin are the listener maps; empty means {addr: "off"}.
-	smtp, imap, admin string
-	secret            string // the app's client_secret; empty: the right one
-	accounts          []acct
+	// smtp, imap, pop3, admin are the listener maps; empty means
+	// {addr: "off"}.
+	smtp, imap, pop3, admin string
+	secret                  string // the app's client_secret; empty: the right one
+	accounts                []acct
 }
 
 // invoices is the usual account: client credentials, user erp.
@@ -197,6 +198,7 @@ log: {level: %s, format: %s}
 listen:
   smtp: %s
   imap: %s
+  pop3: %s
   admin: %s
 providers:
   app:
@@ -208,6 +210,7 @@ providers:
     token_url: %q
     smtp: {addr: %q, tls: starttls}
     imap: {addr: %q, tls: implicit}
+    pop3: {addr: %q, tls: implicit}
     graph: {url: %q}
     ca_file: %q
   device:
@@ -219,6 +222,7 @@ providers:
     device_url: %q
     smtp: {addr: %q, tls: starttls}
     imap: {addr: %q, tls: implicit}
+    pop3: {addr: %q, tls: implicit}
     ca_file: %q
   authcode:
     type: microsoft
@@ -229,12 +233,13 @@ providers:
     authorize_url: %q
     smtp: {addr: %q, tls: starttls}
     imap: {addr: %q, tls: implicit}
+    pop3: {addr: %q, tls: implicit}
     ca_file: %q
 accounts:
-`, spec.stateDir, spec.level, spec.format, off(spec.smtp), off(spec.imap), off(spec.admin),
-		ms.Tenant, appID, spec.secret, ms.TokenURL, ms.SMTPAddr, ms.IMAPAddr, ms.GraphURL, ms.CAFile,
-		ms.Tenant, publicID, ms.TokenURL, ms.DeviceURL, ms.SMTPAddr, ms.IMAPAddr, ms.CAFile,
-		ms.Tenant, publicID, ms.TokenURL, ms.AuthorizeURL, ms.SMTPAddr, ms.IMAPAddr, ms.CAFile)
+`, spec.stateDir, spec.level, spec.format, off(spec.smtp), off(spec.imap), off(spec.pop3), off(spec.admin),
+		ms.Tenant, appID, spec.secret, ms.TokenURL, ms.SMTPAddr, ms.IMAPAddr, ms.POP3Addr, ms.GraphURL, ms.CAFile,
+		ms.Tenant, publicID, ms.TokenURL, ms.DeviceURL, ms.SMTPAddr, ms.IMAPAddr, ms.POP3Addr, ms.CAFile,
+		ms.Tenant, publicID, ms.TokenURL, ms.AuthorizeURL, ms.SMTPAddr, ms.IMAPAddr, ms.POP3Addr, ms.CAFile)
 	for _, a := range spec.accounts {
 		fmt.Fprintf(&b, "  - name: %s\n    provider: %s\n    mailbox: %q\n", a.name, a.provider, a.mailbox)
 		if a.username != "" {
@@ -432,12 +437,13 @@ func TestUsage(t *testing.T) {
 			t.Errorf("%v: want exit 2 and the %s usage: %v", args, args[0], r)
 		}
 	}
-	// A missing configuration file is an error (exit 1) naming the file.
+	// A missing configuration file is an error naming the file: exit 1,
+	// and 2 for check, whose 1 means a step failed.
 	missing := filepath.Join(t.TempDir(), "missing.yaml")
-	for _, cmd := range []string{"check", "serve"} {
+	for cmd, code := range map[string]int{"check": 2, "serve": 1} {
 		r := runCmd(t, nil, cmd, "-config", missing)
-		if r.code != 1 || !strings.Contains(r.stderr, "missing.yaml") {
-			t.Errorf("%s with a missing config: want exit 1 naming the file: %v", cmd, r)
+		if r.code != code || !strings.Contains(r.stderr, "missing.yaml") {
+			t.Errorf("%s with a missing config: want exit %d naming the file: %v", cmd, code, r)
 		}
 	}
 }

@@ -138,7 +138,7 @@ func crashConfig(t *testing.T, fw *fakeWorld, stateDir string) string {
 		t.Fatal(err)
 	}
 	// The account is the last entry of the file: its keys continue it.
-	return fw.yaml(stateDir, "127.0.0.1:0", "off", "off", string(hash)) +
+	return fw.yaml(stateDir, "127.0.0.1:0", "off", "off", "off", string(hash)) +
 		"    delivery: queue\n" +
 		"    limits: {connections: 3, messages_per_minute: 10000, recipients_per_day: 1000000}\n"
 }

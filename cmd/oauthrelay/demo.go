@@ -56,22 +56,24 @@ func startFakeWorld(ctx context.Context, opts fakems.Options) (*fakeWorld, error
 }
 
 // config returns a relay configuration for the fake: one provider with
-// client credentials, one account, listeners at smtpAddr and imapAddr.
-func (w *fakeWorld) config(stateDir, smtpAddr, imapAddr, adminAddr string) (*config.Config, error) {
+// client credentials, one account, listeners at smtpAddr, imapAddr and
+// pop3Addr.
+func (w *fakeWorld) config(stateDir, smtpAddr, imapAddr, pop3Addr, adminAddr string) (*config.Config, error) {
 	hash, err := bcrypt.GenerateFromPassword([]byte(demoPassword), bcrypt.DefaultCost)
 	if err != nil {
 		return nil, err
 	}
-	return config.Parse("demo.yaml", []byte(w.yaml(stateDir, smtpAddr, imapAddr, adminAddr, string(hash))), func(string) (string, bool) { return "", false })
+	return config.Parse("demo.yaml", []byte(w.yaml(stateDir, smtpAddr, imapAddr, pop3Addr, adminAddr, string(hash))), func(string) (string, bool) { return "", false })
 }
 
-func (w *fakeWorld) yaml(stateDir, smtpAddr, imapAddr, adminAddr, hash string) string {
+func (w *fakeWorld) yaml(stateDir, smtpAddr, imapAddr, pop3Addr, adminAddr, hash string) string {
 	return fmt.Sprintf(`# oauthrelay against the fake Microsoft 365 on loopback
 state_dir: %q
 log: {level: info}
 listen:
   smtp: {addr: %q}
   imap: {addr: %q}
+  pop3: {addr: %q}
   admin: {addr: %q}
 providers:
   fake365:
@@ -83,6 +85,7 @@ providers:
     token_url: %q
     smtp: {addr: %q, tls: starttls}
     imap: {addr: %q, tls: implicit}
+    pop3: {addr: %q, tls: implicit}
     graph: {url: %q}
     ca_file: %q
 accounts:
@@ -92,8 +95,8 @@ accounts:
     username: %q
     password_hash: %q
     allowed_from: [%q]
-`, stateDir, smtpAddr, imapAddr, adminAddr, w.ms.Tenant, demoClientID, w.secret, w.ms.TokenURL, w.ms.SMTPAddr, w.ms.IMAPAddr,
-		w.ms.GraphURL, w.ms.CAFile, demoMailbox, demoUser, hash, demoMailbox) + w.upstreamKey()
+`, stateDir, smtpAddr, imapAddr, pop3Addr, adminAddr, w.ms.Tenant, demoClientID, w.secret, w.ms.TokenURL, w.ms.SMTPAddr, w.ms.IMAPAddr,
+		w.ms.POP3Addr, w.ms.GraphURL, w.ms.CAFile, demoMailbox, demoUser, hash, demoMailbox) + w.upstreamKey()
 }
 
 // upstreamKey is the account's upstream line, "" for the default.
@@ -109,12 +112,12 @@ func (w *fakeWorld) upstreamKey() string {
 // so no port is checked free and then lost to another process.
 func startDemoDaemon(ctx context.Context, fw *fakeWorld, stateDir string, stderr io.Writer) (*daemon, error) {
 	var err error
-	for _, addrs := range [][3]string{
-		{"127.0.0.1:2525", "127.0.0.1:1143", "127.0.0.1:8025"},
-		{"127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"},
+	for _, addrs := range [][4]string{
+		{"127.0.0.1:2525", "127.0.0.1:1143", "127.0.0.1:1110", "127.0.0.1:8025"},
+		{"127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"},
 	} {
 		var cfg *config.Config
-		if cfg, err = fw.config(stateDir, addrs[0], addrs[1], addrs[2]); err != nil {
+		if cfg, err = fw.config(stateDir, addrs[0], addrs[1], addrs[2], addrs[3]); err != nil {
 			return nil, err
 		}
 		var d *daemon
@@ -211,8 +214,14 @@ func demoRest(ctx context.Context, fw *fakeWorld, d *daemon, p func(string, ...a
 	p("The relay keeps serving. Point an app (or swaks, curl, Thunderbird) at it:")
 	p("  SMTP server %s, no TLS, AUTH PLAIN or LOGIN, user %q, password %q, sender %s", smtpAddr, demoUser, demoPassword, demoMailbox)
 	p("  IMAP server %s, no TLS, user %q, password %q", imapAddr, demoUser, demoPassword)
+	if d.pop3Addr != nil {
+		p("  POP3 server %s, no TLS, user %q, password %q", d.pop3Addr, demoUser, demoPassword)
+	}
 	p("  swaks --server %s --auth-user %s --auth-password %s --from %s --to you@example.net", smtpAddr, demoUser, demoPassword, demoMailbox)
 	p("  curl --url 'imap://%s/INBOX;UID=1' --user %s:%s", imapAddr, demoUser, demoPassword)
+	if d.pop3Addr != nil {
+		p("  curl --url 'pop3://%s/1' --user %s:%s", d.pop3Addr, demoUser, demoPassword)
+	}
 	p("Status page and metrics: http://%s/ and http://%s/metrics", d.adminAddr, d.adminAddr)
 	p("Press Ctrl-C to stop.")
 	<-ctx.Done()

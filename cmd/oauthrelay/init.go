@@ -99,7 +99,7 @@ type initAnswers struct {
 
 	// Advanced: endpoints for proxies, sovereign setups and tests; empty
 	// means the defaults of the cloud.
-	TokenURL, AuthorizeURL, DeviceURL, SMTPAddr, IMAPAddr, CAFile, StateDir string
+	TokenURL, AuthorizeURL, DeviceURL, SMTPAddr, IMAPAddr, POP3Addr, CAFile, StateDir string
 }
 
 // The choices offered, with one line each on when to pick which.
@@ -153,6 +153,7 @@ func parseInitFlags(args []string) (*initAnswers, initOptions, error) {
 	fs.StringVar(&a.DeviceURL, "device-url", "", "advanced: device code endpoint")
 	fs.StringVar(&a.SMTPAddr, "smtp", "", "advanced: upstream SMTP host:port (STARTTLS)")
 	fs.StringVar(&a.IMAPAddr, "imap", "", "advanced: upstream IMAP host:port (TLS)")
+	fs.StringVar(&a.POP3Addr, "pop3", "", "advanced: upstream POP3 host:port (TLS)")
 	fs.StringVar(&a.CAFile, "ca-file", "", "advanced: extra CA for upstream TLS")
 	fs.StringVar(&a.StateDir, "state-dir", "", "advanced: state directory (default: the platform's)")
 	if err := fs.Parse(args); err != nil {

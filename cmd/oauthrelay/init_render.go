@@ -7,15 +7,11 @@ import (
 	"time"
 
 	"github.com/oauthrelay/oauthrelay/config"
+	"github.com/oauthrelay/oauthrelay/internal/powershell"
 )
 
 // providerName is the name init gives the app registration in providers.
 const providerName = "m365"
-
-// exchangeAppID is the application id of "Office 365 Exchange Online", the
-// API whose permissions (SMTP.SendAsApp, IMAP.AccessAsApp, SMTP.Send,
-// IMAP.AccessAsUser.All) the app needs.
-const exchangeAppID = "00000002-0000-0ff1-ce00-000000000000"
 
 // accountNames are the accounts' names: the mailboxes' local parts, made
 // valid and unique.
@@ -65,12 +61,14 @@ func (a *initAnswers) configYAML(hash string) string {
 		p("state_dir: %s", q(a.StateDir))
 	}
 	p("")
-	p("# What the application connects to: SMTP on 127.0.0.1:2525 and IMAP on")
-	p("# 127.0.0.1:1143, no TLS (the connection never leaves this host); the")
-	p("# status page on http://127.0.0.1:8025/.")
+	p("# What the application connects to: SMTP on 127.0.0.1:2525, IMAP on")
+	p("# 127.0.0.1:1143 and POP3 on 127.0.0.1:1110 (\"off\" turns one off), no")
+	p("# TLS (the connection never leaves this host); the status page on")
+	p("# http://127.0.0.1:8025/.")
 	p("listen:")
 	p("  smtp: {addr: \"127.0.0.1:2525\"}")
 	p("  imap: {addr: \"127.0.0.1:1143\"}")
+	p("  pop3: {addr: \"127.0.0.1:1110\"}")
 	p("  admin: {addr: \"127.0.0.1:8025\"}")
 	p("")
 	p("providers:")
@@ -108,6 +106,9 @@ func (a *initAnswers) configYAML(hash string) string {
 	}
 	if a.IMAPAddr != "" {
 		p("    imap: {addr: %s, tls: implicit}", q(a.IMAPAddr))
+	}
+	if a.POP3Addr != "" {
+		p("    pop3: {addr: %s, tls: implicit}", q(a.POP3Addr))
 	}
 	if a.CAFile != "" {
 		p("    ca_file: %s", q(a.CAFile))
@@ -164,24 +165,15 @@ func deliveryWhen(d string) string {
 	return d
 }
 
-// psQuote quotes a PowerShell string literal.
-func psQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }
-
 // powerShell is the Entra ID (Microsoft Graph PowerShell) and Exchange
 // Online PowerShell for the choices made: the API permissions and their
 // consent, the service principal, mailbox access (Add-MailboxPermission,
 // or RBAC for Applications with a management scope for SMTP where asked),
-// SMTP AUTH on each mailbox, and SendAs for the other senders.
+// SMTP AUTH on each mailbox, and SendAs for the other senders. The steps
+// are internal/powershell's, which check's fixes use too.
 func (a *initAnswers) powerShell() string {
-	var b strings.Builder
-	p := func(format string, args ...any) { fmt.Fprintf(&b, format+"\n", args...) }
-	graphEnv, exoEnv := "", ""
-	switch a.Cloud {
-	case config.CloudUSGov:
-		graphEnv, exoEnv = " -Environment USGov", " -ExchangeEnvironmentName O365USGovGCCHigh"
-	case config.CloudChina:
-		graphEnv, exoEnv = " -Environment China", " -ExchangeEnvironmentName O365China"
-	}
+	s := powershell.New(a.Cloud)
+	p := s.Line
 	p("# oauthrelay: Entra ID and Exchange Online setup, written by `oauthrelay init`.")
 	p("#   App:       %s (client id %s)", a.AppName, a.ClientID)
 	p("#   Tenant:    %s (%s cloud)", a.Tenant, a.Cloud)
@@ -195,33 +187,22 @@ func (a *initAnswers) powerShell() string {
 	p("# A step that was done before reports an error saying so; the others still run.")
 	p("")
 	p("# 1. Entra ID, with Microsoft Graph PowerShell (Install-Module Microsoft.Graph -Scope CurrentUser).")
-	p("Connect-MgGraph%s -Scopes 'Application.ReadWrite.All','AppRoleAssignment.ReadWrite.All','DelegatedPermissionGrant.ReadWrite.All'", graphEnv)
-	p("$appId = %s", psQuote(a.ClientID))
-	p("$app = Get-MgApplication -Filter \"appId eq '$appId'\"")
+	s.ConnectGraph(graphAdminScopes...)
+	s.App(a.ClientID)
 	p("# Office 365 Exchange Online, the API that owns the mail permissions.")
-	p("$exo = Get-MgServicePrincipal -Filter \"appId eq '%s'\"", exchangeAppID)
-	p("# The app's service principal (its Enterprise application): made if missing.")
-	p("$sp = Get-MgServicePrincipal -Filter \"appId eq '$appId'\"")
-	p("if (-not $sp) { $sp = New-MgServicePrincipal -AppId $appId }")
+	s.API(powershell.VarExchange, powershell.ExchangeAppID)
 	if a.Grant == config.GrantClientCredentials {
-		perms := []string{"IMAP.AccessAsApp"}
+		perms := []string{"IMAP.AccessAsApp", "POP.AccessAsApp"}
 		if !a.RBAC {
 			perms = append([]string{"SMTP.SendAsApp"}, perms...)
 		}
 		p("# API permissions (application): %s, then admin consent (an app role assignment each).", strings.Join(perms, ", "))
-		p("$perms = $exo.AppRoles | Where-Object { $_.Value -in %s }", psList(perms))
-		p("$rra = @($app.RequiredResourceAccess | Where-Object { $_.ResourceAppId -ne $exo.AppId })")
-		p("$rra += @{ ResourceAppId = $exo.AppId; ResourceAccess = @($perms | ForEach-Object { @{ Id = $_.Id; Type = 'Role' } }) }")
-		p("Update-MgApplication -ApplicationId $app.Id -RequiredResourceAccess $rra")
-		p("foreach ($r in $perms) { New-MgServicePrincipalAppRoleAssignment -ServicePrincipalId $sp.Id -PrincipalId $sp.Id -ResourceId $exo.Id -AppRoleId $r.Id }")
+		s.GrantAppRoles(powershell.VarExchange, perms)
 	} else {
-		perms := []string{"SMTP.Send", "IMAP.AccessAsUser.All"}
+		// POP.AccessAsUser.All: the delegated default scopes ask for it.
+		perms := []string{"SMTP.Send", "IMAP.AccessAsUser.All", "POP.AccessAsUser.All"}
 		p("# API permissions (delegated): %s, then admin consent for all users.", strings.Join(perms, ", "))
-		p("$perms = $exo.Oauth2PermissionScopes | Where-Object { $_.Value -in %s }", psList(perms))
-		p("$rra = @($app.RequiredResourceAccess | Where-Object { $_.ResourceAppId -ne $exo.AppId })")
-		p("$rra += @{ ResourceAppId = $exo.AppId; ResourceAccess = @($perms | ForEach-Object { @{ Id = $_.Id; Type = 'Scope' } }) }")
-		p("Update-MgApplication -ApplicationId $app.Id -RequiredResourceAccess $rra")
-		p("New-MgOauth2PermissionGrant -ClientId $sp.Id -ConsentType AllPrincipals -ResourceId $exo.Id -Scope %s", psQuote(strings.Join(perms, " ")))
+		s.GrantDelegated(powershell.VarExchange, perms)
 		switch {
 		case a.Grant == config.GrantAuthorizationCode:
 			p("# Redirect URIs: `oauthrelay login` listens on http://localhost:PORT/ (Entra ignores the port of")
@@ -239,53 +220,30 @@ func (a *initAnswers) powerShell() string {
 	}
 	p("")
 	p("# 2. Exchange Online, with Exchange Online PowerShell (Install-Module ExchangeOnlineManagement).")
-	p("Connect-ExchangeOnline%s", exoEnv)
+	s.ConnectExchange()
 	if a.Grant == config.GrantClientCredentials {
 		p("# Register the app's service principal in Exchange (the ObjectId of the Enterprise application).")
-		p("New-ServicePrincipal -AppId $appId -ObjectId $sp.Id -DisplayName %s", psQuote(a.AppName))
+		s.NewServicePrincipal(a.AppName)
 		if a.RBAC {
 			p("# SMTP: RBAC for Applications, limited to these mailboxes by a management scope (instead of")
 			p("# SMTP.SendAsApp consented for the whole tenant; grant it one way, not both). The role's name as")
 			p("# Exchange lists it: Get-ManagementRole | Where-Object Name -like 'Application *'")
-			filters := make([]string, len(a.Mailboxes))
-			for i, mb := range a.Mailboxes {
-				filters[i] = mailboxFilter(mb)
-			}
-			scope := "oauthrelay-" + strings.ToLower(strings.ReplaceAll(a.AppName, " ", "-"))
-			p("New-ManagementScope -Name %s -RecipientRestrictionFilter \"%s\"", psQuote(scope), strings.Join(filters, " -or "))
-			p("New-ManagementRoleAssignment -App $sp.Id -Role 'Application SMTP.SendAsApp' -CustomResourceScope %s", psQuote(scope))
-			if !config.IsMailboxPattern(a.Mailboxes[0]) {
-				p("Test-ServicePrincipalAuthorization -Identity $sp.Id -Resource %s", psQuote(a.Mailboxes[0]))
-			}
+			s.ScopeRole("oauthrelay-"+strings.ToLower(strings.ReplaceAll(a.AppName, " ", "-")), "Application SMTP.SendAsApp", a.Mailboxes)
 		}
 		p("# Mailbox access for the service principal (IMAP has no RBAC role: FullAccess per mailbox).")
 		for _, mb := range a.Mailboxes {
-			if config.IsMailboxPattern(mb) {
-				p("# Every mailbox of %s (run it again for mailboxes added later):", strings.TrimPrefix(mb, "*@"))
-				p("Get-Mailbox -ResultSize Unlimited -Filter \"%s\" | ForEach-Object { Add-MailboxPermission -Identity $_.Identity -User $sp.Id -AccessRights FullAccess }", mailboxFilter(mb))
-				continue
-			}
-			p("Add-MailboxPermission -Identity %s -User $sp.Id -AccessRights FullAccess", psQuote(mb))
+			s.AddMailboxPermission(mb)
 		}
 	}
 	p("# SMTP AUTH must be on for the mailbox, even with OAuth (else 535 5.7.139).")
 	for _, mb := range a.Mailboxes {
-		if config.IsMailboxPattern(mb) {
-			p("Get-Mailbox -ResultSize Unlimited -Filter \"%s\" | Set-CASMailbox -SmtpClientAuthenticationDisabled $false", mailboxFilter(mb))
-			continue
-		}
-		p("Set-CASMailbox -Identity %s -SmtpClientAuthenticationDisabled $false", psQuote(mb))
+		s.EnableSMTPAuth(mb)
 	}
 	if len(a.SendAs) > 0 {
 		p("# Send as the other addresses (else 550 5.7.60 / SendAsDenied).")
 		for _, from := range a.SendAs {
 			for _, mb := range a.Mailboxes {
-				if config.IsMailboxPattern(mb) {
-					p("# ... and for each mailbox of %s that sends as %s:", strings.TrimPrefix(mb, "*@"), from)
-					p("# Add-RecipientPermission -Identity %s -Trustee <mailbox> -AccessRights SendAs -Confirm:$false", psQuote(from))
-					continue
-				}
-				p("Add-RecipientPermission -Identity %s -Trustee %s -AccessRights SendAs -Confirm:$false", psQuote(from), psQuote(mb))
+				s.AddSendAs(from, mb)
 			}
 		}
 	}
@@ -296,24 +254,9 @@ func (a *initAnswers) powerShell() string {
 	} else {
 		p("# 3. Prove each step: oauthrelay check -config FILE")
 	}
-	return b.String()
+	return s.String()
 }
 
-// mailboxFilter is the OPATH filter (Get-Mailbox -Filter, a management
-// scope's -RecipientRestrictionFilter) of a mailbox or a "*@domain"
-// pattern, for a double-quoted PowerShell string; the addresses were
-// checked to hold no quote, backtick or $.
-func mailboxFilter(mb string) string {
-	if config.IsMailboxPattern(mb) {
-		return "PrimarySmtpAddress -like '" + mb + "'"
-	}
-	return "PrimarySmtpAddress -eq '" + mb + "'"
-}
-
-func psList(items []string) string {
-	q := make([]string, len(items))
-	for i, s := range items {
-		q[i] = psQuote(s)
-	}
-	return strings.Join(q, ",")
-}
+// graphAdminScopes are what Microsoft Graph PowerShell needs to add API
+// permissions and consent to them.
+var graphAdminScopes = []string{"Application.ReadWrite.All", "AppRoleAssignment.ReadWrite.All", "DelegatedPermissionGrant.ReadWrite.All"}

@@ -18,7 +18,7 @@ import (
 // rest of the answers come from the prompts or other flags.
 func fakeFlags(ms *fakems.Server, dir string) []string {
 	return []string{"-token-url", ms.TokenURL, "-device-url", ms.DeviceURL, "-authorize-url", ms.AuthorizeURL,
-		"-smtp", ms.SMTPAddr, "-imap", ms.IMAPAddr, "-ca-file", ms.CAFile, "-state-dir", filepath.Join(dir, "state")}
+		"-smtp", ms.SMTPAddr, "-imap", ms.IMAPAddr, "-pop3", ms.POP3Addr, "-ca-file", ms.CAFile, "-state-dir", filepath.Join(dir, "state")}
 }
 
 // onLoopbackPort0 rewrites the listeners init writes (the usual
@@ -31,7 +31,7 @@ func onLoopbackPort0(t *testing.T, path string) {
 		t.Fatal(err)
 	}
 	s := string(b)
-	for _, addr := range []string{"127.0.0.1:2525", "127.0.0.1:1143", "127.0.0.1:8025"} {
+	for _, addr := range []string{"127.0.0.1:2525", "127.0.0.1:1143", "127.0.0.1:1110", "127.0.0.1:8025"} {
 		if !strings.Contains(s, `"`+addr+`"`) {
 			t.Fatalf("init wrote no listener %s:\n%s", addr, s)
 		}
@@ -127,7 +127,7 @@ func TestInitPrompts(t *testing.T) {
 		t.Fatal(err)
 	}
 	wantAll(t, string(ps1), "App:       ERP Relay (client id "+appID+")", "Mailboxes: "+mailbox,
-		"$appId = '"+appID+"'", "'SMTP.SendAsApp','IMAP.AccessAsApp'", "New-MgServicePrincipalAppRoleAssignment",
+		"$appId = '"+appID+"'", "'SMTP.SendAsApp','IMAP.AccessAsApp','POP.AccessAsApp'", "New-MgServicePrincipalAppRoleAssignment",
 		"New-ServicePrincipal -AppId $appId -ObjectId $sp.Id -DisplayName 'ERP Relay'",
 		"Add-MailboxPermission -Identity '"+mailbox+"' -User $sp.Id -AccessRights FullAccess",
 		"Set-CASMailbox -Identity '"+mailbox+"' -SmtpClientAuthenticationDisabled $false")
@@ -171,9 +171,12 @@ func TestInitFlags(t *testing.T) {
 		"New-ManagementRoleAssignment -App $sp.Id", "-CustomResourceScope 'oauthrelay-monitor-erp'",
 		"Add-MailboxPermission -Identity '"+salesBox+"'",
 		"Add-RecipientPermission -Identity 'billing@contoso.com' -Trustee '"+mailbox+"' -AccessRights SendAs")
-	if strings.Contains(string(ps1), "'SMTP.SendAsApp','IMAP.AccessAsApp'") {
+	if strings.Contains(string(ps1), "'SMTP.SendAsApp','IMAP.AccessAsApp','POP.AccessAsApp'") || !strings.Contains(string(ps1), "'IMAP.AccessAsApp','POP.AccessAsApp'") {
 		t.Error("with -rbac SMTP.SendAsApp is consented tenant-wide as well")
 	}
+	// check proves each sender: done what the script says for billing@.
+	ms.GrantSendAs(mailbox, "billing@contoso.com")
+	ms.GrantSendAs(salesBox, "billing@contoso.com")
 	deliversThroughRelay(t, ms, path, salesUser, localPass, salesBox, "init-flags")
 }
 
@@ -230,7 +233,7 @@ func TestInitDeviceCode(t *testing.T) {
 		t.Fatalf("init exited %d:\n%s\n%s", c, out.String(), errb.String())
 	}
 	wantAll(t, out.String(), "Signing in (device_code)", "Signed in", "IsFallbackPublicClient",
-		"New-MgOauth2PermissionGrant -ClientId $sp.Id -ConsentType AllPrincipals -ResourceId $exo.Id -Scope 'SMTP.Send IMAP.AccessAsUser.All'")
+		"New-MgOauth2PermissionGrant -ClientId $sp.Id -ConsentType AllPrincipals -ResourceId $exo.Id -Scope 'SMTP.Send IMAP.AccessAsUser.All POP.AccessAsUser.All'")
 	if strings.Contains(out.String(), "New-ServicePrincipal -AppId") {
 		t.Error("a delegated setup registers an Exchange service principal")
 	}

@@ -260,18 +260,20 @@ func TestCheckBeforeAndAfterLogin(t *testing.T) {
 	if r.code != 1 {
 		t.Fatalf("check before login: want exit 1: %v", r)
 	}
-	wantRow(t, r.stdout, "dev", "FAILED", "-", "-")
-	wantAll(t, r.stdout, "dev token:", "oauthrelay login")
-	if f := row(t, r.stdout, "dev"); f[1] != "device_code" {
-		t.Errorf("GRANT = %s", f[1])
-	}
+	wantStep(t, r.stdout, "dev", "token", "FAIL")
+	wantAll(t, fixOf(t, r.stdout, "dev", "token"), "oauthrelay login")
+	wantStep(t, r.stdout, "dev", "SMTP AUTH", "skip", "the token step failed")
+	wantStep(t, r.stdout, "dev", "IMAP", "skip", "the token step failed")
 
 	loginDevice(t, ms, path, "dev", salesBox)
 	r = runCmd(t, nil, "check", "-config", path)
 	if r.code != 0 {
 		t.Fatalf("check after login: want exit 0: %v", r)
 	}
-	wantRow(t, r.stdout, "dev", "ok", "ok", "ok")
+	wantStep(t, r.stdout, "dev", "token", "ok", "device_code")
+	wantStep(t, r.stdout, "dev", "consent", "ok", "SMTP.Send", "IMAP.AccessAsUser.All")
+	wantStep(t, r.stdout, "dev", "SMTP AUTH", "ok")
+	wantStep(t, r.stdout, "dev", "IMAP", "ok")
 }
 
 // A running relay picks up a sign-in done with `login` at the account's next

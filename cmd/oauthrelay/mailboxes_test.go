@@ -6,15 +6,18 @@ package main
 // by go-smtp, go-imap and Python's smtplib and imaplib over real sockets.
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	gosasl "github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
@@ -47,9 +50,9 @@ const (
 // mailboxWorld is the fake, set up as the tests' tenant, and a running
 // relay with the accounts of mailboxesYAML.
 type mailboxWorld struct {
-	ms             *fakems.Server
-	smtpAddr, imap string
-	stderr         *syncBuffer
+	ms                   *fakems.Server
+	smtpAddr, imap, pop3 string
+	stderr               *syncBuffer
 }
 
 func newMailboxWorld(t *testing.T, opts fakems.Options) *mailboxWorld {
@@ -105,7 +108,7 @@ func newMailboxWorldWith(t *testing.T, opts fakems.Options, accounts string) *ma
 		}
 		return true
 	})
-	return &mailboxWorld{ms: ms, smtpAddr: addrs["smtp"], imap: addrs["imap"], stderr: &stderr}
+	return &mailboxWorld{ms: ms, smtpAddr: addrs["smtp"], imap: addrs["imap"], pop3: addrs["pop3"], stderr: &stderr}
 }
 
 // mailboxesYAML: a domain-wide account restricted to a list (with one
@@ -118,6 +121,7 @@ log: {level: debug}
 listen:
   smtp: {addr: "127.0.0.1:0"}
   imap: {addr: "127.0.0.1:0"}
+  pop3: {addr: "127.0.0.1:0"}
   admin: {addr: "off"}
 providers:
 %[25]saccounts:
@@ -167,8 +171,9 @@ func fakeProvider(ms *fakems.Server, name, clientID, grant, extra string) string
     token_url: %q
     smtp: {addr: %q, tls: starttls}
     imap: {addr: %q, tls: implicit}
+    pop3: {addr: %q, tls: implicit}
     ca_file: %q
-%s`, name, ms.Tenant, clientID, grant, ms.TokenURL, ms.SMTPAddr, ms.IMAPAddr, ms.CAFile, extra)
+%s`, name, ms.Tenant, clientID, grant, ms.TokenURL, ms.SMTPAddr, ms.IMAPAddr, ms.POP3Addr, ms.CAFile, extra)
 }
 
 // smtpLogin logs in to the relay over SMTP with AUTH PLAIN.
@@ -191,6 +196,37 @@ func (w *mailboxWorld) imapLogin(t *testing.T, user, pass string) (*imapclient.C
 	}
 	t.Cleanup(func() { c.Close() })
 	return c, c.Login(user, pass).Wait()
+}
+
+// pop3Login logs in to the relay over POP3 with USER/PASS and returns the
+// reply to PASS and, on success, the upstream's reply to STAT.
+func (w *mailboxWorld) pop3Login(t *testing.T, user, pass string) (passReply, stat string) {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", w.pop3, waitTimeout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(waitTimeout))
+	br := bufio.NewReader(c)
+	cmd := func(line string) string {
+		if line != "" {
+			fmt.Fprintf(c, "%s\r\n", line)
+		}
+		l, err := br.ReadString('\n')
+		if err != nil {
+			t.Fatalf("POP3 %q: %v", line, err)
+		}
+		return strings.TrimRight(l, "\r\n")
+	}
+	cmd("") // the greeting
+	cmd("USER " + user)
+	if passReply = cmd("PASS " + pass); !strings.HasPrefix(passReply, "+OK") {
+		return passReply, ""
+	}
+	stat = cmd("STAT")
+	cmd("QUIT")
+	return passReply, stat
 }
 
 func wantSMTPCode(t *testing.T, what string, err error, code int, enh smtp.EnhancedCode) {
@@ -283,6 +319,35 @@ func TestDomainWideTricksRefused(t *testing.T) {
 	}
 	if n := len(w.ms.Messages()); n != 0 {
 		t.Errorf("the fake got %d messages", n)
+	}
+}
+
+// POP3 logs in through the same account lookup as IMAP: a domain-wide
+// account's mailbox by its address, a delegate into the shared mailbox it
+// has FullAccess on; a mailbox without the app's permission and every trick
+// fail at login with -ERR [AUTH].
+func TestMailboxesPOP3(t *testing.T) {
+	t.Parallel()
+	w := newMailboxWorld(t, fakems.Options{})
+	if err := w.ms.AppendIMAP(salesBox, "INBOX", []byte("Subject: for sales\r\n\r\nhi\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct{ user, pass, stat string }{
+		{"Sales@contoso.com.", widePass, "+OK 1 "},
+		{supportBox, deskPass, "+OK 1 "}, // the delegate in the shared mailbox (ticket 1)
+		{deskUser, deskPass, "+OK 0 0"},  // the delegate's own
+	} {
+		if reply, stat := w.pop3Login(t, tt.user, tt.pass); reply != "+OK Logged in." || !strings.HasPrefix(stat, tt.stat) {
+			t.Errorf("POP3 %s: %q, STAT %q; want +OK and %q", tt.user, reply, stat, tt.stat)
+		}
+	}
+	for _, user := range []string{noGrantBox, "invoices%evil.com@contoso.com", "other@contoso.com", "*@contoso.com"} {
+		if reply, _ := w.pop3Login(t, user, widePass); !strings.HasPrefix(reply, "-ERR [AUTH] ") {
+			t.Errorf("POP3 %s: %q, want -ERR [AUTH]", user, reply)
+		}
+	}
+	if !strings.Contains(w.stderr.String(), "user="+noGrantBox) {
+		t.Errorf("the log does not name the refused mailbox")
 	}
 }
 
@@ -441,13 +506,29 @@ func TestCheckDomainWideMailbox(t *testing.T) {
 		t.Errorf("check wide nogrant@: %v", r)
 	}
 	r = runCmd(t, nil, "check", "-config", path, "wide")
-	if !strings.Contains(r.stdout, "skipped (domain-wide: name a mailbox") {
+	if !strings.Contains(r.stdout, "skipped: domain-wide: name a mailbox") || r.code != 0 {
 		t.Errorf("check wide: %v", r)
 	}
 	r = runCmd(t, nil, "check", "-config", path, "wide", "a%evil.com@contoso.com")
 	if r.code == 0 || !strings.Contains(r.stderr, "has no mailbox") {
 		t.Errorf("check wide with a trick: %v", r)
 	}
+
+	// A delegate's shared mailbox: the delegate logs in over SMTP and sends
+	// as the shared address, and opens it over IMAP with FullAccess.
+	r = runCmd(t, nil, "check", "-config", path, "desk", supportBox)
+	wantStep(t, r.stdout, "desk "+supportBox, "SMTP AUTH", "ok", "as "+alice)
+	wantStep(t, r.stdout, "desk "+supportBox, "send as "+supportBox, "FAIL", "550 5.7.60")
+	wantAll(t, fixOf(t, r.stdout, "desk "+supportBox, "send as "+supportBox),
+		"Add-RecipientPermission -Identity '"+supportBox+"' -Trustee '"+alice+"' -AccessRights SendAs")
+	wantStep(t, r.stdout, "desk "+supportBox, "IMAP", "FAIL")
+	ms.GrantSendAs(alice, supportBox)
+	ms.GrantFullAccess(supportBox, alice)
+	r = runCmd(t, nil, "check", "-config", path, "desk", supportBox)
+	if r.code != 0 {
+		t.Fatalf("check desk support@ with SendAs and FullAccess: %v", r)
+	}
+	wantStep(t, r.stdout, "desk "+supportBox, "send as "+supportBox, "ok", alice+" may send as "+supportBox)
 }
 
 // delivery: queue keeps the mailbox per message: each queued message is

@@ -6,7 +6,7 @@
 //
 //	oauthrelay init [-config FILE] [-force] [FLAGS]
 //	oauthrelay serve -config FILE [-addr-file FILE]
-//	oauthrelay check -config FILE [ACCOUNT [MAILBOX]]
+//	oauthrelay check -config FILE [-json] [ACCOUNT [MAILBOX]]
 //	oauthrelay login -config FILE ACCOUNT
 //	oauthrelay token -config FILE ACCOUNT
 //	oauthrelay queue -config FILE list|show|retry|delete|export [ARGS]
@@ -43,7 +43,7 @@ func commands() []command {
 	return []command{
 		{"init", "init [-config FILE] [-force] [FLAGS]  guided setup: config, secret file, Entra/Exchange PowerShell, sign-in (init -h)", runInit},
 		{"serve", "serve -config FILE [-addr-file FILE]  run the relay", runServe},
-		{"check", "check -config FILE [ACCOUNT [MAILBOX]]  get a token and log in over SMTP and IMAP for each account (or one mailbox of it)", runCheck},
+		{"check", "check -config FILE [-json] [ACCOUNT [MAILBOX]]  prove each setup step of each account (or one mailbox of it), with the fix for each failure; exit 0 all passed (warnings allowed), 1 a step failed, 2 usage or configuration error (check -h)", runCheck},
 		{"login", "login -config FILE [-replace] ACCOUNT  sign an account in (authorization code or device code)", runLogin},
 		{"token", "token -config FILE ACCOUNT    print a fresh access token", runToken},
 		{"queue", "queue -config FILE list|show|retry|delete|export [ARGS]  see and steer delivery: queue (queue -h)", runQueue},
@@ -98,6 +98,9 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 			return 2
 		case errors.Is(err, errCheckFailed):
 			return 1
+		case errors.As(err, new(configError)):
+			fmt.Fprintln(stderr, "oauthrelay:", err)
+			return 2
 		}
 		fmt.Fprintln(stderr, "oauthrelay:", err)
 		return 1
@@ -118,11 +121,15 @@ func runVersion(_ context.Context, _ []string, _ io.Reader, stdout, _ io.Writer)
 	return nil
 }
 
-// configFlag parses "-config FILE" plus positional arguments.
-func configFlag(name string, args []string, stderr io.Writer) (string, []string, error) {
+// configFlag parses "-config FILE", the flags more defines, and
+// positional arguments.
+func configFlag(name string, args []string, stderr io.Writer, more ...func(*flag.FlagSet)) (string, []string, error) {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(io.Discard) // run prints the error and the usage line once
 	path := fs.String("config", "/etc/oauthrelay/config.yaml", "configuration file")
+	for _, f := range more {
+		f(fs)
+	}
 	if err := fs.Parse(args); err != nil {
 		return "", nil, usageError{err}
 	}

@@ -25,6 +25,7 @@ import (
 	"github.com/oauthrelay/oauthrelay/internal/tokenstore"
 	"github.com/oauthrelay/oauthrelay/proxy"
 	imapproxy "github.com/oauthrelay/oauthrelay/proxy/imap"
+	pop3proxy "github.com/oauthrelay/oauthrelay/proxy/pop3"
 	smtpproxy "github.com/oauthrelay/oauthrelay/proxy/smtp"
 )
 
@@ -93,7 +94,8 @@ func serve(ctx context.Context, cfgPath, addrFile string, logOut io.Writer) erro
 // The file appears whole (written aside, then renamed), so a reader that
 // finds it can read it.
 func writeAddrFile(path string, d *daemon) error {
-	text := fmt.Sprintf("smtp=%s\nimap=%s\nadmin=%s\n", addrString(d.smtpAddr), addrString(d.imapAddr), addrString(d.adminAddr))
+	text := fmt.Sprintf("smtp=%s\nimap=%s\npop3=%s\nadmin=%s\n", addrString(d.smtpAddr), addrString(d.imapAddr),
+		addrString(d.pop3Addr), addrString(d.adminAddr))
 	tmp := path + ".tmp"
 	if err := os.WriteFile(tmp, []byte(text), 0o644); err != nil {
 		return fmt.Errorf("addr-file: %w", err)
@@ -174,10 +176,11 @@ type daemon struct {
 
 	smtp  *smtpproxy.Server
 	imap  *imapproxy.Server
+	pop3  *pop3proxy.Server
 	admin *admin.Server
 
 	// Addrs of the listeners actually bound (port 0 resolved).
-	smtpAddr, imapAddr, adminAddr net.Addr
+	smtpAddr, imapAddr, pop3Addr, adminAddr net.Addr
 
 	// listeners are bound before any is served; fixed after startDaemon.
 	listeners []bound
@@ -200,7 +203,7 @@ type daemon struct {
 
 // bound is a listener of the daemon and the server that serves it.
 type bound struct {
-	name string // smtp, imap, admin: the key under listen
+	name string // smtp, imap, pop3, admin: the key under listen
 	ln   net.Listener
 	srv  server // nil until the servers are built
 }
@@ -245,12 +248,12 @@ func startDaemon(ctx context.Context, cfg *config.Config, log *slog.Logger) (*da
 		d.serve(b)
 	}
 	log.Info("oauthrelay started", "version", version, "smtp", addrString(d.smtpAddr), "imap", addrString(d.imapAddr),
-		"admin", addrString(d.adminAddr), "accounts", len(cfg.Accounts))
+		"pop3", addrString(d.pop3Addr), "admin", addrString(d.adminAddr), "accounts", len(cfg.Accounts))
 	return d, nil
 }
 
 // bindListeners binds the listeners that are not off, in the order smtp,
-// imap, admin; on an error it closes those it bound.
+// imap, pop3, admin; on an error it closes those it bound.
 func bindListeners(cfg *config.Config, log *slog.Logger) ([]bound, error) {
 	l := cfg.Listen
 	specs := []struct {
@@ -259,6 +262,7 @@ func bindListeners(cfg *config.Config, log *slog.Logger) ([]bound, error) {
 	}{
 		{"smtp", l.SMTP.Addr, func() (net.Listener, error) { return listen(l.SMTP, log) }},
 		{"imap", l.IMAP.Addr, func() (net.Listener, error) { return listen(l.IMAP, log) }},
+		{"pop3", l.POP3.Addr, func() (net.Listener, error) { return listen(l.POP3, log) }},
 		{"admin", l.Admin.Addr, func() (net.Listener, error) { return net.Listen("tcp", l.Admin.Addr) }},
 	}
 	var lns []bound
@@ -295,6 +299,12 @@ func (d *daemon) newServers(ctx context.Context, metrics *admin.Metrics, store o
 				return err
 			}
 			d.imap, b.srv, d.imapAddr = srv, srv, b.ln.Addr()
+		case "pop3":
+			srv, err := pop3proxy.New(d.relay, d.cfg.Listen.POP3)
+			if err != nil {
+				return err
+			}
+			d.pop3, b.srv, d.pop3Addr = srv, srv, b.ln.Addr()
 		case "admin":
 			srv := admin.New(d.relay, metrics, admin.Options{Logger: d.log, Store: store, Ready: d.ready})
 			d.admin, b.srv, d.adminAddr = srv, srv, b.ln.Addr()
@@ -330,7 +340,7 @@ func (d *daemon) serve(b bound) {
 		if d.closing.Load() {
 			return
 		}
-		if errors.Is(err, imapproxy.ErrServerClosed) {
+		if errors.Is(err, imapproxy.ErrServerClosed) || errors.Is(err, pop3proxy.ErrServerClosed) {
 			err = nil
 		}
 		if err != nil {
@@ -427,7 +437,7 @@ func (d *daemon) shutdown(grace time.Duration) error {
 	return nil
 }
 
-// server is what the SMTP, IMAP and admin servers have in common.
+// server is what the SMTP, IMAP, POP3 and admin servers have in common.
 type server interface {
 	Serve(net.Listener) error
 	Shutdown(context.Context) error

@@ -480,7 +480,7 @@ func TestDockerfile(t *testing.T) {
 	}
 }
 
-// defaultPorts are the ports of the default SMTP, IMAP and admin
+// defaultPorts are the ports of the default SMTP, IMAP, POP3 and admin
 // listeners, as config.Parse fills them in.
 func defaultPorts(t *testing.T) []string {
 	t.Helper()
@@ -495,7 +495,7 @@ accounts:
 		t.Fatalf("minimal config: %v", err)
 	}
 	var ports []string
-	for _, addr := range []string{cfg.Listen.SMTP.Addr, cfg.Listen.IMAP.Addr, cfg.Listen.Admin.Addr} {
+	for _, addr := range []string{cfg.Listen.SMTP.Addr, cfg.Listen.IMAP.Addr, cfg.Listen.POP3.Addr, cfg.Listen.Admin.Addr} {
 		_, port, err := net.SplitHostPort(addr)
 		if err != nil {
 			t.Fatal(err)
@@ -557,12 +557,12 @@ func parseExampleConfig(t *testing.T, name, data, secretsDir string, secrets map
 	return cfg
 }
 
-// checkSidecarConfig checks what a sidecar needs: loopback SMTP and IMAP
-// listeners (the application shares the network namespace) and the
+// checkSidecarConfig checks what a sidecar needs: loopback SMTP, IMAP and
+// POP3 listeners (the application shares the network namespace) and the
 // deployment's state directory.
 func checkSidecarConfig(t *testing.T, name string, cfg *config.Config, stateMount string) {
 	t.Helper()
-	for proto, l := range map[string]config.Listener{"smtp": cfg.Listen.SMTP, "imap": cfg.Listen.IMAP} {
+	for proto, l := range map[string]config.Listener{"smtp": cfg.Listen.SMTP, "imap": cfg.Listen.IMAP, "pop3": cfg.Listen.POP3} {
 		if l.Addr == config.AddrOff {
 			continue
 		}

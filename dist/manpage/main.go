@@ -127,7 +127,8 @@ func write(w io.Writer, version string, rows []row) error {
 		".TP\n.I /etc/oauthrelay/config.yaml\nthe configuration; every key is described in " +
 		"/usr/share/doc/oauthrelay/config.example.yaml, and /usr/share/oauthrelay/config.schema.json is its JSON Schema\n" +
 		".TP\n.I /var/lib/oauthrelay\ntoken store, its key, the spool of delivery: queue\n" +
-		".SH EXIT STATUS\n0 on success, 1 on failure (for check: a check failed), 2 on a usage error.\n" +
+		".SH EXIT STATUS\n0 on success, 1 on failure, 2 on a usage error. For check: 0 every step passed (warnings allowed), " +
+		"1 a step failed, 2 a usage or configuration error.\n" +
 		".SH SEE ALSO\n/usr/share/doc/oauthrelay/README.md, /usr/share/doc/oauthrelay/deploy.md, " +
 		"\\fBsystemctl\\fR(1)\n")
 	_, err := io.WriteString(w, b.String())

@@ -28,7 +28,9 @@ func TestREADME(t *testing.T) {
 		t.Errorf("%d command entries for %d rows", got, len(rows))
 	}
 	for _, want := range []string{`.B oauthrelay serve \-config FILE`, `.B oauthrelay hash\-password`, `\fBdelivery: queue\fR`,
-		`list|show|retry|delete|export`, `"oauthrelay 1.2.3"`} {
+		`list|show|retry|delete|export`, `"oauthrelay 1.2.3"`,
+		`For check: 0 every step passed (warnings allowed), 1 a step failed, 2 a usage or configuration error.`,
+		`exit 0 all passed (warnings allowed), 1 a step failed, 2 usage or configuration error`} {
 		if !strings.Contains(page, want) {
 			t.Errorf("the page lacks %q", want)
 		}

@@ -181,7 +181,7 @@ func checkAgainstFake(t *testing.T, uid, gid int) {
 		"-cloud", "global", "-tenant", ms.Tenant, "-client-id", appID, "-app-name", "pkgtest",
 		"-grant", "client_credentials", "-credential", "secret", "-mailbox", mailbox, "-username", "erp",
 		"-send-as", "-", "-delivery", "direct",
-		"-token-url", ms.TokenURL, "-smtp", ms.SMTPAddr, "-imap", ms.IMAPAddr, "-ca-file", ca)
+		"-token-url", ms.TokenURL, "-smtp", ms.SMTPAddr, "-imap", ms.IMAPAddr, "-pop3", ms.POP3Addr, "-ca-file", ca)
 	cmd.Stdin = strings.NewReader(appSecret + "\nerp-local-password\n")
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("oauthrelay init: %v\n%s", err, out)

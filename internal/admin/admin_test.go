@@ -123,6 +123,7 @@ state_dir: %s
 listen:
   smtp: {addr: "off"}
   imap: {addr: "off"}
+  pop3: {addr: "off"}
   admin: {addr: %q%s}
 providers:
   web:
@@ -487,7 +488,11 @@ func TestMetrics(t *testing.T) {
 	m.Upstream("imap", inv.Info(), "unavailable", 15*time.Second)
 	m.Message(inv.Info(), 1000)
 	m.Message(inv.Info(), 500)
-	m.Transferred(inv.Info(), 10, 20000)
+	m.Transferred(events.IMAP, inv.Info(), 10, 20000)
+	m.Connection("pop3", 1)
+	m.Login("pop3", inv.Info(), "ok")
+	m.Upstream("pop3", inv.Info(), "ok", 80*time.Millisecond)
+	m.Transferred(events.POP3, inv.Info(), 7, 3000)
 
 	resp, body := w.do(nil, "GET", "/metrics", nil, nil)
 	if resp.StatusCode != 200 {
@@ -508,6 +513,11 @@ func TestMetrics(t *testing.T) {
 		`oauthrelay_messages_total{account="invoices"}`:                                         2,
 		`oauthrelay_message_bytes_total{account="invoices"}`:                                    1500,
 		`oauthrelay_imap_bytes_total{account="invoices",direction="out"}`:                       20000,
+		`oauthrelay_pop3_bytes_total{account="invoices",direction="out"}`:                       3000,
+		`oauthrelay_pop3_bytes_total{account="invoices",direction="in"}`:                        7,
+		`oauthrelay_connections_active{proto="pop3"}`:                                           1,
+		`oauthrelay_sessions_total{proto="pop3"}`:                                               1,
+		`oauthrelay_local_logins_total{proto="pop3",result="ok"}`:                               1,
 		`oauthrelay_token_state{account="alerts",state="ok"}`:                                   1,
 		`oauthrelay_token_state{account="invoices",state="needs_sign_in"}`:                      1,
 		`oauthrelay_token_state{account="invoices",state="ok"}`:                                 0,

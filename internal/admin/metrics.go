@@ -40,6 +40,7 @@ type Metrics struct {
 	mbMessages   *prometheus.CounterVec // account, mailbox
 	messageBytes *prometheus.CounterVec // account
 	imapBytes    *prometheus.CounterVec // account, direction
+	pop3Bytes    *prometheus.CounterVec // account, direction
 	tokenReqs    *prometheus.CounterVec // account, result
 	tokenTime    *prometheus.HistogramVec
 	tokens       *tokenCollector
@@ -163,6 +164,9 @@ func NewMetrics() *Metrics {
 		imapBytes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "oauthrelay_imap_bytes_total", Help: "Bytes copied by IMAP sessions after login, by account and direction (in: from the app).",
 		}, []string{"account", "direction"}),
+		pop3Bytes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "oauthrelay_pop3_bytes_total", Help: "Bytes copied by POP3 sessions after login, by account and direction (in: from the app).",
+		}, []string{"account", "direction"}),
 		tokenReqs: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "oauthrelay_token_requests_total",
 			Help: "Attempts to get an access token (requests to the identity provider, or refusals before one such as a missing sign-in) by account and result: ok, or the error class (transient: network, 5xx, 429, temporarily_unavailable; needs_sign_in: everything an administrator must fix).",
@@ -180,12 +184,12 @@ func NewMetrics() *Metrics {
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		m.connTotal, m.connActive, m.connUnauth, m.connRefused, m.unauthLimit, m.sessions, m.logins, m.upstream, m.upstreamTime,
-		m.messages, m.mbLogins, m.mbMessages, m.messageBytes, m.imapBytes, m.tokenReqs, m.tokenTime, m.tokens,
+		m.messages, m.mbLogins, m.mbMessages, m.messageBytes, m.imapBytes, m.pop3Bytes, m.tokenReqs, m.tokenTime, m.tokens,
 	)
 	m.reg.MustRegister(m.delivery.collectors()...)
 	// Families with a fixed label set start at zero, so that rate() and
 	// alerts work before the first event.
-	for _, p := range []string{"smtp", "imap"} {
+	for _, p := range []string{"smtp", "imap", "pop3"} {
 		m.connTotal.WithLabelValues(p)
 		m.connActive.WithLabelValues(p)
 		m.connUnauth.WithLabelValues(p)
@@ -311,13 +315,18 @@ func (m *Metrics) Message(a events.Account, bytes int64) {
 	}
 }
 
-// Transferred implements events.Observer.
-func (m *Metrics) Transferred(a events.Account, in, out int64) {
+// Transferred implements events.Observer: IMAP and POP3 bytes are
+// counted in their own families.
+func (m *Metrics) Transferred(proto events.Proto, a events.Account, in, out int64) {
 	if a.Name == "" {
 		return
 	}
-	m.imapBytes.WithLabelValues(a.Name, "in").Add(float64(in))
-	m.imapBytes.WithLabelValues(a.Name, "out").Add(float64(out))
+	c := m.imapBytes
+	if proto == events.POP3 {
+		c = m.pop3Bytes
+	}
+	c.WithLabelValues(a.Name, "in").Add(float64(in))
+	c.WithLabelValues(a.Name, "out").Add(float64(out))
 }
 
 // Unauthenticated implements events.Observer.

@@ -31,7 +31,7 @@ const (
 // upstream is one mail server of a provider in use.
 type upstream struct {
 	Provider string // the providers key
-	Proto    string // "smtp" or "imap"
+	Proto    string // "smtp", "imap" or "pop3"
 	Addr     string // host:port as configured
 }
 
@@ -89,7 +89,7 @@ func newUpstreamChecker() *upstreamChecker {
 // address as unreachable without dialling.
 func (c *upstreamChecker) close() { c.stop() }
 
-// upstreamsInUse lists the SMTP and IMAP servers of the providers that
+// upstreamsInUse lists the SMTP, IMAP and POP3 servers of the providers that
 // accounts use, for the protocols whose listener is on (an IMAP server the
 // relay never dials does not make it unready), in a stable order.
 func upstreamsInUse(cfg *config.Config, accounts []account) []upstream {
@@ -111,6 +111,9 @@ func upstreamsInUse(cfg *config.Config, accounts []account) []upstream {
 		}
 		if cfg.Listen.IMAP.Addr != config.AddrOff {
 			add(upstream{p.Name, "imap", p.IMAP.Addr})
+		}
+		if cfg.Listen.POP3.Addr != config.AddrOff {
+			add(upstream{p.Name, "pop3", p.POP3.Addr})
 		}
 	}
 	slices.SortFunc(out, func(a, b upstream) int {

@@ -152,6 +152,7 @@ state_dir: %s
 listen:
   smtp: {addr: "127.0.0.1:0"}
   imap: {addr: "127.0.0.1:0"}
+  pop3: {addr: "off"}
   admin: {addr: "127.0.0.1:0"}
 providers:
 %s%saccounts:
@@ -338,5 +339,16 @@ func TestUpstreamsInUse(t *testing.T) {
 	got := upstreamsInUse(cfg, []account{acc("a", p), acc("b", p)})
 	if len(got) != 1 || got[0] != (upstream{"p", "smtp", "smtp.example:587"}) {
 		t.Errorf("upstreamsInUse = %+v", got)
+	}
+	// With the POP3 listener on, the provider's POP3 server is in use too.
+	p.POP3 = config.Upstream{Addr: "pop.example:995"}
+	cfg.Listen.POP3.Addr = "127.0.0.1:1110"
+	got = upstreamsInUse(cfg, []account{acc("a", p)})
+	if len(got) != 2 || got[0] != (upstream{"p", "pop3", "pop.example:995"}) || got[1].Proto != "smtp" {
+		t.Errorf("upstreamsInUse with POP3 = %+v", got)
+	}
+	cfg.Listen.POP3.Addr = config.AddrOff
+	if got = upstreamsInUse(cfg, []account{acc("a", p)}); len(got) != 1 {
+		t.Errorf("upstreamsInUse with POP3 off = %+v", got)
 	}
 }

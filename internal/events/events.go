@@ -96,8 +96,8 @@ type Observer interface {
 	// Message reports a message the upstream accepted, with its size.
 	Message(a Account, bytes int64)
 	// Transferred reports bytes copied after login by a proxied (IMAP,
-	// POP3) session: in from the app, out to it.
-	Transferred(a Account, in, out int64)
+	// POP3) session of protocol p: in from the app, out to it.
+	Transferred(p Proto, a Account, in, out int64)
 	// TokenRequest reports a request to the identity provider.
 	TokenRequest(a Account, r TokenResult, took time.Duration)
 	// Unauthenticated is called with +1 when a listener hands out a
@@ -117,7 +117,7 @@ func (Nop) Connection(Proto, int)                                  {}
 func (Nop) Login(Proto, Account, LoginResult)                      {}
 func (Nop) Upstream(Proto, Account, UpstreamResult, time.Duration) {}
 func (Nop) Message(Account, int64)                                 {}
-func (Nop) Transferred(Account, int64, int64)                      {}
+func (Nop) Transferred(Proto, Account, int64, int64)               {}
 func (Nop) TokenRequest(Account, TokenResult, time.Duration)       {}
 func (Nop) Unauthenticated(Proto, int)                             {}
 func (Nop) PreAuthRejected(Proto, PreAuthReason)                   {}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/emersion/go-imap/v2"
@@ -39,6 +40,9 @@ type dir struct {
 	apps      map[string]App
 	mailboxes map[string]*mailbox
 	grants    map[string]map[string]bool // client ID → mailboxes with FullAccess
+	// appRoles are the Exchange application permissions with admin
+	// consent per client ID (SetAppRoles); absent: appRoles, the default.
+	appRoles map[string][]string
 
 	access  map[string]*accessToken
 	refresh map[string]*refreshToken
@@ -68,6 +72,7 @@ func newDir() dir {
 		apps:       map[string]App{},
 		mailboxes:  map[string]*mailbox{},
 		grants:     map[string]map[string]bool{},
+		appRoles:   map[string][]string{},
 		access:     map[string]*accessToken{},
 		refresh:    map[string]*refreshToken{},
 		codes:      map[string]*authCode{},
@@ -93,6 +98,10 @@ type mailbox struct {
 	shared     bool // a shared mailbox: no user signs in as it
 
 	imap *imapmemserver.User
+	// inbox holds the bytes of the INBOX messages by UID, for POP3
+	// (imapmemserver has no reader but its IMAP FETCH): what AppendIMAP
+	// and IMAP APPEND put there.
+	inbox map[imap.UID][]byte
 
 	smtpConns int      // authenticated SMTP sessions (SMTPLimits)
 	sent      limitLog // messages accepted in the last minute (SMTPLimits)
@@ -134,6 +143,7 @@ type refreshToken struct {
 // Scopes granted by IssueRefreshToken, as the relay's login would request.
 var consentedScopes = []string{
 	"https://outlook.office.com/IMAP.AccessAsUser.All",
+	"https://outlook.office.com/POP.AccessAsUser.All",
 	"https://outlook.office.com/SMTP.Send",
 	"offline_access",
 }
@@ -168,6 +178,7 @@ func (s *Server) AddMailbox(address, password string) {
 		oid:      newGUID(),
 		sendAs:   map[string]bool{},
 		imap:     u,
+		inbox:    map[imap.UID][]byte{},
 	}
 }
 
@@ -182,6 +193,16 @@ func (s *Server) GrantApp(clientID, mailbox string) {
 		s.grants[clientID] = map[string]bool{}
 	}
 	s.grants[clientID][lower(mailbox)] = true
+}
+
+// SetAppRoles sets the Office 365 Exchange Online application permissions
+// with admin consent of an app (by default SMTP.SendAsApp and
+// IMAP.AccessAsApp): what its app-only tokens' roles claim carries, and
+// what Exchange then lets it do. Tokens issued before keep their roles.
+func (s *Server) SetAppRoles(clientID string, roles ...string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.appRoles[clientID] = slices.Clone(roles)
 }
 
 // AddSharedMailbox creates a shared mailbox: an Exchange mailbox whose
@@ -221,7 +242,7 @@ func (s *Server) GrantSendAs(mailbox, address string) {
 }
 
 // IssueRefreshToken returns a refresh token as if the mailbox's user had
-// signed in to the app and consented to IMAP, SMTP and offline_access.
+// signed in to the app and consented to IMAP, POP, SMTP and offline_access.
 func (s *Server) IssueRefreshToken(clientID, mailbox string) string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -229,7 +250,7 @@ func (s *Server) IssueRefreshToken(clientID, mailbox string) string {
 }
 
 // IssueAccessToken returns an access token without a trip to the token
-// endpoint: delegated (IMAP and SMTP) for mailbox, or app-only when mailbox
+// endpoint: delegated (IMAP, POP and SMTP) for mailbox, or app-only when mailbox
 // is empty. It does not count in TokenRequests.
 func (s *Server) IssueAccessToken(clientID, mailbox string) string {
 	s.mu.Lock()
@@ -238,7 +259,7 @@ func (s *Server) IssueAccessToken(clientID, mailbox string) string {
 		tok, _ := s.newAccessLocked(clientID, "", resOutlook, nil, appRoles)
 		return tok
 	}
-	tok, _ := s.newAccessLocked(clientID, lower(mailbox), resOutlook, []string{scopeIMAP, scopeSMTP}, nil)
+	tok, _ := s.newAccessLocked(clientID, lower(mailbox), resOutlook, []string{scopeIMAP, scopePOP, scopeSMTP}, nil)
 	return tok
 }
 
@@ -412,13 +433,35 @@ func (s *Server) IMAPUser(mailbox string) *imapmemserver.User {
 }
 
 // AppendIMAP puts a message into a folder of a mailbox, as delivery would.
+// A message in INBOX is POP3's too.
 func (s *Server) AppendIMAP(mailbox, folder string, msg []byte) error {
 	u := s.IMAPUser(mailbox)
 	if u == nil {
 		return fmt.Errorf("fakems: append: no mailbox %q", mailbox)
 	}
-	if _, err := u.Append(folder, &literal{bytes.NewReader(msg), int64(len(msg))}, &imap.AppendOptions{Time: time.Now()}); err != nil {
+	if err := s.appendTo(mailbox, u, folder, msg, &imap.AppendOptions{Time: time.Now()}, nil); err != nil {
 		return fmt.Errorf("fakems: append to %s/%s: %w", mailbox, folder, err)
+	}
+	return nil
+}
+
+// appendTo appends msg to folder of u, the IMAP store of mailbox, and
+// remembers the bytes of an INBOX message for POP3. The append's data goes
+// to *out when out is not nil.
+func (s *Server) appendTo(mailbox string, u *imapmemserver.User, folder string, msg []byte, opts *imap.AppendOptions, out **imap.AppendData) error {
+	data, err := u.Append(folder, &literal{bytes.NewReader(msg), int64(len(msg))}, opts)
+	if err != nil {
+		return err
+	}
+	if out != nil {
+		*out = data
+	}
+	if strings.EqualFold(folder, "INBOX") {
+		s.mu.Lock()
+		if m, ok := s.mailboxes[lower(mailbox)]; ok {
+			m.inbox[data.UID] = msg
+		}
+		s.mu.Unlock()
 	}
 	return nil
 }

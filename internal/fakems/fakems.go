@@ -2,7 +2,7 @@
 // the `oauthrelay demo` command: an Entra ID token service (every grant the
 // relay uses, refresh-token rotation, AADSTS error bodies, injectable failures
 // and delays, plus an RFC 7662 introspection endpoint for Dovecot), Exchange
-// Online SMTP submission on STARTTLS and IMAP on implicit TLS. Both mail
+// Online SMTP submission on STARTTLS, IMAP and POP3 on implicit TLS. The mail
 // servers validate XOAUTH2 tokens against the fake token service, answer with
 // Exchange's replies and record what they receive, so tests can drive the
 // relay end to end with real protocol clients.
@@ -20,7 +20,7 @@
 //
 // Microsoft Graph's mail sending is served too (graph.go), over HTTPS.
 //
-// Out of scope: POP3, EWS, the rest of Graph, conditional access, consent prompts
+// Out of scope: EWS, the rest of Graph, conditional access, consent prompts
 // (every app is consented for every user), token signatures (access tokens
 // are opaque; they only look like JWTs), and anything off loopback: all
 // listeners are on 127.0.0.1 and the certificates come from a CA generated at
@@ -179,6 +179,8 @@ type Server struct {
 	SMTPAddr string
 	// IMAPAddr is outlook.office365.com:993: implicit TLS.
 	IMAPAddr string
+	// POP3Addr is outlook.office365.com:995: implicit TLS (pop3.go).
+	POP3Addr string
 	// GraphURL stands for https://graph.microsoft.com (HTTPS with the
 	// generated CA; see graph.go), e.g. "https://127.0.0.1:41235".
 	GraphURL string
@@ -203,6 +205,7 @@ type Server struct {
 	// registered its listener with its server would otherwise never return.
 	listeners []net.Listener
 	wg        sync.WaitGroup // the Serve goroutines
+	pop3Conns sync.WaitGroup // the POP3 connections' goroutines
 	conns     *connSet       // the connections being served (lifetime.go)
 
 	closeOnce sync.Once
@@ -222,7 +225,7 @@ type Server struct {
 	dir
 }
 
-// Start listens on three loopback ports (HTTP, SMTP, IMAP) and serves until
+// Start listens on four loopback ports (HTTP, SMTP, IMAP, POP3) and serves until
 // Close is called or ctx is done.
 func Start(ctx context.Context, opts Options) (_ *Server, err error) {
 	if opts.Tenant == "" {
@@ -344,11 +347,18 @@ func Start(ctx context.Context, opts Options) (_ *Server, err error) {
 	s.imapSrv = s.newIMAPServer()
 	s.goServe("imap", func() error { return s.imapSrv.Serve(s.wrapIMAPListener(imapLn)) })
 
+	pop3Ln, err := listen("POP3")
+	if err != nil {
+		return nil, err
+	}
+	s.POP3Addr = pop3Ln.Addr().String()
+	s.goServe("pop3", func() error { return s.servePOP3(pop3Ln) })
+
 	s.stopCtx = context.AfterFunc(ctx, func() {
 		defer close(s.afterDone)
 		s.shutdown()
 	})
-	logger.Info("fakems started", "base_url", s.BaseURL, "graph", s.GraphURL, "smtp", s.SMTPAddr, "imap", s.IMAPAddr, "tenant", s.Tenant)
+	logger.Info("fakems started", "base_url", s.BaseURL, "graph", s.GraphURL, "smtp", s.SMTPAddr, "imap", s.IMAPAddr, "pop3", s.POP3Addr, "tenant", s.Tenant)
 	return s, nil
 }
 
@@ -404,6 +414,7 @@ func (s *Server) shutdown() error {
 			}
 		}
 		s.wg.Wait()
+		s.pop3Conns.Wait() // their sockets are closed: they end now
 		s.conns.wait()
 		if s.imapSrv != nil {
 			// Nothing is left to close; it marks the server closed.

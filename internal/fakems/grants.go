@@ -38,7 +38,7 @@ func (s *Server) grantClientCredentials(w http.ResponseWriter, r *http.Request) 
 	var roles []string
 	switch aud {
 	case resOutlook:
-		roles = appRoles
+		roles = s.exchangeRoles(app.ClientID)
 	case resGraph:
 		roles = s.graphRoles(app.ClientID)
 	}
@@ -52,6 +52,17 @@ func (s *Server) grantClientCredentials(w http.ResponseWriter, r *http.Request) 
 		ExtExpiresIn: int(life / time.Second),
 		AccessToken:  at,
 	})
+}
+
+// exchangeRoles are the Exchange application roles an app-only token of
+// the app carries (SetAppRoles).
+func (s *Server) exchangeRoles(clientID string) []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if r, ok := s.appRoles[clientID]; ok {
+		return slices.Clone(r)
+	}
+	return slices.Clone(appRoles)
 }
 
 // grantRefresh redeems a refresh token and rotates it: the answer carries a

@@ -1,6 +1,7 @@
 package fakems
 
 import (
+	"io"
 	"log/slog"
 	"time"
 
@@ -45,6 +46,7 @@ type imapSession struct {
 	conn         *imapConn // its Close is told when the session ends (lifetime.go)
 	log          *slog.Logger
 	mem          *imapmemserver.UserSession // nil until AUTHENTICATE succeeds
+	mbox         *mailbox                   // the mailbox of mem
 	notConnected bool
 }
 
@@ -84,7 +86,7 @@ func (is *imapSession) loginXOAuth2(user, token string) error {
 		is.log.Info("imap: XOAUTH2 refused", "user", user, "reason", reason)
 		return imapAuthFailed
 	}
-	is.mem = imapmemserver.NewUserSession(m.imap)
+	is.mem, is.mbox = imapmemserver.NewUserSession(m.imap), m
 	is.log = is.log.With("user", lower(user))
 	is.log.Info("imap: XOAUTH2 accepted", "client_id", at.clientID, "app_only", at.appOnly())
 	return nil
@@ -174,7 +176,14 @@ func (is *imapSession) Append(mailbox string, r imap.LiteralReader, options *ima
 	if err := is.ready(); err != nil {
 		return nil, err
 	}
-	return is.mem.Append(mailbox, r, options)
+	// Read whole so that an INBOX message is POP3's too (appendTo).
+	b, err := io.ReadAll(io.LimitReader(r, r.Size()))
+	if err != nil {
+		return nil, err
+	}
+	var data *imap.AppendData
+	err = is.s.appendTo(is.mbox.address, is.mbox.imap, mailbox, b, options, &data)
+	return data, err
 }
 
 // Poll runs after NOOP and most commands; an error here would end the

@@ -18,11 +18,12 @@ const (
 	scopePOP  = "POP.AccessAsUser.All"
 	roleIMAP  = "IMAP.AccessAsApp"
 	roleSMTP  = "SMTP.SendAsApp"
+	rolePOP   = "POP.AccessAsApp"
 )
 
 // appRoles are the application permissions every app is assumed to have
 // admin consent for; which mailboxes it reaches is decided by GrantApp.
-var appRoles = []string{roleIMAP, roleSMTP}
+var appRoles = []string{roleIMAP, roleSMTP, rolePOP}
 
 // newAccessLocked mints an access token and remembers it. The token looks
 // like an Entra JWT of realistic length, 1.6–2.8 KB (real ones are 1.5–3 KB),

@@ -181,6 +181,11 @@ func splitFields(head []byte) ([]string, string) {
 			fields = append(fields, line)
 		}
 	}
+	// The last line of a message without a body may lack its line end
+	// (BDAT): give it one, or a field added after it would be glued to it.
+	if n := len(fields); n > 0 && !strings.HasSuffix(fields[n-1], "\n") {
+		fields[n-1] += "\r\n"
+	}
 	return fields, end
 }
 

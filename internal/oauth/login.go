@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 
@@ -81,13 +82,37 @@ func NewAuthCodeFlow(acct *config.Account, redirectURL string, opts Options) (*A
 }
 
 // URL is the authorization address: PKCE S256 challenge, state, and
-// login_hint set to the mailbox so the right account is preselected.
+// login_hint set to the mailbox so the right account is preselected. It
+// asks consent for every scope the account will redeem its refresh token
+// for (consentScopes), while the code is redeemed for the mail scopes
+// alone: Entra issues a token for one resource at a time (AADSTS28000).
 func (f *AuthCodeFlow) URL() string {
-	opts := []oauth2.AuthCodeOption{oauth2.S256ChallengeOption(f.verifier)}
+	opts := []oauth2.AuthCodeOption{
+		oauth2.S256ChallengeOption(f.verifier),
+		oauth2.SetAuthURLParam("scope", strings.Join(consentScopes(f.src.acct), " ")),
+	}
 	if mb := f.src.acct.Mailbox; mb != "" {
 		opts = append(opts, oauth2.SetAuthURLParam("login_hint", mb))
 	}
 	return f.cfg.AuthCodeURL(f.state, opts...)
+}
+
+// consentScopes are the scopes a delegated sign-in asks consent for: the
+// provider's mail scopes and, for an account that sends through Graph
+// (upstream graph or auto), Graph's, which a user can consent to at the
+// same sign-in instead of an administrator granting them in Entra
+// (without either, the Graph token request fails with AADSTS65001).
+func consentScopes(acct *config.Account) []string {
+	scopes := slices.Clone(acct.ProviderRef.Scopes)
+	if !acct.SendsThroughGraph() {
+		return scopes
+	}
+	for _, sc := range acct.ProviderRef.Graph.Scopes {
+		if !slices.Contains(scopes, sc) {
+			scopes = append(scopes, sc)
+		}
+	}
+	return scopes
 }
 
 // State is the flow's state parameter, for a web handler that keeps several

@@ -7,11 +7,13 @@ import (
 	"net/http"
 	"net/url"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/oauthrelay/oauthrelay/config"
 	"github.com/oauthrelay/oauthrelay/internal/tokenstore"
 )
 
@@ -308,4 +310,38 @@ func TestLoginDeviceFailures(t *testing.T) {
 			t.Fatalf("err = %v", err)
 		}
 	})
+}
+
+// An account that sends through Graph asks consent for Graph's delegated
+// scopes at the same sign-in, and redeems the code for the mail scopes
+// alone (Entra issues a token for one resource at a time).
+func TestAuthCodeFlowAsksGraphConsent(t *testing.T) {
+	t.Parallel()
+	f := newFakeIdP(t)
+	for _, upstream := range []string{config.UpstreamSMTP, config.UpstreamGraph, config.UpstreamAuto} {
+		acct := testAccount(f, "authorization_code")
+		acct.Upstream = upstream
+		acct.ProviderRef.Graph.Scopes = []string{"https://graph.microsoft.com/Mail.Send", "offline_access"}
+		flow, err := NewAuthCodeFlow(acct, "http://127.0.0.1:8025/oauth2/callback", Options{Store: newMemStore(), Logger: testLogger(t)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		u, _ := url.Parse(flow.URL())
+		scope := strings.Fields(u.Query().Get("scope"))
+		hasGraph := slices.Contains(scope, "https://graph.microsoft.com/Mail.Send")
+		if hasGraph != acct.SendsThroughGraph() {
+			t.Errorf("upstream %s: consent asked for %q", upstream, scope)
+		}
+		for _, s := range acct.ProviderRef.Scopes {
+			if !slices.Contains(scope, s) {
+				t.Errorf("upstream %s: consent lacks the mail scope %s: %q", upstream, s, scope)
+			}
+		}
+		if n := strings.Count(u.Query().Get("scope"), "offline_access"); n > 1 {
+			t.Errorf("upstream %s: offline_access asked %d times", upstream, n)
+		}
+		if !slices.Equal(flow.cfg.Scopes, acct.ProviderRef.Scopes) {
+			t.Errorf("upstream %s: the code is redeemed for %q, want the mail scopes %q", upstream, flow.cfg.Scopes, acct.ProviderRef.Scopes)
+		}
+	}
 }

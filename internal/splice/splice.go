@@ -1,6 +1,6 @@
 // Package splice is the byte-level machinery of a proxied session, shared by
 // the front ends that speak a protocol themselves until the app has logged in
-// and then copy bytes both ways untouched (IMAP today, POP3 next): a bounded
+// and then copy bytes both ways untouched (IMAP and POP3): a bounded
 // line reader for the text before the copy, and the two-way copy after it.
 //
 // It lives under internal/ rather than beside the front ends because the

@@ -34,6 +34,8 @@ const (
 	// dovecotStopTimeout is how long Dovecot gets to stop after SIGTERM
 	// before it is killed.
 	dovecotStopTimeout = 5 * time.Second
+	// dovecotPOP3 is the POP3 service's binary (Debian's dovecot-pop3d).
+	dovecotPOP3 = "/usr/lib/dovecot/pop3"
 	// dovecotStartAttempts: a free port picked before the start may be
 	// taken by another process before Dovecot binds it; start again.
 	dovecotStartAttempts = 3
@@ -59,6 +61,10 @@ type DovecotOptions struct {
 	// OAUTHBEARER as for IMAP, relaying every message to an SMTP sink in
 	// the test process (Sink).
 	Submission bool
+	// POP3 adds Dovecot's POP3 service (dovecot-pop3d) on a loopback port
+	// with implicit TLS (POP3Addr), AUTH XOAUTH2 and OAUTHBEARER as for
+	// IMAP, over the same Maildir (Deliver puts mail there).
+	POP3 bool
 }
 
 // Dovecot is a running Dovecot. It is stopped by t.Cleanup; its log is
@@ -77,14 +83,20 @@ type Dovecot struct {
 	// DovecotOptions.Submission.
 	SubmissionAddr string
 	Sink           *SMTPSink
+	// POP3Addr is the POP3 server on implicit TLS (pop3s),
+	// 127.0.0.1:port; only with DovecotOptions.POP3.
+	POP3Addr string
 
 	logFile  string
 	stderr   *Buf
 	bin      string
 	confFile string
 	t        testing.TB
+	ids      dovecotIDs
 	stop     func() error // nil while stopped
 	cleanup  bool         // the cleanup that stops it is registered
+	// delivered counts Deliver's messages, for unique file names.
+	delivered int
 }
 
 // ClientTLS is a client configuration that trusts Dovecot's certificate.
@@ -138,6 +150,12 @@ func StartDovecot(t testing.TB, o DovecotOptions) *Dovecot {
 	if o.IntrospectURL == "" {
 		t.Fatal("StartDovecot: IntrospectURL is required")
 	}
+	if _, err := os.Stat(dovecotPOP3); o.POP3 && err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("dovecot's pop3 not installed (CI installs dovecot-pop3d in .ci/run): %v", err)
+		}
+		t.Skip("dovecot's pop3 not installed (Debian: dovecot-pop3d)")
+	}
 	ids := dovecotIdentities(t)
 
 	// Mail processes run as ids.uid and must reach the homes: t.TempDir()
@@ -183,7 +201,7 @@ func StartDovecot(t testing.TB, o DovecotOptions) *Dovecot {
 	if o.Submission {
 		d.Sink = StartSMTPSink(t)
 	}
-	d.bin, d.t = bin, t
+	d.bin, d.t, d.ids = bin, t, ids
 	var lastErr error
 	for attempt := 1; attempt <= dovecotStartAttempts; attempt++ {
 		port := freePort(t)
@@ -192,6 +210,10 @@ func StartDovecot(t testing.TB, o DovecotOptions) *Dovecot {
 			StateDir: stateDir, LogFile: d.logFile, Instance: filepath.Base(short),
 			CertFile: certFile, KeyFile: keyFile, Port: port, OAuth2Conf: oauth2Conf,
 			Home: home, IDs: ids, Extra: o.Extra, Debug: o.Debug,
+		}
+		if o.POP3 {
+			conf.POP3Port = freePort(t)
+			d.POP3Addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(conf.POP3Port))
 		}
 		if o.Submission {
 			conf.SubmissionPort = freePort(t)
@@ -277,6 +299,9 @@ func (d *Dovecot) start() error {
 		if err == nil && d.SubmissionAddr != "" {
 			err = d.probeSubmission()
 		}
+		if err == nil && d.POP3Addr != "" {
+			err = d.probePOP3()
+		}
 		if err == nil {
 			break
 		}
@@ -339,6 +364,50 @@ func (d *Dovecot) probeSubmission() error {
 		return fmt.Errorf("submission greeting starts %q", b)
 	}
 	return nil
+}
+
+// probePOP3 connects to the POP3S port and reads the start of the greeting
+// (RFC 1939 §4: +OK).
+func (d *Dovecot) probePOP3() error {
+	c, err := tls.DialWithDialer(&net.Dialer{Timeout: time.Second}, "tcp", d.POP3Addr, d.ClientTLS())
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(2 * time.Second))
+	b := make([]byte, 3)
+	if _, err := io.ReadFull(c, b); err != nil {
+		return err
+	}
+	if string(b) != "+OK" {
+		return fmt.Errorf("POP3 greeting starts %q", b)
+	}
+	return nil
+}
+
+// Deliver puts msg into user's INBOX as a mail delivery agent does
+// (Maildir: written in tmp, renamed into new), owned by the mail
+// processes' user, so that POP3 and IMAP find it.
+func (d *Dovecot) Deliver(t testing.TB, user string, msg []byte) {
+	t.Helper()
+	md := filepath.Join(d.Home(user), "Maildir")
+	for _, sub := range []string{"", "tmp", "new", "cur"} {
+		mkdirOwned(t, filepath.Join(md, sub), 0o700, d.ids)
+	}
+	d.delivered++
+	name := fmt.Sprintf("%d.M%dP%d.oauthrelay-test", time.Now().Unix(), d.delivered, os.Getpid())
+	tmp := filepath.Join(md, "tmp", name)
+	if err := os.WriteFile(tmp, msg, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if d.ids.root {
+		if err := os.Chown(tmp, d.ids.uid, d.ids.gid); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Rename(tmp, filepath.Join(md, "new", name)); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // dovecotIDs are the users Dovecot's processes run as.
@@ -436,6 +505,8 @@ type dovecotConf struct {
 	// SinkAddr.
 	SubmissionPort int
 	SinkAddr       string
+	// POP3Port, when not 0, adds the POP3 service on implicit TLS.
+	POP3Port int
 }
 
 func (c dovecotConf) String() string {
@@ -446,11 +517,14 @@ func (c dovecotConf) String() string {
 	p("state_dir = %s", c.StateDir)
 	p("instance_name = %s", c.Instance)
 	p("log_path = %s", c.LogFile)
+	protocols := "imap"
 	if c.SubmissionPort != 0 {
-		p("protocols = imap submission")
-	} else {
-		p("protocols = imap")
+		protocols += " submission"
 	}
+	if c.POP3Port != 0 {
+		protocols += " pop3"
+	}
+	p("protocols = %s", protocols)
 	p("listen = 127.0.0.1")
 	p("default_internal_user = %s", c.IDs.internalUser)
 	p("default_login_user = %s", c.IDs.loginUser)
@@ -519,10 +593,13 @@ func (c dovecotConf) String() string {
 	if c.SubmissionPort != 0 {
 		c.writeSubmission(p)
 	}
+	if c.POP3Port != 0 {
+		c.writePOP3(p)
+	}
 	if !c.IDs.root {
 		// chroot needs root: every service that has one by default runs
 		// without it.
-		for _, svc := range []string{"imap-login", "imap-urlauth-login", "submission-login", "anvil", "ipc", "old-stats", "aggregator", "director"} {
+		for _, svc := range []string{"imap-login", "imap-urlauth-login", "submission-login", "pop3-login", "anvil", "ipc", "old-stats", "aggregator", "director"} {
 			p("service %s {", svc)
 			p("  chroot =")
 			p("}")
@@ -551,6 +628,22 @@ func (c dovecotConf) writeSubmission(p func(string, ...any)) {
 	p("  inet_listener submission {")
 	p("    address = 127.0.0.1")
 	p("    port = %d", c.SubmissionPort)
+	p("  }")
+	p("}")
+}
+
+// writePOP3 adds the POP3 service: implicit TLS only, UIDLs Dovecot's
+// recommended format.
+func (c dovecotConf) writePOP3(p func(string, ...any)) {
+	p("pop3_uidl_format = %%08Xu%%08Xv")
+	p("service pop3-login {")
+	p("  inet_listener pop3 {")
+	p("    port = 0")
+	p("  }")
+	p("  inet_listener pop3s {")
+	p("    address = 127.0.0.1")
+	p("    port = %d", c.POP3Port)
+	p("    ssl = yes")
 	p("  }")
 	p("}")
 }

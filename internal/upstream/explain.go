@@ -76,3 +76,15 @@ func ExplainIMAP(text string) string {
 	}
 	return ""
 }
+
+// ExplainPOP3 does the same for an upstream POP3 -ERR text.
+func ExplainPOP3(text string) string {
+	if strings.Contains(text, "Authentication failure") || strings.Contains(text, "Logon failure") {
+		return "Exchange refused the token: check that POP3 is enabled for the mailbox " +
+			"(Set-CASMailbox -Identity <mailbox> -PopEnabled $true); for app-only access POP.AccessAsApp with " +
+			"admin consent, the service principal (New-ServicePrincipal) and Add-MailboxPermission; for delegated " +
+			"access the signed-in mailbox and the POP.AccessAsUser.All consent (a grant signed in before it was " +
+			"asked for needs a new sign-in)"
+	}
+	return ""
+}

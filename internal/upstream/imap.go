@@ -2,17 +2,14 @@ package upstream
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"strconv"
 	"strings"
-	"time"
 
 	"github.com/oauthrelay/oauthrelay/config"
 	"github.com/oauthrelay/oauthrelay/internal/events"
@@ -38,45 +35,25 @@ const (
 // bytes between the app and Conn, Pending first; `check` calls Examine and
 // Logout. It is not safe for concurrent use.
 type IMAPSession struct {
-	// Conn is the connection, TLS unless the target's TLS is "none", with
-	// no deadline set.
-	Conn net.Conn
-	// Pending holds bytes the upstream sent after the reply the relay read
-	// last (its tagged OK to the login, or to the last command): they
-	// belong to the app and go first when bytes are copied.
-	Pending []byte
+	// Session is the connection; its Pending are the bytes after the reply
+	// the relay read last (its tagged OK to the login, or to the last
+	// command), its Text the tagged OK's text, its Warnings oddities such
+	// as no AUTH=XOAUTH2 advertised or CAPABILITY after login refused.
+	Session
 	// Caps is the upstream's capability list after login, for the app's
 	// OK ("" if the upstream would not tell).
 	Caps string
-	// Text is the text of the upstream's tagged OK to the login.
-	Text string
-	// Warnings are oddities of the login that did not fail it (no
-	// AUTH=XOAUTH2 advertised, CAPABILITY after login refused), in plain
-	// words for the caller's log.
-	Warnings []string
 
 	t   Target
 	tag int // last tag number used
 	br  *bufio.Reader
 }
 
-// imapResponse is one parsed upstream response line.
+// imapResponse is one parsed upstream response line: status is OK, NO,
+// BAD, BYE, PREAUTH, or the untagged keyword (CAPABILITY).
 type imapResponse struct {
-	tag    string // "*", "+" or a command tag
-	status string // OK, NO, BAD, BYE, PREAUTH, or the untagged keyword (CAPABILITY)
-	code   string // response code without brackets
-	text   string // the rest
-}
-
-func (r *imapResponse) String() string {
-	s := r.status
-	if r.code != "" {
-		s += " [" + r.code + "]"
-	}
-	if r.text != "" {
-		s += " " + r.text
-	}
-	return s
+	tag string // "*", "+" or a command tag
+	statusLine
 }
 
 // IMAP gets a token from cred, dials t (STARTTLS when configured) and logs in
@@ -94,41 +71,32 @@ func (r *imapResponse) String() string {
 // got a token. ctx bounds the whole login and interrupts pending I/O when it
 // ends.
 func IMAP(ctx context.Context, t Target, cred Credentials) (*IMAPSession, error) {
-	tok, err := cred.Token(ctx)
-	if err != nil {
-		return nil, TokenError(t, events.IMAP, err)
-	}
-	start := time.Now()
-	s, err := imapLogin(ctx, t, tok)
-	tokenRefused := err != nil
-	if err == nil && t.CheckMailbox {
-		if err = s.checkMailbox(ctx); err != nil {
-			s.Close()
-		}
-	}
-	t.observe(events.IMAP, err, start)
-	if err != nil {
-		var e *Error
-		if errors.As(err, &e) && e.Kind == Refused && tokenRefused {
-			// Revoked, expired early, permissions changed: the next login
-			// gets a fresh token instead of this one again.
-			cred.Invalidate()
-		}
-		return nil, err
-	}
-	return s, nil
+	// Only a refusal of the login itself drops the token: a mailbox the
+	// check cannot open (CheckMailbox) says nothing against it.
+	tokenRefused := false
+	return login(ctx, t, events.IMAP, cred, func(*Error) bool { return tokenRefused },
+		func(ctx context.Context, t Target, tok string) (*IMAPSession, error) {
+			s, err := imapLogin(ctx, t, tok)
+			if err != nil {
+				tokenRefused = true
+				return nil, err
+			}
+			if t.CheckMailbox {
+				if err := s.checkMailbox(ctx); err != nil {
+					s.Close()
+					return nil, err
+				}
+			}
+			return s, nil
+		})
 }
 
 func imapLogin(ctx context.Context, t Target, token string) (_ *IMAPSession, err error) {
-	conn, err := t.Dial(ctx)
+	conn, err := dialFor(ctx, t, events.IMAP)
 	if err != nil {
-		reason := reasonCannotConnect
-		if ctx.Err() != nil {
-			reason += " (cancelled)"
-		}
-		return nil, imapUnavailable(t, reason, err)
+		return nil, err
 	}
-	s := &IMAPSession{Conn: conn, t: t, br: bufio.NewReaderSize(conn, upstreamBufferSize)}
+	s := &IMAPSession{Session: Session{Conn: conn}, t: t, br: bufio.NewReaderSize(conn, upstreamBufferSize)}
 	defer func() {
 		if err != nil {
 			s.Conn.Close()
@@ -149,31 +117,10 @@ func imapLogin(ctx context.Context, t Target, token string) (_ *IMAPSession, err
 	return s, nil
 }
 
-// interruptible runs f with ctx's deadline on the connection and ends its
-// pending I/O when ctx ends (the deadline is cleared afterwards). When ctx
-// has ended, a failure for want of an answer, or a success just then, is a
-// cancelled Unavailable; a refusal the upstream sent stays what it is.
+// interruptible runs f with ctx's deadline on the connection
+// (upstream.interruptible).
 func (s *IMAPSession) interruptible(ctx context.Context, f func() error) error {
-	conn := s.Conn // under any later TLS layer, so deadlines reach it too
-	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Now()) })
-	if dl, ok := ctx.Deadline(); ok {
-		conn.SetDeadline(dl)
-	}
-	err := f()
-	stop()
-	var e *Error
-	if ctx.Err() != nil && (err == nil || errors.As(err, &e) && e.Kind == Unavailable) {
-		reason := "cancelled"
-		if e != nil {
-			reason = e.Reason + " (cancelled)"
-		}
-		return imapUnavailable(s.t, reason, ctx.Err())
-	}
-	if err == nil {
-		// Cleared on the TLS layer too, if any.
-		s.Conn.SetDeadline(time.Time{})
-	}
-	return err
+	return interruptible(ctx, s.t, events.IMAP, s.Conn, f)
 }
 
 // greet reads the greeting, upgrades with STARTTLS when configured and
@@ -214,23 +161,15 @@ func (s *IMAPSession) greet(ctx context.Context) (string, error) {
 // startTLS runs STARTTLS (RFC 9051 §6.2.1) and the verified handshake.
 func (s *IMAPSession) startTLS(ctx context.Context) error {
 	r, err := s.command("STARTTLS", nil)
+	var st *statusLine
+	if r != nil {
+		st = &r.statusLine
+	}
+	tc, br, err := s.t.upgrade(ctx, events.IMAP, "STARTTLS", st, err, "OK", s.Conn, s.br)
 	if err != nil {
-		return imapUnavailable(s.t, "STARTTLS failed", err)
+		return err
 	}
-	if r.status != "OK" {
-		return imapUnavailable(s.t, "STARTTLS refused: "+r.String(), nil)
-	}
-	if s.br.Buffered() > 0 {
-		// Bytes before the handshake would be taken as sent under TLS
-		// (a command-injection attack on STARTTLS).
-		return imapUnavailable(s.t, "the upstream sent data after its STARTTLS reply", nil)
-	}
-	tc, err := s.t.Handshake(ctx, s.Conn)
-	if err != nil {
-		return imapUnavailable(s.t, "TLS failed", err)
-	}
-	s.Conn = tc
-	s.br = bufio.NewReaderSize(tc, upstreamBufferSize)
+	s.Conn, s.br = tc, br
 	return nil
 }
 
@@ -424,22 +363,13 @@ func (s *IMAPSession) Logout(ctx context.Context) error {
 	return nil
 }
 
-// Close closes the connection without LOGOUT.
-func (s *IMAPSession) Close() error { return s.Conn.Close() }
-
 // run sends a command after login and reads to its tagged reply, noting
 // an untagged BYE ("BYE [code] text"); other untagged responses are skipped.
 // Pending bytes are read first, and what the upstream sent after the reply
 // is Pending again. The error is an I/O error (io.EOF if the upstream
 // closed) or a cancelled *Error.
 func (s *IMAPSession) run(ctx context.Context, cmd string) (r *imapResponse, bye string, err error) {
-	s.br = bufio.NewReaderSize(io.MultiReader(bytes.NewReader(s.Pending), s.Conn), upstreamBufferSize)
-	s.Pending = nil
-	defer func() {
-		s.Pending = splice.TakeBuffered(s.br)
-		s.br = nil
-	}()
-	err = s.interruptible(ctx, func() error {
+	err = s.afterLogin(ctx, s.t, events.IMAP, &s.br, func() error {
 		var err error
 		r, err = s.command(cmd, func(r *imapResponse) {
 			if r.status == "BYE" {
@@ -522,7 +452,7 @@ func (s *IMAPSession) read() (*imapResponse, error) {
 }
 
 func imapUnavailable(t Target, reason string, err error) *Error {
-	return &Error{Kind: Unavailable, Proto: events.IMAP, Addr: t.Server.Addr, Reason: reason, Err: err}
+	return unavailable(t, events.IMAP, reason, err)
 }
 
 // parseResponse splits "tag status [code] text". Untagged data responses

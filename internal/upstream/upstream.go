@@ -15,10 +15,13 @@
 package upstream
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"time"
 
@@ -27,6 +30,7 @@ import (
 	"github.com/oauthrelay/oauthrelay/config"
 	"github.com/oauthrelay/oauthrelay/internal/events"
 	"github.com/oauthrelay/oauthrelay/internal/oauth"
+	"github.com/oauthrelay/oauthrelay/internal/splice"
 )
 
 const (
@@ -211,4 +215,152 @@ func (t Target) ClientTLS() *tls.Config {
 	cfg.ServerName = host
 	cfg.MinVersion = max(cfg.MinVersion, tls.VersionTLS12)
 	return cfg
+}
+
+// unavailable is an Unavailable failure of a login to t over p.
+func unavailable(t Target, p events.Proto, reason string, err error) *Error {
+	return &Error{Kind: Unavailable, Proto: p, Addr: t.Server.Addr, Reason: reason, Err: err}
+}
+
+// interruptible runs f, a login's exchange on conn (the connection as
+// dialled: deadlines set on it reach a TLS layer started later), with
+// ctx's deadline on conn, and ends its pending I/O when ctx ends; the
+// deadline is cleared afterwards. When ctx has ended, a failure for want of
+// an answer, or a success just then, is a cancelled Unavailable; a refusal
+// the upstream sent stays what it is.
+func interruptible(ctx context.Context, t Target, p events.Proto, conn net.Conn, f func() error) error {
+	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Now()) })
+	if dl, ok := ctx.Deadline(); ok {
+		conn.SetDeadline(dl)
+	}
+	err := f()
+	stop()
+	var e *Error
+	if ctx.Err() != nil && (err == nil || errors.As(err, &e) && e.Kind == Unavailable) {
+		reason := "cancelled"
+		if e != nil {
+			reason = e.Reason + " (cancelled)"
+		}
+		return unavailable(t, p, reason, ctx.Err())
+	}
+	if err == nil {
+		conn.SetDeadline(time.Time{})
+	}
+	return err
+}
+
+// login is the frame of every protocol's login: the token from cred (its
+// failure classified by TokenError, the upstream not contacted), then
+// do with it, observed once; a refusal for which invalidate says so drops
+// the token (revoked, expired early, permissions changed), so the next
+// login fetches a fresh one instead of this one again.
+func login[S any](ctx context.Context, t Target, p events.Proto, cred Credentials, invalidate func(*Error) bool,
+	do func(ctx context.Context, t Target, token string) (S, error)) (S, error) {
+	var zero S
+	tok, err := cred.Token(ctx)
+	if err != nil {
+		return zero, TokenError(t, p, err)
+	}
+	start := time.Now()
+	s, err := do(ctx, t, tok)
+	t.observe(p, err, start)
+	if err != nil {
+		var e *Error
+		if errors.As(err, &e) && e.Kind == Refused && invalidate(e) {
+			cred.Invalidate()
+		}
+		return zero, err
+	}
+	return s, nil
+}
+
+// refused is login's invalidate for IMAP and POP3: every refusal.
+func refused(*Error) bool { return true }
+
+// dialFor connects to t for a login over p; the failure is Unavailable.
+func dialFor(ctx context.Context, t Target, p events.Proto) (net.Conn, error) {
+	conn, err := t.Dial(ctx)
+	if err != nil {
+		reason := reasonCannotConnect
+		if ctx.Err() != nil {
+			reason += " (cancelled)"
+		}
+		return nil, unavailable(t, p, reason, err)
+	}
+	return conn, nil
+}
+
+// statusLine is an upstream's status reply: a status word, an optional
+// bracketed response code (IMAP's RFC 9051 §7.1, POP3's RFC 2449 §8) and
+// the text.
+type statusLine struct {
+	status string
+	code   string // without brackets
+	text   string
+}
+
+func (r *statusLine) String() string {
+	s := r.status
+	if r.code != "" {
+		s += " [" + r.code + "]"
+	}
+	if r.text != "" {
+		s += " " + r.text
+	}
+	return s
+}
+
+// Session is what a logged-in upstream connection of a proxied protocol
+// (IMAP, POP3) hands the front end that copies its bytes.
+type Session struct {
+	// Conn is the connection, TLS unless the target's TLS is "none", with
+	// no deadline set.
+	Conn net.Conn
+	// Pending holds bytes the upstream sent after the reply the relay read
+	// last: they belong to the app and go first when bytes are copied.
+	Pending []byte
+	// Text is the text of the upstream's reply to the login, for the log.
+	Text string
+	// Warnings are oddities of the login that did not fail it, in plain
+	// words for the caller's log.
+	Warnings []string
+}
+
+// upgrade finishes STARTTLS (IMAP) or STLS (POP3), named by command,
+// whose reply r (or failure err) was just read: unless it is the success
+// status ok the login is unavailable; bytes the upstream sent after the
+// reply, already in br, would be taken as sent under TLS (a
+// command-injection attack on STARTTLS) and fail it too. Then the verified
+// handshake; it returns the TLS connection and a reader over it.
+func (t Target) upgrade(ctx context.Context, p events.Proto, command string, r *statusLine, err error, ok string,
+	conn net.Conn, br *bufio.Reader) (net.Conn, *bufio.Reader, error) {
+	switch {
+	case err != nil:
+		return nil, nil, unavailable(t, p, command+" failed", err)
+	case r.status != ok:
+		return nil, nil, unavailable(t, p, command+" refused: "+r.String(), nil)
+	case br.Buffered() > 0:
+		return nil, nil, unavailable(t, p, "the upstream sent data after its "+command+" reply", nil)
+	}
+	tc, err := t.Handshake(ctx, conn)
+	if err != nil {
+		return nil, nil, unavailable(t, p, "TLS failed", err)
+	}
+	return tc, bufio.NewReaderSize(tc, upstreamBufferSize), nil
+}
+
+// Close closes the connection without logging out.
+func (s *Session) Close() error { return s.Conn.Close() }
+
+// afterLogin runs f, a command after login, with ctx's deadline
+// (interruptible) and a reader that gives Pending before Conn's bytes; what
+// the reader holds unread afterwards is Pending again.
+func (s *Session) afterLogin(ctx context.Context, t Target, p events.Proto, br **bufio.Reader, f func() error) error {
+	*br = bufio.NewReaderSize(io.MultiReader(bytes.NewReader(s.Pending), s.Conn), upstreamBufferSize)
+	s.Pending = nil
+	defer func() {
+		s.Pending = splice.TakeBuffered(*br)
+		*br = nil
+	}()
+	return interruptible(ctx, t, p, s.Conn, f)
 }

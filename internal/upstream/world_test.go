@@ -75,6 +75,7 @@ func (w *world) provider(secret string) *config.Provider {
 		Scopes:       []string{"https://outlook.office365.com/.default"},
 		SMTP:         config.Upstream{Addr: w.fake.SMTPAddr, TLS: config.TLSStartTLS},
 		IMAP:         config.Upstream{Addr: w.fake.IMAPAddr, TLS: config.TLSImplicit},
+		POP3:         config.Upstream{Addr: w.fake.POP3Addr, TLS: config.TLSImplicit},
 		CAFile:       w.fake.CAFile,
 	}
 }
@@ -93,8 +94,11 @@ func (w *world) source(t *testing.T, mailbox, secret string) *countingCreds {
 // target is mailbox's way to the fake's server for p.
 func (w *world) target(p events.Proto, mailbox string) Target {
 	srv := w.provider(testSecret).IMAP
-	if p == events.SMTP {
+	switch p {
+	case events.SMTP:
 		srv = w.provider(testSecret).SMTP
+	case events.POP3:
+		srv = w.provider(testSecret).POP3
 	}
 	return Target{
 		Account:  events.Account{Name: "invoices", Mailbox: mailbox, Provider: "contoso"},

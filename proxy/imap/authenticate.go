@@ -1,12 +1,9 @@
 package imap
 
 import (
-	"bytes"
-	"encoding/base64"
 	"strings"
-	"time"
 
-	"github.com/oauthrelay/oauthrelay/internal/splice"
+	"github.com/oauthrelay/oauthrelay/proxy/preauth"
 )
 
 // handleAuthenticate is AUTHENTICATE PLAIN (RFC 9051 §6.2.2, RFC 4616),
@@ -35,15 +32,14 @@ func (s *session) handleAuthenticate(cmd *command) (done bool) {
 		resp = cmd.args[1].s
 	} else {
 		s.writeLine("+ ")
-		if s.werr != nil {
+		if s.Err() != nil {
 			return true
 		}
-		s.conn.SetReadDeadline(time.Now().Add(s.srv.preAuthTimeout))
-		if s.srv.shutdown.Load() {
+		if !s.Wait() {
 			s.writeLine("* BYE Server shutting down")
 			return true
 		}
-		line, err := splice.ReadLine(s.br, maxLineLength)
+		line, err := s.ReadLine(maxLineLength)
 		if err == errLineTooLong {
 			s.reply(cmd.tag, "BAD", "", "Response too long")
 			s.writeLine("* BYE Response too long")
@@ -58,12 +54,12 @@ func (s *session) handleAuthenticate(cmd *command) (done bool) {
 		s.reply(cmd.tag, "BAD", "", "Authentication cancelled")
 		return false
 	}
-	msg, ok := decodeBase64(resp)
+	msg, ok := preauth.DecodeSASL(resp)
 	if !ok {
 		s.reply(cmd.tag, "BAD", "", "Invalid base64 data")
 		return false
 	}
-	authz, user, pass, ok := parsePlain(msg)
+	authz, user, pass, ok := preauth.ParsePlain(msg)
 	if !ok {
 		s.reply(cmd.tag, "BAD", "", "Invalid PLAIN response")
 		return false
@@ -73,27 +69,4 @@ func (s *session) handleAuthenticate(cmd *command) (done bool) {
 		return false
 	}
 	return s.login(cmd.tag, "AUTHENTICATE PLAIN", user, pass)
-}
-
-// decodeBase64 decodes a SASL response; "=" and "" are empty (RFC 4959).
-// Padding may be left out.
-func decodeBase64(s string) ([]byte, bool) {
-	if s == "=" || s == "" {
-		return nil, true
-	}
-	b, err := base64.StdEncoding.DecodeString(s)
-	if err != nil {
-		b, err = base64.RawStdEncoding.DecodeString(s)
-	}
-	return b, err == nil
-}
-
-// parsePlain splits a PLAIN message: authzid NUL authcid NUL passwd
-// (RFC 4616 §2).
-func parsePlain(msg []byte) (authz, user, pass string, ok bool) {
-	parts := bytes.Split(msg, []byte{0})
-	if len(parts) != 3 || len(parts[1]) == 0 {
-		return "", "", "", false
-	}
-	return string(parts[0]), string(parts[1]), string(parts[2]), true
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/oauthrelay/oauthrelay/config"
 	"github.com/oauthrelay/oauthrelay/internal/sasl"
 	"github.com/oauthrelay/oauthrelay/internal/testutil"
+	"github.com/oauthrelay/oauthrelay/proxy/preauth"
 )
 
 // testMessage is a small RFC 5322 message whose body is body.
@@ -156,7 +157,7 @@ func TestPipelinedAfterLogin(t *testing.T) {
 // xoauth2Line checks an XOAUTH2 response from the relay in a scripted
 // upstream: base64 of the account's mailbox and some token.
 func xoauth2Line(t testing.TB, b64 string) {
-	b, ok := decodeBase64(b64)
+	b, ok := preauth.DecodeSASL(b64)
 	if !ok {
 		t.Errorf("upstream script: bad base64 %q", b64)
 		return

@@ -2,37 +2,12 @@ package imap
 
 import (
 	"context"
-	"errors"
-	"log/slog"
 	"strings"
-	"time"
 
-	"github.com/oauthrelay/oauthrelay/internal/events"
 	"github.com/oauthrelay/oauthrelay/internal/upstream"
 	"github.com/oauthrelay/oauthrelay/proxy"
+	"github.com/oauthrelay/oauthrelay/proxy/preauth"
 )
-
-// loginError maps an upstream login failure to the session's classes: a
-// token failure is Relay.Token's own *proxy.LoginError; the upstream's
-// refusal is UpstreamRejected.
-func loginError(acct *proxy.Account, err error) error {
-	var le *proxy.LoginError
-	if errors.As(err, &le) {
-		return le
-	}
-	le = &proxy.LoginError{Failure: proxy.Unavailable, Account: acct, Reason: "upstream login failed", Err: err}
-	var e *upstream.Error
-	if errors.As(err, &e) {
-		le.Reason, le.Err = e.Reason, e.Err
-		switch e.Kind {
-		case upstream.Refused:
-			le.Failure = proxy.UpstreamRejected
-		case upstream.NeedsSignIn:
-			le.Failure = proxy.NeedsAttention
-		}
-	}
-	return le
-}
 
 // The replies to a failed login (RFC 5530 response codes). The reason is
 // logged, never sent: the app gets one of these fixed texts.
@@ -62,89 +37,60 @@ func (s *session) handleLogin(cmd *command) (done bool) {
 	return s.login(cmd.tag, "LOGIN", user, pass)
 }
 
-// login checks the local credentials, gets the account's token, logs in
-// upstream and, on success, answers the app's command with the upstream's
-// capabilities and copies bytes until the session ends (done is then
-// true). On failure the app gets NO and the session continues.
+// login logs in through preauth.Conn.Login with upstream.IMAP and, on
+// success, answers the app's command with the upstream's capabilities and
+// copies bytes until the session ends (done is then true). On failure the
+// app gets NO and the session continues.
 //
 // method is "LOGIN" or "AUTHENTICATE <mechanism>": the OK names the
 // command the app sent ("LOGIN completed"), not the upstream's text, which
 // answers the relay's own AUTHENTICATE XOAUTH2.
 func (s *session) login(tag, method, username, password string) (done bool) {
-	ctx, cancel := context.WithTimeout(s.srv.ctx, loginTimeout)
-	defer cancel()
-	relay := s.srv.relay
-	obs := relay.Observer()
-	addr := proxy.AddrOf(s.remote)
 	log := s.log.With("user", username, "method", method)
 	if s.client != "" {
 		log = log.With("client", s.client)
 	}
-
-	acct, err := relay.Login(ctx, addr, username, password)
-	if err != nil {
-		s.loginFailed(tag, err, log)
-		return false
+	var caps string
+	dial := func(ctx context.Context, t upstream.Target, cred upstream.Credentials) (*preauth.Upstream, error) {
+		up, err := upstream.IMAP(ctx, t, cred)
+		if err != nil {
+			return nil, err
+		}
+		caps = up.Caps
+		return &up.Session, nil
 	}
-	log = log.With("account", acct.Name)
-
-	start := time.Now()
-	up, err := upstream.IMAP(ctx, acct.Target(events.IMAP), relay.Credentials(addr, acct, password))
-	took := time.Since(start)
-	if err != nil {
-		s.loginFailed(tag, loginError(acct, err), log)
-		return false
-	}
-	for _, w := range up.Warnings {
-		log.Warn("upstream login", "warning", w)
-	}
-	if err := s.setUpstream(up.Conn); err != nil {
-		log.Debug("session closed during login")
+	sess, le, closed := s.Login(log, username, password, dial)
+	switch {
+	case closed:
 		return true
+	case le != nil:
+		s.loginFailed(tag, le)
+		return false
 	}
-	obs.Login(events.IMAP, acct.Info(), events.LoginOK)
-	log.Info("login", "result", "ok", "upstream", acct.ProviderRef.IMAP.Addr, "upstream_ms", took.Milliseconds(),
-		"upstream_text", truncate(up.Text, 64))
-	// The session no longer counts against the listener's cap on
-	// connections that have not logged in.
-	proxy.MarkAuthenticated(s.conn)
-
 	code := ""
-	if up.Caps != "" {
-		code = "CAPABILITY " + up.Caps
+	if caps != "" {
+		code = "CAPABILITY " + caps
 	}
 	command, _, _ := strings.Cut(method, " ")
 	s.reply(tag, "OK", code, command+" completed")
-	if s.werr != nil {
-		up.Close()
-		log.Debug("client went away at login", "err", s.werr)
+	if s.Err() != nil {
+		sess.Up.Conn.Close()
+		sess.Log.Debug("client went away at login", "err", s.Err())
 		return true
 	}
-	s.pipe(acct, up, log)
+	s.cr.br = nil // the copy drops the read buffer
+	s.Pipe(sess)
 	return true
 }
 
-// loginFailed answers a failed login and logs why.
-func (s *session) loginFailed(tag string, err error, log *slog.Logger) {
-	le := &proxy.LoginError{Failure: proxy.Unavailable, Reason: "internal error", Err: err}
-	errors.As(err, &le)
-	s.srv.relay.Observer().Login(events.IMAP, le.Account.Info(), le.Failure.Result())
-	attrs := []any{"result", le.Failure.String(), "reason", le.Reason}
-	if le.Err != nil {
-		attrs = append(attrs, "err", le.Err)
-	}
+// loginFailed answers a failed login (already logged by preauth).
+func (s *session) loginFailed(tag string, le *proxy.LoginError) {
 	switch le.Failure {
-	case proxy.BadCredentials:
-		log.Info("login failed", attrs...)
+	case proxy.BadCredentials, proxy.UpstreamRejected:
 		s.reply(tag, "NO", "AUTHENTICATIONFAILED", textAuthFailed)
 	case proxy.NeedsAttention:
-		log.Error("login failed: the account needs attention", attrs...)
 		s.reply(tag, "NO", "AUTHENTICATIONFAILED", textNeedsAdmin)
-	case proxy.UpstreamRejected:
-		log.Error("login failed: the upstream refused the token", attrs...)
-		s.reply(tag, "NO", "AUTHENTICATIONFAILED", textAuthFailed)
 	default:
-		log.Warn("login failed: temporarily unavailable", attrs...)
 		s.reply(tag, "NO", "UNAVAILABLE", textUnavailable)
 	}
 }

@@ -204,26 +204,6 @@ func TestLiteralMarker(t *testing.T) {
 	}
 }
 
-func TestParsePlainAndBase64(t *testing.T) {
-	if _, ok := decodeBase64("AHUAcA"); !ok {
-		t.Error("unpadded base64 refused")
-	}
-	if b, ok := decodeBase64("="); !ok || len(b) != 0 {
-		t.Error(`"=" is not empty`)
-	}
-	if _, ok := decodeBase64("!!"); ok {
-		t.Error("bad base64 accepted")
-	}
-	if z, u, p, ok := parsePlain([]byte("\x00user\x00pa ss")); !ok || z != "" || u != "user" || p != "pa ss" {
-		t.Errorf("parsePlain: %q %q %q %v", z, u, p, ok)
-	}
-	for _, bad := range []string{"", "user", "\x00\x00pass", "a\x00b\x00c\x00d"} {
-		if _, _, _, ok := parsePlain([]byte(bad)); ok {
-			t.Errorf("parsePlain(%q) accepted", bad)
-		}
-	}
-}
-
 // FuzzReadCommand: whatever a client sends, the reader neither panics nor
 // returns more than the bounds allow.
 func FuzzReadCommand(f *testing.F) {

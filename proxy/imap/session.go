@@ -1,189 +1,55 @@
 package imap
 
 import (
-	"bufio"
 	"context"
-	"crypto/rand"
-	"crypto/tls"
-	"encoding/base32"
 	"errors"
-	"io"
 	"log/slog"
-	"net"
-	"runtime/debug"
 	"strings"
-	"sync"
-	"time"
 
 	"github.com/oauthrelay/oauthrelay/config"
-	"github.com/oauthrelay/oauthrelay/internal/events"
-	"github.com/oauthrelay/oauthrelay/proxy"
+	"github.com/oauthrelay/oauthrelay/proxy/preauth"
 )
 
 const (
-	// preAuthTimeout is how long a client that has not logged in may take
-	// to send its next command (imapserver allows 30 s; RFC 9051 §5.4 sets
-	// no minimum before login).
-	preAuthTimeout = 60 * time.Second
-	// writeTimeout bounds each write of a reply before login.
-	writeTimeout = 30 * time.Second
-	// tlsHandshakeTimeout bounds the local TLS handshake (implicit TLS and
-	// STARTTLS).
-	tlsHandshakeTimeout = 30 * time.Second
-	// loginTimeout bounds a whole login: throttling, the token, the upstream
-	// dial and its XOAUTH2 exchange.
-	loginTimeout = 90 * time.Second
 	// maxBadCommands is how many rejected commands a client may send before
 	// it is disconnected (Dovecot does the same with 10).
 	maxBadCommands = 20
-	// keepAliveIdle is the TCP keepalive idle time of the client
-	// connection: after login there is no read deadline (IDLE may last 30
-	// minutes and more), so keepalives find dead peers.
-	keepAliveIdle = time.Minute
-	// keepAliveInterval and keepAliveCount: a peer that answers none of
-	// keepAliveCount probes sent keepAliveInterval apart is dead.
-	keepAliveInterval = 15 * time.Second
-	keepAliveCount    = 4
 )
 
-// session is one client connection.
+// session is one client connection: IMAP's state before login on a
+// preauth.Conn.
 type session struct {
-	srv    *Server
-	id     string
-	remote net.Addr
-	log    *slog.Logger
+	*preauth.Conn
+	srv *preauth.Server
+	log *slog.Logger
 
-	// Owned by the session goroutine; conn is replaced after STARTTLS
-	// (under mu, for close).
-	conn   net.Conn
-	br     *bufio.Reader
-	bw     *bufio.Writer
 	cr     commandReader
-	isTLS  bool
-	werr   error  // first write error; the session ends
 	client string // the app's ID name and version, for the log
 	bad    int    // BAD replies sent
-
-	mu       sync.Mutex
-	up       net.Conn // upstream connection, once dialled
-	proxying bool     // logged in: bytes are copied, no deadlines
-	closed   bool
 }
 
-func newSession(srv *Server, c net.Conn) *session {
-	s := &session{srv: srv, id: newID(), remote: c.RemoteAddr(), conn: c}
-	s.log = srv.log.With("session", s.id, "remote", s.remote.String())
-	s.setConn(c)
+func newSession(c *preauth.Conn) *session {
+	s := &session{Conn: c, srv: c.Server(), log: c.Log}
+	s.cr.br = c.Reader()
 	s.cr.continuation = func() error {
 		s.writeLine("+ Ready for literal data")
-		return s.werr
+		return s.Err()
 	}
 	s.cr.mayLiteral = s.mayLiteral
 	return s
 }
 
-// newID returns a short random session id for the log.
-func newID() string {
-	b := make([]byte, 5)
-	rand.Read(b)
-	return strings.ToLower(base32.StdEncoding.EncodeToString(b))
-}
-
-func (s *session) setConn(c net.Conn) {
-	s.mu.Lock()
-	s.conn = c
-	s.mu.Unlock()
-	s.br = bufio.NewReader(c)
-	s.bw = bufio.NewWriter(c)
-	s.cr.br = s.br
-}
-
-// interrupt asks a session that has not logged in to say BYE and end
-// (Shutdown): its pending read fails at once and the loop sees the flag.
-// Logged-in sessions are left alone.
-func (s *session) interrupt() {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if !s.proxying && !s.closed {
-		s.conn.SetReadDeadline(time.Now())
-	}
-}
-
-// close closes the client and upstream connections. A TLS connection's
-// socket is closed directly: tls.Conn.Close would first try to send
-// close_notify, which can block for seconds on a peer that does not read,
-// and Server.Close calls this with the server's lock held. (A clean end of
-// the copy has already sent close_notify with CloseWrite.)
-func (s *session) close() {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.closed = true
-	closeSocket(s.conn)
-	if s.up != nil {
-		closeSocket(s.up)
-	}
-}
-
-func closeSocket(c net.Conn) {
-	if tc, ok := c.(*tls.Conn); ok {
-		c = tc.NetConn() // the proxy.Listener's connection: closing it frees its slot
-	}
-	c.Close()
-}
-
-// setUpstream registers the upstream connection so close reaches it.
-func (s *session) setUpstream(c net.Conn) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closed {
-		c.Close()
-		return net.ErrClosed
-	}
-	s.up = c
-	return nil
-}
-
 func (s *session) serve() {
-	obs := s.srv.relay.Observer()
-	obs.Connection(events.IMAP, 1)
-	defer obs.Connection(events.IMAP, -1)
-	defer s.close()
-	defer func() {
-		if v := recover(); v != nil {
-			s.log.Error("panic in IMAP session", "panic", v, "stack", string(debug.Stack()))
-		}
-	}()
-	s.log.Debug("connected")
-
-	if tc, ok := s.conn.(*tls.Conn); ok || s.srv.lc.TLS == config.TLSImplicit {
-		if !ok {
-			tc = tls.Server(s.conn, s.srv.tls)
-			s.setConn(tc)
-		}
-		tc.SetDeadline(time.Now().Add(tlsHandshakeTimeout))
-		if err := tc.Handshake(); err != nil {
-			s.log.Debug("TLS handshake failed", "err", err)
-			return
-		}
-		s.isTLS = true
-	}
-	setKeepAlive(s.conn)
-
 	s.writeLine("* OK [CAPABILITY " + s.capabilities() + "] oauthrelay IMAP proxy ready")
-	for s.werr == nil {
-		s.conn.SetReadDeadline(time.Now().Add(s.srv.preAuthTimeout))
-		// Checked after setting the deadline: a Shutdown that comes later
-		// moves the deadline to now (see interrupt).
-		if s.srv.shutdown.Load() {
+	for s.Err() == nil {
+		if !s.Wait() {
 			s.writeLine("* BYE Server shutting down")
 			return
 		}
 		cmd, err := s.cr.read()
 		if err != nil {
 			var ce *cmdError
-			var ne net.Error
-			switch {
-			case errors.As(err, &ce):
+			if errors.As(err, &ce) {
 				if ce.name != "" && !knownCommand(ce.name) {
 					s.unknownCommand(ce.name)
 					return
@@ -198,15 +64,12 @@ func (s *session) serve() {
 					return
 				}
 				continue
-			case s.srv.shutdown.Load():
+			}
+			switch s.ReadFailed(err) {
+			case preauth.EndShutdown:
 				s.writeLine("* BYE Server shutting down")
-			case errors.As(err, &ne) && ne.Timeout():
+			case preauth.EndTimeout:
 				s.writeLine("* BYE Autologout; idle for too long")
-				s.log.Debug("pre-auth timeout")
-			case errors.Is(err, io.EOF):
-				s.log.Debug("client closed the connection")
-			default:
-				s.log.Debug("read failed", "err", err)
 			}
 			return
 		}
@@ -217,9 +80,6 @@ func (s *session) serve() {
 			s.writeLine("* BYE Too many invalid commands")
 			return
 		}
-	}
-	if s.werr != nil {
-		s.log.Debug("write failed", "err", s.werr)
 	}
 }
 
@@ -284,14 +144,14 @@ func knownCommand(name string) bool { return imapCommands[name] }
 // commands), so nothing more it sends is read. Only a BYE is sent (RFC 9051
 // §7.1.5), as go-imap's imapserver does.
 func (s *session) unknownCommand(name string) {
-	s.log.Debug("unknown command before login; closing the connection", "command", truncate(name, 32))
+	s.log.Debug("unknown command before login; closing the connection", "command", preauth.Truncate(name, 32))
 	s.writeLine("* BYE Unknown command")
 }
 
 // capabilities is the pre-authentication capability list.
 func (s *session) capabilities() string {
 	caps := []string{"IMAP4rev1", "SASL-IR", "LITERAL+", "ID"}
-	if s.srv.lc.TLS == config.TLSStartTLS && !s.isTLS {
+	if s.StartTLSOffered() {
 		caps = append(caps, "STARTTLS")
 	}
 	if s.plaintextOK() {
@@ -303,9 +163,7 @@ func (s *session) capabilities() string {
 }
 
 // plaintextOK reports whether the client may send a password now.
-func (s *session) plaintextOK() bool {
-	return proxy.PlaintextAuthAllowed(s.srv.lc, s.remote, s.isTLS)
-}
+func (s *session) plaintextOK() bool { return s.PlaintextOK() }
 
 var errPrivacy = &cmdError{status: "NO", code: "PRIVACYREQUIRED", text: "Plaintext login is not allowed here; use TLS (STARTTLS)"}
 
@@ -358,32 +216,18 @@ func (s *session) handleID(cmd *command) {
 
 func (s *session) handleStartTLS(cmd *command) (done bool) {
 	switch {
-	case s.srv.lc.TLS != config.TLSStartTLS:
+	case s.Server().Listener().TLS != config.TLSStartTLS:
 		s.reply(cmd.tag, "BAD", "", "STARTTLS is not available")
 		return false
-	case s.isTLS:
+	case s.TLS():
 		s.reply(cmd.tag, "BAD", "", "TLS is already active")
 		return false
 	}
 	s.reply(cmd.tag, "OK", "", "Begin TLS negotiation now")
-	if s.werr != nil {
+	if !s.StartTLS() {
 		return true
 	}
-	if n := s.br.Buffered(); n > 0 {
-		// Plaintext sent after STARTTLS would be taken as if it had come
-		// over TLS (command injection, CVE-2011-0411 style): drop it.
-		s.log.Warn("discarding plaintext pipelined after STARTTLS", "bytes", n)
-		s.br.Discard(n)
-	}
-	tc := tls.Server(s.conn, s.srv.tls)
-	tc.SetDeadline(time.Now().Add(tlsHandshakeTimeout))
-	if err := tc.Handshake(); err != nil {
-		s.log.Debug("STARTTLS handshake failed", "err", err)
-		return true
-	}
-	tc.SetDeadline(time.Time{})
-	s.setConn(tc)
-	s.isTLS = true
+	s.cr.br = s.Reader()
 	return false
 }
 
@@ -420,40 +264,5 @@ func (s *session) debugCommand(cmd *command) {
 
 func (s *session) replyError(e *cmdError) { s.reply(e.tag, e.status, e.code, e.text) }
 
-// writeLine sends one line and flushes it. The first error sticks in werr.
-func (s *session) writeLine(line string) {
-	if s.werr != nil {
-		return
-	}
-	s.conn.SetWriteDeadline(time.Now().Add(writeTimeout))
-	s.bw.WriteString(line)
-	s.bw.WriteString("\r\n")
-	s.werr = s.bw.Flush()
-}
-
-// setKeepAlive turns on TCP keepalive on c's TCP connection, found under
-// the wrappers (tls.Conn, proxy.Listener's) that unwrap with NetConn.
-func setKeepAlive(c net.Conn) {
-	for range maxUnwrap {
-		switch v := c.(type) {
-		case *net.TCPConn:
-			v.SetKeepAliveConfig(net.KeepAliveConfig{Enable: true, Idle: keepAliveIdle, Interval: keepAliveInterval, Count: keepAliveCount})
-			return
-		case interface{ NetConn() net.Conn }:
-			c = v.NetConn()
-		default:
-			return
-		}
-	}
-}
-
-// maxUnwrap bounds the walk down connection wrappers in setKeepAlive.
-const maxUnwrap = 8
-
-// truncate cuts s to at most n bytes, for logging what a client sent.
-func truncate(s string, n int) string {
-	if len(s) > n {
-		return s[:n] + "..."
-	}
-	return s
-}
+// writeLine sends one line and flushes it (preauth.Conn.WriteLine).
+func (s *session) writeLine(line string) { s.WriteLine(line) }

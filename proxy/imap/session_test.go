@@ -128,11 +128,10 @@ func (c remoteConn) RemoteAddr() net.Addr { return c.remote }
 // other end.
 func serveFrom(t *testing.T, w *world, remote string) *rawClient {
 	server, client := net.Pipe()
-	sess := newSession(w.srv, remoteConn{server, &net.TCPAddr{IP: net.ParseIP(remote), Port: 40000}})
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		sess.serve()
+		w.srv.ServeConn(remoteConn{server, &net.TCPAddr{IP: net.ParseIP(remote), Port: 40000}})
 	}()
 	t.Cleanup(func() {
 		client.Close()

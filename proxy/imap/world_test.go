@@ -172,7 +172,7 @@ func newWorld(t testing.TB, o worldOptions) *world {
 		t.Fatal(err)
 	}
 	if o.PreAuthTimeout > 0 {
-		w.srv.preAuthTimeout = o.PreAuthTimeout
+		w.srv.PreAuthTimeout = o.PreAuthTimeout
 	}
 	var ln net.Listener
 	if o.Listen != nil {
@@ -414,7 +414,7 @@ func (r *recorder) Upstream(_ events.Proto, a events.Account, result events.Upst
 func (r *recorder) Message(events.Account, int64)                                  {}
 func (r *recorder) TokenRequest(events.Account, events.TokenResult, time.Duration) {}
 
-func (r *recorder) Transferred(_ events.Account, in, out int64) {
+func (r *recorder) Transferred(_ events.Proto, _ events.Account, in, out int64) {
 	r.mu.Lock()
 	r.transferred[0] += in
 	r.transferred[1] += out

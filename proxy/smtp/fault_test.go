@@ -3,6 +3,7 @@ package smtp
 import (
 	"errors"
 	"fmt"
+	"net/http"
 	"os"
 	"runtime"
 	"testing"
@@ -178,5 +179,36 @@ func waitOpenFiles(t *testing.T, name string, before int) {
 			return
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// The token endpoint's faults, in the same matrix: 503, a gateway page,
+// garbage JSON with 200, a reply slower than the relay's HTTP timeout, and
+// one slow but within it. A failure is 454 4.7.0 at AUTH (the app retries),
+// never a 5xx; the slow-but-in-time one goes through; none leaks a
+// goroutine or a file descriptor.
+func TestTokenFaultMatrix(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		failure *fakems.TokenFailure
+		delay   time.Duration
+		want    appResult
+	}{
+		{"503", &fakems.TokenFailure{Status: 503, Error: "temporarily_unavailable"}, 0, appResult{"AUTH", 454, "4.7.0"}},
+		{"gateway page", &fakems.TokenFailure{Status: 502, Body: "<html>Bad Gateway</html>"}, 0, appResult{"AUTH", 454, "4.7.0"}},
+		{"garbage JSON", &fakems.TokenFailure{Status: 200, Body: `{"access_token": "tok`}, 0, appResult{"AUTH", 454, "4.7.0"}},
+		{"timeout", nil, 2 * time.Second, appResult{"AUTH", 454, "4.7.0"}},
+		{"slow", nil, 100 * time.Millisecond, appResult{}},
+	} {
+		fds := openFiles(t)
+		t.Run(tc.name, func(t *testing.T) {
+			w := newWorld(t, worldOptions{tokenFailure: tc.failure, tokenDelay: tc.delay,
+				httpClient: &http.Client{Timeout: 500 * time.Millisecond}})
+			got := w.attempt(t, message(mailbox, recipient, "token "+tc.name, "Sent through a token fault."))
+			if got != tc.want {
+				t.Errorf("the app got %v, want %v", got, tc.want)
+			}
+		})
+		waitOpenFiles(t, tc.name, fds)
 	}
 }
