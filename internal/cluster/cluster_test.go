@@ -192,3 +192,21 @@ func TestDownAndBack(t *testing.T) {
 		t.Fatal("not healthy after the store came back")
 	}
 }
+
+// The instance count behind the safe share grows at once and shrinks
+// only after a lease: a store that restarted empty first counts only the
+// instances that have beaten since.
+func TestInstancesShrinkSlowly(t *testing.T) {
+	s := &Store{lease: time.Minute}
+	s.instances.Store(1)
+	t0 := time.Now()
+	s.seen(3, t0)
+	s.seen(1, t0.Add(time.Second))
+	if n := s.Instances(); n != 3 {
+		t.Fatalf("instances %d right after a drop, want 3", n)
+	}
+	s.seen(1, t0.Add(time.Minute+time.Second))
+	if n := s.Instances(); n != 1 {
+		t.Fatalf("instances %d a lease after the drop, want 1", n)
+	}
+}

@@ -70,6 +70,9 @@ type Store struct {
 	down      atomic.Bool // the last call failed; see Healthy
 	gen       atomic.Uint64
 	epoch     string // the store's epoch at the last heartbeat (loop only)
+	// fewerSince is when the heartbeat first saw fewer instances than
+	// Instances says (loop only; see seen).
+	fewerSince time.Time
 	instances atomic.Int64
 	// changed is closed and replaced when down flips (see Changed).
 	mu      sync.Mutex
@@ -238,7 +241,7 @@ func (s *Store) heartbeat() {
 	if len(r) == 2 {
 		n, _ := r[0].(int64)
 		e, _ := r[1].(string)
-		s.instances.Store(n)
+		s.seen(n, time.Now())
 		if s.epoch != "" && e != s.epoch {
 			// The store restarted without this instance noticing: what
 			// it held there is gone, as after an outage.
@@ -271,6 +274,24 @@ func (s *Store) heartbeat() {
 				s.result(s.rdb.Set(ctx, queueKey(s.instance), v, queueTTL).Err())
 			}
 		}
+	}
+}
+
+// seen takes the instances alive at a heartbeat. A count that grows is
+// taken at once; one that shrinks only after it stayed lower for a lease:
+// an instance that died is gone by then, while a store that restarted
+// empty counts only the instances that have beaten since, and the safe
+// share must not grow from that.
+func (s *Store) seen(n int64, now time.Time) {
+	switch cur := s.instances.Load(); {
+	case n >= cur:
+		s.instances.Store(n)
+		s.fewerSince = time.Time{}
+	case s.fewerSince.IsZero():
+		s.fewerSince = now
+	case now.Sub(s.fewerSince) >= s.lease:
+		s.instances.Store(n)
+		s.fewerSince = time.Time{}
 	}
 }
 
