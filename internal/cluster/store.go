@@ -67,13 +67,13 @@ type Store struct {
 	// lease is leaseTTL; tests shorten it.
 	lease time.Duration
 
-	down      atomic.Bool // the last call failed; see Healthy
-	gen       atomic.Uint64
-	epoch     string // the store's epoch at the last heartbeat (loop only)
+	down  atomic.Bool // the last call failed; see Healthy
+	gen   atomic.Uint64
+	epoch string // the store's epoch at the last heartbeat (loop only)
 	// fewerSince is when the heartbeat first saw fewer instances than
 	// Instances says (loop only; see seen).
 	fewerSince time.Time
-	instances atomic.Int64
+	instances  atomic.Int64
 	// changed is closed and replaced when down flips (see Changed).
 	mu      sync.Mutex
 	changed chan struct{}
