@@ -28,9 +28,9 @@ import (
 )
 
 const (
-	// clusterBenchSeconds is how long (real time) each throughput run
+	// clusterBenchRun is how long (real time) each throughput run
 	// sends: a few pace windows at the bench's speed.
-	clusterBenchSeconds = 6 * time.Second
+	clusterBenchRun = 6 * time.Second
 	// clusterBenchClients is the apps per mailbox, each sending one
 	// message after the other, a new connection each.
 	clusterBenchClients = 4
@@ -45,7 +45,7 @@ func clusterBench(ctx context.Context, quick bool, speed float64, stdout, stderr
 	if err != nil {
 		return fmt.Errorf("bench -only cluster needs redis-server (Debian: redis-server): %w", err)
 	}
-	run := clusterBenchSeconds
+	run := clusterBenchRun
 	if quick {
 		run /= 3
 	}
