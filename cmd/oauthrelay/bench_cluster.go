@@ -149,28 +149,11 @@ func clusterRun(ctx context.Context, store string, instances, mailboxes int, spe
 // clusterConfig is instance i's configuration: one account per mailbox
 // (user uNN), delivery: direct, max_wait short so that apps come back.
 func clusterConfig(fw *fakeWorld, boxes []string, store string, i int) func(dir, hash string) string {
+	// deliveryConfig without accounts ends with "accounts:".
+	header := deliveryConfig(fw, fw.ms.SMTPAddr, "limits: {max_wait: 30s}\n", "warn")
 	return func(dir, hash string) string {
 		var b strings.Builder
-		fmt.Fprintf(&b, `state_dir: %q
-log: {level: warn}
-listen:
-  smtp: {addr: "127.0.0.1:0"}
-  imap: {addr: "127.0.0.1:0"}
-  admin: {addr: "off"}
-limits: {max_wait: 30s}
-providers:
-  fake365:
-    type: microsoft
-    tenant: %q
-    client_id: %q
-    client_secret: %q
-    grant: client_credentials
-    token_url: %q
-    smtp: {addr: %q, tls: starttls}
-    imap: {addr: %q, tls: implicit}
-    ca_file: %q
-accounts:
-`, dir, fw.ms.Tenant, demoClientID, fw.secret, fw.ms.TokenURL, fw.ms.SMTPAddr, fw.ms.IMAPAddr, fw.ms.CAFile)
+		b.WriteString(header(dir, hash))
 		for k, box := range boxes {
 			fmt.Fprintf(&b, "  - {name: a%02d, provider: fake365, mailbox: %q, username: u%02d, password_hash: %q, allowed_from: [%q]}\n",
 				k, box, k, hash, box)
