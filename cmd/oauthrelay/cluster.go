@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"text/tabwriter"
 	"time"
 
@@ -11,6 +12,25 @@ import (
 	"github.com/oauthrelay/oauthrelay/internal/cluster"
 	"github.com/oauthrelay/oauthrelay/proxy"
 )
+
+// clusterLeaseEnv shortens the store's connection leases (a Go
+// duration): for tests on a fast clock only, like proxy.ClockSpeedEnv.
+const clusterLeaseEnv = "OAUTHRELAY_TEST_CLUSTER_LEASE"
+
+// clusterOptions reads clusterLeaseEnv.
+func clusterOptions(lookup func(string) (string, bool), log *slog.Logger) cluster.Options {
+	v, ok := lookup(clusterLeaseEnv)
+	if !ok || v == "" {
+		return cluster.Options{}
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil || d <= 0 {
+		log.Error(clusterLeaseEnv+" is not a positive duration: ignored", "value", v)
+		return cluster.Options{}
+	}
+	log.Warn(clusterLeaseEnv+" is set: connection leases of a dead instance free sooner (tests only)", "lease", d)
+	return cluster.Options{Lease: d}
+}
 
 // queueStats is what an instance publishes of its queue (see
 // cluster.PublishQueue): ok false while no account has delivery: queue.

@@ -210,3 +210,19 @@ func TestInstancesShrinkSlowly(t *testing.T) {
 		t.Fatalf("instances %d a lease after the drop, want 1", n)
 	}
 }
+
+// An instance that starts again under its name frees the connection slots
+// its previous life died holding, without waiting for their leases.
+func TestRestartFreesPreviousLife(t *testing.T) {
+	r := testutil.StartRedis(t)
+	ctx := context.Background()
+	old := open(t, r, "a")
+	if _, ok, _ := old.TakeConnection(ctx, "m@x", 1); !ok {
+		t.Fatal("no slot")
+	}
+	open(t, r, "a") // the new life joins
+	other := open(t, r, "b")
+	if _, ok, _ := other.TakeConnection(ctx, "m@x", 1); !ok {
+		t.Fatal("the previous life's slot is still held")
+	}
+}

@@ -34,6 +34,15 @@ if redis.call('ZSCORE', KEYS[1], ARGV[1]) or redis.call('ZCARD', KEYS[1]) < tonu
 end
 return 0`)
 
+// forgetScript: KEYS[1] semaphore, ARGV prefix → removes the members
+// whose name starts with prefix (a dead life's holders).
+var forgetScript = redis.NewScript(`
+local n = 0
+for _, m in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  if string.sub(m, 1, #ARGV[1]) == ARGV[1] then redis.call('ZREM', KEYS[1], m); n = n + 1 end
+end
+return n`)
+
 // renewScript: KEYS[1] semaphore, ARGV holder, ttl ms → 1 if renewed, 0 if
 // the holder's slot had expired (it is not taken back: another may hold
 // it now).

@@ -89,7 +89,7 @@ type Store struct {
 // store that is down (Healthy false), and the instance runs on its safe
 // share until it answers. Only Join makes it an instance that others
 // count (a command such as `queue list` only reads).
-func Open(c config.Cluster, log *slog.Logger) (*Store, error) {
+func Open(c config.Cluster, log *slog.Logger, opts ...Options) (*Store, error) {
 	opt, err := options(c)
 	if err != nil {
 		return nil, err
@@ -107,13 +107,41 @@ func Open(c config.Cluster, log *slog.Logger) (*Store, error) {
 		lease:    leaseTTL,
 	}
 	s.instances.Store(1)
+	if len(opts) > 0 && opts[0].Lease > 0 {
+		s.lease = opts[0].Lease
+	}
 	return s, nil
 }
 
-// Join starts the instance's heartbeat (see heartbeat) until Close.
+// Options are a Store's settings beyond the configuration.
+type Options struct {
+	// Lease is how long a connection slot outlives its holder's last
+	// renewal; zero is leaseTTL (15 s). Tests on a fast clock shorten
+	// it, so that a killed instance's slots free within a queued
+	// message's wait.
+	Lease time.Duration
+}
+
+// Join starts the instance's heartbeat (see heartbeat) until Close. The
+// connection slots a previous life of this instance (same name) still
+// holds are freed first: it died holding them.
 func (s *Store) Join() {
+	s.forgetPreviousLife()
 	s.heartbeat()
 	s.wg.Go(s.loop)
+}
+
+// forgetPreviousLife removes this instance's members from every
+// connection semaphore (best effort: a store that does not answer frees
+// them at their leases' end).
+func (s *Store) forgetPreviousLife() {
+	ctx, cancel := callCtx(context.Background())
+	defer cancel()
+	iter := s.rdb.Scan(ctx, 0, keyPrefix+"conn:*", 100).Iterator()
+	for n := 0; iter.Next(ctx) && n < maxQueues; n++ {
+		s.result(forgetScript.Run(ctx, s.rdb, []string{iter.Val()}, s.instance+":").Err())
+	}
+	s.result(iter.Err())
 }
 
 // options turns the configuration into the client's.
