@@ -402,6 +402,9 @@ func (d *daemon) reload(ctx context.Context, path string) {
 	if cfg.Listen != d.cfg.Listen {
 		d.log.Warn("listener settings changed: they take effect after a restart")
 	}
+	if cfg.Cluster != d.cfg.Cluster {
+		d.log.Warn("cluster settings changed: they take effect after a restart")
+	}
 	d.cfg = cfg
 	d.log.Info("configuration reloaded", "accounts", len(cfg.Accounts))
 }
