@@ -163,7 +163,6 @@ func grantWhen(g string) string {
 	return g
 }
 
-
 // choiceWhen is a choice's value with its one line on when to pick it.
 func choiceWhen(choices []choice, v string) string {
 	for _, c := range choices {
