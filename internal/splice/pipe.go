@@ -17,8 +17,10 @@ const DefaultCloseGrace = 10 * time.Second
 
 const (
 	// smallBufferSize is what an idle direction holds while it waits:
-	// thousands of proxied connections sit in IDLE, so it is kept small.
-	smallBufferSize = 2 << 10
+	// thousands of proxied connections sit in IDLE, so it is kept small
+	// (IMAP's untagged responses and POP3's replies fit; a read that fills
+	// it switches to the pooled copy buffer).
+	smallBufferSize = 512
 	// copyBufferSize is the pooled buffer a direction takes while data
 	// streams (a read filled the small buffer).
 	copyBufferSize = 32 << 10
@@ -102,9 +104,14 @@ func Pipe(app, upstream net.Conn, fromApp, fromUpstream []byte, opts Options) Re
 		p.ended(d)
 		appDone <- d
 	}()
-	n, err := copyPending(app, upstream, fromUpstream)
-	up := direction{Upstream, n, err}
-	p.ended(up)
+	upDone := make(chan direction, 1)
+	go func() {
+		n, err := copyPending(app, upstream, fromUpstream)
+		d := direction{Upstream, n, err}
+		p.ended(d)
+		upDone <- d
+	}()
+	up := <-upDone
 	in := <-appDone
 	p.finish()
 
