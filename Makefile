@@ -38,7 +38,6 @@ demo: build
 bench: build
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime 2s ./proxy/... ./internal/smtpclient/
 	$(BIN) bench
-	$(BIN) bench -only graph
 
 # Fuzz targets, as package:Target. `make fuzz` runs each for FUZZTIME
 # (default 5 minutes); `make test` runs each for a few seconds

@@ -34,7 +34,7 @@ func runBench(ctx context.Context, args []string, _ io.Reader, stdout, stderr io
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	quick := fs.Bool("quick", false, "fewer messages (a smoke run)")
-	only := fs.String("only", "", "smtp, imap, pop3, delivery, graph, load or cluster: run one part (graph, load and cluster run only when named)")
+	only := fs.String("only", "", "smtp, imap, pop3, delivery, graph, load or cluster: run one part (load and cluster run only when named)")
 	pin := fs.Bool("pin", true, "pin the relay and the load generator to separate CPUs (Linux)")
 	speed := fs.Float64("speed", defaultBenchSpeed, "delivery: how many times faster than real time the fake Exchange and the relay keep their limits")
 	soak := fs.Duration("soak", 0, "load: then run steady traffic this long, watching the relay's memory and open files")
@@ -71,15 +71,11 @@ func runBench(ctx context.Context, args []string, _ io.Reader, stdout, stderr io
 // "", "smtp", "imap" or "pop3"), against one relay and one fake without
 // limits.
 func proxyBench(ctx context.Context, only string, quick, pin bool, stdout, stderr io.Writer) error {
-	fw, err := startFakeWorld(ctx, fakems.Options{DiscardData: true})
+	fw, rp, err := startProxyWorld(ctx, pin, stderr)
 	if err != nil {
 		return err
 	}
 	defer fw.ms.Close()
-	rp, err := startRelayProcess(ctx, fw, pin, stderr)
-	if err != nil {
-		return err
-	}
 	defer rp.stop()
 
 	p := func(format string, a ...any) { fmt.Fprintf(stdout, format+"\n", a...) }
@@ -122,17 +118,7 @@ func smtpBench(ctx context.Context, fw *fakeWorld, rp *relayProcess, tok string,
 	p("SMTP peak RSS of the relay after relaying one 100 MB message: %.1f MiB (target < 64 MiB)", float64(hwm)/(1<<20))
 
 	direct := exchangeDial(fw, tok)
-	relayed := func() (*smtp.Client, error) {
-		c, err := smtp.Dial(rp.smtpAddr)
-		if err != nil {
-			return nil, err
-		}
-		if err := c.Auth(gosasl.NewPlainClient("", demoUser, demoPassword)); err != nil {
-			c.Close()
-			return nil, err
-		}
-		return c, nil
-	}
+	relayed := relayDial(rp.smtpAddr, demoUser)
 	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "message\tclients\tdirect msg/s\trelay msg/s\tratio\t")
 	for _, size := range []int{1 << 10, 1 << 20} {
@@ -269,6 +255,22 @@ type relayProcess struct {
 	exited   chan struct{} // closed when the process has exited (and was waited for)
 	// seen is closed when relaySpec.watch appeared in the relay's log.
 	seen chan struct{}
+}
+
+// startProxyWorld starts the fake (keeping no limits, discarding message
+// data) and the proxies' relay in front of it; the caller closes the fake,
+// whose relay process stops first (rp.stop).
+func startProxyWorld(ctx context.Context, pin bool, stderr io.Writer) (*fakeWorld, *relayProcess, error) {
+	fw, err := startFakeWorld(ctx, fakems.Options{DiscardData: true})
+	if err != nil {
+		return nil, nil, err
+	}
+	rp, err := startRelayProcess(ctx, fw, pin, stderr)
+	if err != nil {
+		fw.ms.Close()
+		return nil, nil, err
+	}
+	return fw, rp, nil
 }
 
 // relaySpec is what a child `serve` is started with.

@@ -12,10 +12,6 @@ import (
 	"time"
 
 	"github.com/emersion/go-smtp"
-
-	"github.com/oauthrelay/oauthrelay/internal/fakems"
-
-	gosasl "github.com/emersion/go-sasl"
 )
 
 // The load and soak parts of the bench (issue "Proven under faults and
@@ -55,15 +51,11 @@ func (b *loadBench) p(format string, a ...any) { fmt.Fprintf(b.stdout, format+"\
 // runLoad is `bench -only load`: the SMTP and IMAP load, then, when soak
 // is positive, the soak.
 func runLoad(ctx context.Context, quick bool, soak time.Duration, pin bool, stdout, stderr io.Writer) error {
-	fw, err := startFakeWorld(ctx, fakems.Options{DiscardData: true})
+	fw, rp, err := startProxyWorld(ctx, pin, stderr)
 	if err != nil {
 		return err
 	}
 	defer fw.ms.Close()
-	rp, err := startRelayProcess(ctx, fw, pin, stderr)
-	if err != nil {
-		return err
-	}
 	defer rp.stop()
 	b := &loadBench{fw: fw, rp: rp, token: fw.ms.IssueAccessToken(demoClientID, ""), stdout: stdout}
 	b.baseline = b.relayFiles()
@@ -90,19 +82,8 @@ func runLoad(ctx context.Context, quick bool, soak time.Duration, pin bool, stdo
 // smtp opens n SMTP sessions through the relay, then has all of them send
 // at once, and the same against the fake directly.
 func (b *loadBench) smtp(ctx context.Context, n int) error {
-	relayed := func() (*smtp.Client, error) {
-		c, err := smtp.Dial(b.rp.smtpAddr)
-		if err != nil {
-			return nil, err
-		}
-		if err := c.Auth(gosasl.NewPlainClient("", demoUser, demoPassword)); err != nil {
-			c.Close()
-			return nil, err
-		}
-		return c, nil
-	}
 	before := b.relayFiles()
-	r, err := sessionLoad(ctx, relayed, n, loadMessagesPerSession, func() { b.sample("with every SMTP session open") })
+	r, err := sessionLoad(ctx, relayDial(b.rp.smtpAddr, demoUser), n, loadMessagesPerSession, func() { b.sample("with every SMTP session open") })
 	if err != nil {
 		return err
 	}
@@ -162,17 +143,7 @@ func (b *loadBench) soak(ctx context.Context, d time.Duration) error {
 	var wg sync.WaitGroup
 	var sent, logins, failures atomic.Int64
 	msg := body(1 << 10)
-	dial := func() (*smtp.Client, error) {
-		c, err := smtp.Dial(b.rp.smtpAddr)
-		if err != nil {
-			return nil, err
-		}
-		if err := c.Auth(gosasl.NewPlainClient("", demoUser, demoPassword)); err != nil {
-			c.Close()
-			return nil, err
-		}
-		return c, nil
-	}
+	dial := relayDial(b.rp.smtpAddr, demoUser)
 	for range 8 {
 		wg.Go(func() {
 			for ctx.Err() == nil {

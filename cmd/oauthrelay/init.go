@@ -93,13 +93,15 @@ type initAnswers struct {
 	Mailboxes, SendAs, Usernames                      []string
 	Password, MailboxPassword                         string
 	Delivery                                          string
+	// Upstream is how mail leaves: config.UpstreamSMTP, Graph or Auto.
+	Upstream string
 	// RBAC grants SMTP.SendAsApp through RBAC for Applications, scoped to
 	// the mailboxes, instead of a tenant-wide consent (client credentials).
 	RBAC bool
 
 	// Advanced: endpoints for proxies, sovereign setups and tests; empty
 	// means the defaults of the cloud.
-	TokenURL, AuthorizeURL, DeviceURL, SMTPAddr, IMAPAddr, POP3Addr, CAFile, StateDir string
+	TokenURL, AuthorizeURL, DeviceURL, SMTPAddr, IMAPAddr, POP3Addr, GraphURL, CAFile, StateDir string
 }
 
 // The choices offered, with one line each on when to pick which.
@@ -119,6 +121,11 @@ var (
 		{"secret", "a client secret from Certificates & secrets (simple; expires within 2 years)"},
 		{"certificate", "a certificate uploaded to the app, its private key kept here (no shared string)"},
 		{"none", "no credential: a public client (delegated grants with \"Allow public client flows\")"},
+	}
+	upstreamChoices = []choice{
+		{config.UpstreamSMTP, "SMTP AUTH with OAuth (XOAUTH2): needs SMTP AUTH on for the mailbox"},
+		{config.UpstreamGraph, "Microsoft Graph sendMail: for tenants that keep SMTP AUTH off (needs Mail.Send)"},
+		{config.UpstreamAuto, "SMTP, moving to Graph by itself if Exchange says SMTP AUTH is disabled"},
 	}
 	deliveryChoices = []choice{
 		{config.DeliveryDirect, "the app waits for Exchange's answer to each message, as it did before"},
@@ -147,6 +154,7 @@ func parseInitFlags(args []string) (*initAnswers, initOptions, error) {
 	sendAs := fs.String("send-as", "", "other addresses the app sends as (From), comma-separated; \"-\" for none")
 	usernames := fs.String("username", "", "the application's local user name(s), one per mailbox, comma-separated (\"-\" for a *@domain one)")
 	fs.StringVar(&a.Delivery, "delivery", "", "direct | queue")
+	fs.StringVar(&a.Upstream, "upstream", "", "smtp | graph | auto (how mail leaves)")
 	fs.BoolVar(&a.RBAC, "rbac", false, "client_credentials: grant SMTP.SendAsApp by RBAC for Applications scoped to the mailboxes")
 	fs.StringVar(&a.TokenURL, "token-url", "", "advanced: token endpoint (default: the cloud's)")
 	fs.StringVar(&a.AuthorizeURL, "authorize-url", "", "advanced: authorization endpoint")
@@ -154,6 +162,7 @@ func parseInitFlags(args []string) (*initAnswers, initOptions, error) {
 	fs.StringVar(&a.SMTPAddr, "smtp", "", "advanced: upstream SMTP host:port (STARTTLS)")
 	fs.StringVar(&a.IMAPAddr, "imap", "", "advanced: upstream IMAP host:port (TLS)")
 	fs.StringVar(&a.POP3Addr, "pop3", "", "advanced: upstream POP3 host:port (TLS)")
+	fs.StringVar(&a.GraphURL, "graph-url", "", "advanced: Microsoft Graph root URL (default: the cloud's)")
 	fs.StringVar(&a.CAFile, "ca-file", "", "advanced: extra CA for upstream TLS")
 	fs.StringVar(&a.StateDir, "state-dir", "", "advanced: state directory (default: the platform's)")
 	if err := fs.Parse(args); err != nil {
@@ -237,6 +246,18 @@ func (a *initAnswers) ask(p *prompter) error {
 		a.askUsers(p),
 		a.askPasswords(p),
 		func() error { return p.choose(&a.Delivery, "Delivery", deliveryChoices, config.DeliveryDirect) },
+		func() error {
+			if a.routesMailboxes() {
+				// Graph serves one mailbox an account: config refuses
+				// graph and auto for these.
+				a.Upstream = cmpOr(a.Upstream, config.UpstreamSMTP)
+				if a.Upstream != config.UpstreamSMTP {
+					return errors.New("upstream graph and auto are for accounts of one mailbox, not *@domain ones")
+				}
+				return nil
+			}
+			return p.choose(&a.Upstream, "Upstream (how mail leaves the relay)", upstreamChoices, config.UpstreamSMTP)
+		},
 	}
 	for _, step := range steps {
 		if err := step(); err != nil {
@@ -339,6 +360,21 @@ func (a *initAnswers) askPasswords(p *prompter) func() error {
 	}
 }
 
+// routesMailboxes reports a *@domain mailbox among the answers.
+func (a *initAnswers) routesMailboxes() bool {
+	for _, mb := range a.Mailboxes {
+		if config.IsMailboxPattern(mb) {
+			return true
+		}
+	}
+	return false
+}
+
+// sendsThroughGraph reports an upstream that may send through Graph.
+func (a *initAnswers) sendsThroughGraph() bool {
+	return a.Upstream == config.UpstreamGraph || a.Upstream == config.UpstreamAuto
+}
+
 func (a *initAnswers) delegated() bool {
 	return a.Grant == config.GrantAuthorizationCode || a.Grant == config.GrantDeviceCode
 }
@@ -429,8 +465,10 @@ func (p *prompter) secret(v *string, question string) error {
 	if *v != "" {
 		return nil
 	}
-	fmt.Fprintf(p.out, "%s: ", question)
+	// Echo goes off before the question is shown: someone who types at
+	// once (or a script that answers on seeing it) is never echoed.
 	restore := noEcho(p.term)
+	fmt.Fprintf(p.out, "%s: ", question)
 	s, err := p.line()
 	restore()
 	fmt.Fprintln(p.out) // the Enter typed was not echoed (or the answer came from a pipe)

@@ -67,6 +67,7 @@ func TestInitTerminal(t *testing.T) {
 		"User name\t" + localUser,
 		"Password the application\t" + localPass,
 		"Delivery\t2",
+		"Upstream\t",
 	}, "\n")
 	script := filepath.Join(dir, "answers.txt")
 	writeFile(t, script, answers)

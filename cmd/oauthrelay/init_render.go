@@ -107,6 +107,9 @@ func (a *initAnswers) configYAML(hash string) string {
 	if a.IMAPAddr != "" {
 		p("    imap: {addr: %s, tls: implicit}", q(a.IMAPAddr))
 	}
+	if a.GraphURL != "" {
+		p("    graph: {url: %s}", q(a.GraphURL))
+	}
 	if a.POP3Addr != "" {
 		p("    pop3: {addr: %s, tls: implicit}", q(a.POP3Addr))
 	}
@@ -141,8 +144,12 @@ func (a *initAnswers) configYAML(hash string) string {
 			p("    # The mailbox's own password (grant password), in a file only the service can read.")
 			p("    password_file: %s", q(names[i]+"-mailbox-password"))
 		}
-		p("    # %s", deliveryWhen(a.Delivery))
+		p("    # %s", choiceWhen(deliveryChoices, a.Delivery))
 		p("    delivery: %s", a.Delivery)
+		if a.Upstream != "" && a.Upstream != config.UpstreamSMTP {
+			p("    # %s", choiceWhen(upstreamChoices, a.Upstream))
+			p("    upstream: %s", a.Upstream)
+		}
 	}
 	return b.String()
 }
@@ -156,13 +163,14 @@ func grantWhen(g string) string {
 	return g
 }
 
-func deliveryWhen(d string) string {
-	for _, c := range deliveryChoices {
-		if c.value == d {
-			return d + ": " + c.when
+// choiceWhen is a choice's value with its one line on when to pick it.
+func choiceWhen(choices []choice, v string) string {
+	for _, c := range choices {
+		if c.value == v {
+			return v + ": " + c.when
 		}
 	}
-	return d
+	return v
 }
 
 // powerShell is the Entra ID (Microsoft Graph PowerShell) and Exchange
@@ -218,6 +226,16 @@ func (a *initAnswers) powerShell() string {
 			p("Update-MgApplication -ApplicationId $app.Id -IsFallbackPublicClient")
 		}
 	}
+	if a.sendsThroughGraph() {
+		p("# Microsoft Graph, for upstream %s: Mail.Send, and Mail.ReadWrite for messages over 3 MB (drafts", a.Upstream)
+		p("# and upload sessions) and the Sent Items check after a lost answer.")
+		s.API(powershell.VarGraph, powershell.GraphAppID)
+		if a.Grant == config.GrantClientCredentials {
+			s.GrantAppRoles(powershell.VarGraph, []string{"Mail.Send", "Mail.ReadWrite"})
+		} else {
+			s.GrantDelegated(powershell.VarGraph, []string{"Mail.Send", "Mail.ReadWrite"})
+		}
+	}
 	p("")
 	p("# 2. Exchange Online, with Exchange Online PowerShell (Install-Module ExchangeOnlineManagement).")
 	s.ConnectExchange()
@@ -235,9 +253,11 @@ func (a *initAnswers) powerShell() string {
 			s.AddMailboxPermission(mb)
 		}
 	}
-	p("# SMTP AUTH must be on for the mailbox, even with OAuth (else 535 5.7.139).")
-	for _, mb := range a.Mailboxes {
-		s.EnableSMTPAuth(mb)
+	if a.Upstream != config.UpstreamGraph {
+		p("# SMTP AUTH must be on for the mailbox, even with OAuth (else 535 5.7.139).")
+		for _, mb := range a.Mailboxes {
+			s.EnableSMTPAuth(mb)
+		}
 	}
 	if len(a.SendAs) > 0 {
 		p("# Send as the other addresses (else 550 5.7.60 / SendAsDenied).")

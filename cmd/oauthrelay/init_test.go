@@ -18,7 +18,7 @@ import (
 // rest of the answers come from the prompts or other flags.
 func fakeFlags(ms *fakems.Server, dir string) []string {
 	return []string{"-token-url", ms.TokenURL, "-device-url", ms.DeviceURL, "-authorize-url", ms.AuthorizeURL,
-		"-smtp", ms.SMTPAddr, "-imap", ms.IMAPAddr, "-pop3", ms.POP3Addr, "-ca-file", ms.CAFile, "-state-dir", filepath.Join(dir, "state")}
+		"-smtp", ms.SMTPAddr, "-imap", ms.IMAPAddr, "-pop3", ms.POP3Addr, "-graph-url", ms.GraphURL, "-ca-file", ms.CAFile, "-state-dir", filepath.Join(dir, "state")}
 }
 
 // onLoopbackPort0 rewrites the listeners init writes (the usual
@@ -92,6 +92,7 @@ func TestInitPrompts(t *testing.T) {
 		localUser,   // user name for the mailbox
 		localPass,   // the application's password
 		"",          // delivery: [direct]
+		"",          // upstream: [smtp]
 	}, "\n") + "\n"
 	r := runCmd(t, strings.NewReader(answers), append([]string{"init", "-config", path}, fakeFlags(ms, dir)...)...)
 	if r.code != 0 {
@@ -149,7 +150,7 @@ func TestInitFlags(t *testing.T) {
 	args := append([]string{"init", "-config", path, "-cloud", "global", "-tenant", ms.Tenant, "-client-id", appID,
 		"-app-name", "Monitor ERP", "-grant", "client_credentials", "-credential", "secret",
 		"-mailbox", mailbox + "," + salesBox, "-username", localUser + "," + salesUser,
-		"-send-as", "billing@contoso.com", "-delivery", "queue", "-rbac"}, fakeFlags(ms, dir)...)
+		"-send-as", "billing@contoso.com", "-delivery", "queue", "-upstream", "auto", "-rbac"}, fakeFlags(ms, dir)...)
 	r := runCmd(t, strings.NewReader(appSecret+"\n"+localPass+"\n"), args...)
 	if r.code != 0 {
 		t.Fatalf("init: %v", r)
@@ -162,7 +163,7 @@ func TestInitFlags(t *testing.T) {
 		t.Fatal(err)
 	}
 	if len(cfg.Accounts) != 2 || cfg.Accounts[1].Username != salesUser || cfg.Accounts[0].Delivery != config.DeliveryQueue ||
-		!cfg.Accounts[0].AllowsSender("billing@contoso.com") {
+		!cfg.Accounts[0].AllowsSender("billing@contoso.com") || cfg.Accounts[1].Upstream != config.UpstreamAuto {
 		t.Errorf("accounts: %+v %+v", cfg.Accounts[0], cfg.Accounts[1])
 	}
 	ps1, _ := os.ReadFile(filepath.Join(dir, "oauthrelay-setup.ps1"))
@@ -170,7 +171,8 @@ func TestInitFlags(t *testing.T) {
 		"New-ManagementScope -Name 'oauthrelay-monitor-erp' -RecipientRestrictionFilter \"PrimarySmtpAddress -eq '"+mailbox+"' -or PrimarySmtpAddress -eq '"+salesBox+"'\"",
 		"New-ManagementRoleAssignment -App $sp.Id", "-CustomResourceScope 'oauthrelay-monitor-erp'",
 		"Add-MailboxPermission -Identity '"+salesBox+"'",
-		"Add-RecipientPermission -Identity 'billing@contoso.com' -Trustee '"+mailbox+"' -AccessRights SendAs")
+		"Add-RecipientPermission -Identity 'billing@contoso.com' -Trustee '"+mailbox+"' -AccessRights SendAs",
+		"'Mail.Send','Mail.ReadWrite'", "Set-CASMailbox -Identity '"+mailbox+"' -SmtpClientAuthenticationDisabled $false")
 	if strings.Contains(string(ps1), "'SMTP.SendAsApp','IMAP.AccessAsApp','POP.AccessAsApp'") || !strings.Contains(string(ps1), "'IMAP.AccessAsApp','POP.AccessAsApp'") {
 		t.Error("with -rbac SMTP.SendAsApp is consented tenant-wide as well")
 	}
@@ -190,7 +192,7 @@ func TestInitNoOverwrite(t *testing.T) {
 	writeFile(t, path, "# mine\n")
 	args := append([]string{"init", "-config", path, "-tenant", ms.Tenant, "-client-id", appID, "-app-name", "x",
 		"-cloud", "global", "-grant", "client_credentials", "-credential", "secret", "-mailbox", mailbox,
-		"-username", localUser, "-send-as", "-", "-delivery", "direct"}, fakeFlags(ms, dir)...)
+		"-username", localUser, "-send-as", "-", "-delivery", "direct", "-upstream", "smtp"}, fakeFlags(ms, dir)...)
 	r := runCmd(t, strings.NewReader(appSecret+"\n"+localPass+"\nn\n"), args...)
 	if r.code != 1 || !strings.Contains(r.stderr, "not overwritten") {
 		t.Fatalf("want a refusal: %v", r)
@@ -220,7 +222,7 @@ func TestInitDeviceCode(t *testing.T) {
 	path := filepath.Join(dir, "config.yaml")
 	args := append([]string{"init", "-config", path, "-tenant", ms.Tenant, "-client-id", publicID, "-app-name", "Front desk",
 		"-cloud", "global", "-grant", "device_code", "-credential", "none", "-mailbox", salesBox,
-		"-username", salesUser, "-send-as", "-", "-delivery", "direct"}, fakeFlags(ms, dir)...)
+		"-username", salesUser, "-send-as", "-", "-delivery", "direct", "-upstream", "smtp"}, fakeFlags(ms, dir)...)
 	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
 	defer cancel()
 	var out, errb syncBuffer
@@ -250,7 +252,7 @@ func TestInitDomainWide(t *testing.T) {
 	path := filepath.Join(dir, "config.yaml")
 	args := append([]string{"init", "-config", path, "-tenant", ms.Tenant, "-client-id", appID, "-app-name", "ERP",
 		"-cloud", "global", "-grant", "client_credentials", "-credential", "secret", "-mailbox", "*@contoso.com",
-		"-send-as", "-", "-delivery", "direct"}, fakeFlags(ms, dir)...)
+		"-send-as", "-", "-delivery", "direct", "-upstream", "smtp"}, fakeFlags(ms, dir)...)
 	r := runCmd(t, strings.NewReader(appSecret+"\n"+localPass+"\n"), args...)
 	if r.code != 0 {
 		t.Fatalf("init: %v", r)
@@ -285,7 +287,7 @@ func TestInitRelativeFiles(t *testing.T) {
 	path := filepath.Join(dir, "etc", "config.yaml")
 	args := append([]string{"init", "-config", path, "-tenant", ms.Tenant, "-client-id", appID, "-app-name", "x",
 		"-cloud", "global", "-grant", "client_credentials", "-client-secret-file", "secret.txt", "-mailbox", mailbox,
-		"-username", localUser, "-send-as", "-", "-delivery", "direct"}, fakeFlags(ms, dir)...)
+		"-username", localUser, "-send-as", "-", "-delivery", "direct", "-upstream", "smtp"}, fakeFlags(ms, dir)...)
 	if r := runCmd(t, strings.NewReader(localPass+"\n"), args...); r.code != 0 {
 		t.Fatalf("init: %v", r)
 	}

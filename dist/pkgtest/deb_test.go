@@ -180,7 +180,7 @@ func checkAgainstFake(t *testing.T, uid, gid int) {
 	cmd := exec.CommandContext(ctx, "/usr/bin/oauthrelay", "init", "-config", conf, "-force", "-no-login",
 		"-cloud", "global", "-tenant", ms.Tenant, "-client-id", appID, "-app-name", "pkgtest",
 		"-grant", "client_credentials", "-credential", "secret", "-mailbox", mailbox, "-username", "erp",
-		"-send-as", "-", "-delivery", "direct",
+		"-send-as", "-", "-delivery", "direct", "-upstream", "smtp",
 		"-token-url", ms.TokenURL, "-smtp", ms.SMTPAddr, "-imap", ms.IMAPAddr, "-pop3", ms.POP3Addr, "-ca-file", ca)
 	cmd.Stdin = strings.NewReader(appSecret + "\nerp-local-password\n")
 	if out, err := cmd.CombinedOutput(); err != nil {

@@ -17,8 +17,10 @@ const DefaultCloseGrace = 10 * time.Second
 
 const (
 	// smallBufferSize is what an idle direction holds while it waits:
-	// thousands of proxied connections sit in IDLE, so it is kept small.
-	smallBufferSize = 2 << 10
+	// thousands of proxied connections sit in IDLE, so it is kept small
+	// (IMAP's untagged responses and POP3's replies fit; a read that fills
+	// it switches to the pooled copy buffer).
+	smallBufferSize = 512
 	// copyBufferSize is the pooled buffer a direction takes while data
 	// streams (a read filled the small buffer).
 	copyBufferSize = 32 << 10
@@ -87,8 +89,10 @@ type direction struct {
 // When one direction ends cleanly (EOF) the end is passed on as a
 // half-close of the other connection (close_notify for TLS), and the other
 // direction gets CloseGrace to finish; when one fails, both are closed at
-// once. The upstream → app direction runs on the caller's goroutine, the
-// other on one goroutine of its own that is joined before Pipe returns.
+// once. Each direction runs on a goroutine of its own, joined before Pipe
+// returns: thousands of sessions sit idle in a read, and a fresh
+// goroutine's stack is small, where the caller's grew in the upstream TLS
+// handshake (StackInuse, in process: about 4 KiB less per idle session).
 func Pipe(app, upstream net.Conn, fromApp, fromUpstream []byte, opts Options) Result {
 	start := time.Now()
 	p := newPiper(app, upstream, opts)
@@ -102,9 +106,14 @@ func Pipe(app, upstream net.Conn, fromApp, fromUpstream []byte, opts Options) Re
 		p.ended(d)
 		appDone <- d
 	}()
-	n, err := copyPending(app, upstream, fromUpstream)
-	up := direction{Upstream, n, err}
-	p.ended(up)
+	upDone := make(chan direction, 1)
+	go func() {
+		n, err := copyPending(app, upstream, fromUpstream)
+		d := direction{Upstream, n, err}
+		p.ended(d)
+		upDone <- d
+	}()
+	up := <-upDone
 	in := <-appDone
 	p.finish()
 
