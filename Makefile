@@ -15,7 +15,7 @@ PKG_SCHEMA_LINE := \# yaml-language-server: $$schema=/usr/share/oauthrelay/confi
 # 1.2.3, a bare commit 0.0~gitabc1234, v1.2.3-4-gabc 1.2.3~4~gabc.
 PKG_VERSION ?= $(shell echo '$(VERSION)' | sed -E 's/^v([0-9]+\.)/\1/; /^[0-9]+\./!s/^/0.0~git/; s/-/~/g')
 
-.PHONY: build test race demo bench lint dist pkgtest clean fuzz fuzz-ci fuzz-corpus load soak
+.PHONY: build test race demo bench lint dist pkgtest clean fuzz fuzz-ci fuzz-corpus load soak bench-cluster
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/oauthrelay
@@ -38,6 +38,10 @@ demo: build
 bench: build
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime 2s ./proxy/... ./internal/smtpclient/
 	$(BIN) bench
+
+# Several instances sharing one redis-server (needs redis-server).
+bench-cluster: build
+	$(BIN) bench -only cluster
 
 # Fuzz targets, as package:Target. `make fuzz` runs each for FUZZTIME
 # (default 5 minutes); `make test` runs each for a few seconds
