@@ -34,7 +34,10 @@ func TestBrowserDeviceSignIn(t *testing.T) {
 	sess.sendKeys(t, "input[name=otc]", code)
 	sess.sendKeys(t, "input[name=mailbox]", deskBox)
 	sess.click(t, "button[value=approve]")
-	if got := sess.waitText(t, "p"); got != "Done. You can close this window." {
+	// The click navigates: until the answer has loaded, "p" may still be
+	// the form's own.
+	const done = "Done. You can close this window."
+	if got := sess.waitTextIs(t, "p", done); got != done {
 		t.Fatalf("the fake identity platform says %q", got)
 	}
 
@@ -69,6 +72,20 @@ func (s *session) waitText(t *testing.T, css string) string {
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("no %s within 10 s: %v", css, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// waitTextIs waits (at most 10 s) for the first element matching css to
+// read want, and returns the last text it read.
+func (s *session) waitTextIs(t *testing.T, css, want string) string {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		text, err := s.tryText(css)
+		if err == nil && text == want || time.Now().After(deadline) {
+			return text
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
