@@ -75,10 +75,6 @@ func (c *accountCheck) graphGrantScript(perms ...string) string {
 	s := c.graphScript()
 	s.Comment("Microsoft Graph, the API that owns Mail.Send and Mail.ReadWrite.")
 	s.API(powershell.VarGraph, powershell.GraphAppID)
-	if c.a.AppOnly() {
-		s.GrantAppRoles(powershell.VarGraph, perms)
-	} else {
-		s.GrantDelegated(powershell.VarGraph, perms)
-	}
+	s.Grant(powershell.VarGraph, c.a.AppOnly(), perms)
 	return s.String()
 }

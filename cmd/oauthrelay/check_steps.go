@@ -351,11 +351,7 @@ func (c *accountCheck) consentScript(perms []perm) string {
 	}
 	s := c.graphScript()
 	s.API(powershell.VarExchange, powershell.ExchangeAppID)
-	if c.a.AppOnly() {
-		s.GrantAppRoles(powershell.VarExchange, names)
-	} else {
-		s.GrantDelegated(powershell.VarExchange, names)
-	}
+	s.Grant(powershell.VarExchange, c.a.AppOnly(), names)
 	return s.String()
 }
 

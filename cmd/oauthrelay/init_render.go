@@ -230,11 +230,7 @@ func (a *initAnswers) powerShell() string {
 		p("# Microsoft Graph, for upstream %s: Mail.Send, and Mail.ReadWrite for messages over 3 MB (drafts", a.Upstream)
 		p("# and upload sessions) and the Sent Items check after a lost answer.")
 		s.API(powershell.VarGraph, powershell.GraphAppID)
-		if a.Grant == config.GrantClientCredentials {
-			s.GrantAppRoles(powershell.VarGraph, []string{"Mail.Send", "Mail.ReadWrite"})
-		} else {
-			s.GrantDelegated(powershell.VarGraph, []string{"Mail.Send", "Mail.ReadWrite"})
-		}
+		s.Grant(powershell.VarGraph, a.Grant == config.GrantClientCredentials, []string{"Mail.Send", "Mail.ReadWrite"})
 	}
 	p("")
 	p("# 2. Exchange Online, with Exchange Online PowerShell (Install-Module ExchangeOnlineManagement).")

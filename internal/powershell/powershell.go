@@ -126,6 +126,17 @@ func (s *Script) GrantAppRoles(api string, perms []string) {
 	s.Line("foreach ($r in $perms) { New-MgServicePrincipalAppRoleAssignment -ServicePrincipalId $sp.Id -PrincipalId $sp.Id -ResourceId %s.Id -AppRoleId $r.Id }", api)
 }
 
+// Grant adds and consents perms of api as the grant uses them: application
+// permissions for an app-only grant (GrantAppRoles), delegated ones
+// otherwise (GrantDelegated).
+func (s *Script) Grant(api string, appOnly bool, perms []string) {
+	if appOnly {
+		s.GrantAppRoles(api, perms)
+	} else {
+		s.GrantDelegated(api, perms)
+	}
+}
+
 // GrantDelegated adds delegated permissions of api to the app registration
 // and gives them admin consent for all users. It needs App.
 func (s *Script) GrantDelegated(api string, perms []string) {
