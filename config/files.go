@@ -5,12 +5,12 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
+	"io"
 	"maps"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
-
-	"github.com/oauthrelay/oauthrelay/internal/securefile"
 )
 
 // resolvePaths makes every file name in c absolute, relative to dir (the
@@ -127,11 +127,16 @@ const (
 
 // readLimited reads file whole, refusing one larger than limit bytes.
 func readLimited(file string, limit int64) ([]byte, error) {
-	data, whole, err := securefile.ReadLimited(file, limit)
+	f, err := os.Open(file)
 	if err != nil {
 		return nil, err
 	}
-	if !whole {
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, limit+1))
+	if err != nil {
+		return nil, err
+	}
+	if int64(len(data)) > limit {
 		return nil, fmt.Errorf("%s is larger than %d bytes: not the file meant", file, limit)
 	}
 	return data, nil

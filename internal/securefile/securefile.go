@@ -1,8 +1,7 @@
 // Package securefile is the one place the relay creates private directories
 // and writes private files: the token store's key, its refresh tokens, and
 // anything else only the relay's own account (and the machine's
-// administrators) may read; and where it reads such files, bounded
-// (ReadLimited).
+// administrators) may read.
 //
 // On Unix that means mode 0700 directories and 0600 files. On Windows Go
 // ignores modes, and a file under %ProgramData% inherits an ACL that lets
@@ -24,7 +23,6 @@ package securefile
 import (
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -158,25 +156,4 @@ func SyncDir(dir string) error {
 		return fmt.Errorf("securefile: sync %s: %w", dir, err)
 	}
 	return nil
-}
-
-// ReadLimited reads the file at path whole, up to limit bytes: whole is
-// false for a larger file, whose first limit bytes data then holds. The
-// files the relay reads whole (secrets, its token records, CA bundles) are
-// small; a path mistyped to a device or a log must not be read without
-// end.
-func ReadLimited(path string, limit int64) (data []byte, whole bool, err error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, false, err
-	}
-	defer f.Close()
-	data, err = io.ReadAll(io.LimitReader(f, limit+1))
-	if err != nil {
-		return nil, false, err
-	}
-	if int64(len(data)) > limit {
-		return data[:limit], false, nil
-	}
-	return data, true, nil
 }

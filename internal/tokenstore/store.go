@@ -18,7 +18,9 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
+	"os"
 	"path/filepath"
 	"sync"
 
@@ -170,11 +172,20 @@ func (s *Store) open(account string, b []byte) (Record, error) {
 	}
 }
 
-// readLimited reads a record file, at most maxFileLen bytes of it: a
-// longer one is cut there, and decode rejects it as not authenticating.
 func readLimited(path string) ([]byte, error) {
-	b, _, err := securefile.ReadLimited(path, maxFileLen)
-	return b, err
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, maxFileLen+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(b) > maxFileLen {
+		return b[:maxFileLen], nil // decode rejects it as not authenticating
+	}
+	return b, nil
 }
 
 func checkAccount(account string) error {
