@@ -71,3 +71,56 @@ func (s *Store) Queues(ctx context.Context) ([]QueueStats, error) {
 	slices.SortFunc(out, func(a, b QueueStats) int { return strings.Compare(a.Instance, b.Instance) })
 	return out, nil
 }
+
+// staleAfter is how old a published queue may be before it counts as
+// stale: its instance has missed three heartbeats (it stopped, or cannot
+// reach the store).
+const staleAfter = 3 * heartbeatEvery
+
+// Stale reports whether q was published longer than three heartbeats
+// before now.
+func (q QueueStats) Stale(now time.Time) bool { return now.Sub(q.At) > staleAfter }
+
+// Peer is one instance as the store knows it: Alive while its heartbeat's
+// lease holds (on the store's clock), and its published queue (HasQueue
+// false: it publishes none — no account of it has delivery: queue — or
+// its entry expired).
+type Peer struct {
+	Name     string
+	Alive    bool
+	HasQueue bool
+	Queue    QueueStats
+}
+
+// Peers returns every instance alive or with a queue still published, by
+// name.
+func (s *Store) Peers(ctx context.Context) ([]Peer, error) {
+	qs, err := s.Queues(ctx)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := callCtx(ctx)
+	defer cancel()
+	alive, err := liveScript.Run(ctx, s.rdb, []string{keyPrefix + "instances"}, maxQueues).StringSlice()
+	if err := s.result(err); err != nil {
+		return nil, err
+	}
+	byName := map[string]*Peer{}
+	for _, n := range alive {
+		byName[n] = &Peer{Name: n, Alive: true}
+	}
+	for _, q := range qs {
+		p := byName[q.Instance]
+		if p == nil {
+			p = &Peer{Name: q.Instance}
+			byName[q.Instance] = p
+		}
+		p.HasQueue, p.Queue = true, q
+	}
+	out := make([]Peer, 0, len(byName))
+	for _, p := range byName {
+		out = append(out, *p)
+	}
+	slices.SortFunc(out, func(a, b Peer) int { return strings.Compare(a.Name, b.Name) })
+	return out, nil
+}

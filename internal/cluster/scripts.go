@@ -97,3 +97,124 @@ return 0`)
 var leaseReleaseScript = redis.NewScript(`
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0`)
+
+// dayExpire (Lua) drops the buckets of a day (hash h, index idx) that
+// stopped counting at now, and returns the total that still counts.
+const dayExpire = `
+local function expire(h, idx, now)
+  local gone = redis.call('ZRANGEBYSCORE', idx, '-inf', now)
+  if #gone > 0 then
+    local n = 0
+    for _, f in ipairs(gone) do
+      n = n + tonumber(redis.call('HGET', h, f) or '0')
+      redis.call('HDEL', h, f)
+    end
+    redis.call('ZREMRANGEBYSCORE', idx, '-inf', now)
+    redis.call('HINCRBY', h, 'total', -n)
+  end
+  return tonumber(redis.call('HGET', h, 'total') or '0')
+end
+local function oldest(idx)
+  local r = redis.call('ZRANGE', idx, 0, 0, 'WITHSCORES')
+  if #r == 0 then return 0 end
+  return tonumber(r[2])
+end
+`
+
+// dayTakeScript: KEYS day hash, index, block; ARGV field, n, limit, now
+// ms, the field's expiry ms, keep ms → {1, total, 0, block, oldest} when n
+// recipients were added to field, {0, total, free, block, oldest} when the
+// day is blocked (free: the block's end) or has no room for n (free: when
+// enough buckets stop counting; 0 if not by time alone).
+var dayTakeScript = redis.NewScript(dayExpire + `
+local now, n, limit = tonumber(ARGV[4]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local total = expire(KEYS[1], KEYS[2], now)
+local block = tonumber(redis.call('GET', KEYS[3]) or '0')
+if now < block then return {0, total, block, block, oldest(KEYS[2])} end
+if total + n > limit then
+  local need, acc = total + n - limit, 0
+  local r = redis.call('ZRANGE', KEYS[2], 0, -1, 'WITHSCORES')
+  for i = 1, #r, 2 do
+    acc = acc + tonumber(redis.call('HGET', KEYS[1], r[i]) or '0')
+    if acc >= need then return {0, total, tonumber(r[i+1]), block, oldest(KEYS[2])} end
+  end
+  return {0, total, 0, block, oldest(KEYS[2])}
+end
+redis.call('HINCRBY', KEYS[1], ARGV[1], n)
+redis.call('HINCRBY', KEYS[1], 'total', n)
+redis.call('ZADD', KEYS[2], tonumber(ARGV[5]), ARGV[1])
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[6]))
+redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[6]))
+return {1, total + n, 0, block, oldest(KEYS[2])}`)
+
+// dayMoveScript: KEYS day hash, index; ARGV now ms, destination field
+// ("": none, a release), its expiry ms, keep ms, then field, n pairs → the
+// recipients held in each field (as many as are still there) are taken
+// out, and with a destination all of them are added to it.
+var dayMoveScript = redis.NewScript(dayExpire + `
+local total = expire(KEYS[1], KEYS[2], tonumber(ARGV[1]))
+local taken, add = 0, 0
+for i = 5, #ARGV, 2 do
+  local f, n = ARGV[i], tonumber(ARGV[i+1])
+  local have = tonumber(redis.call('HGET', KEYS[1], f) or '0')
+  local d = math.min(n, have)
+  if d > 0 and d == have then
+    redis.call('HDEL', KEYS[1], f)
+    redis.call('ZREM', KEYS[2], f)
+  elseif d > 0 then
+    redis.call('HINCRBY', KEYS[1], f, -d)
+  end
+  taken, add = taken + d, add + n
+end
+if ARGV[2] == '' then add = 0 end
+if add > 0 then
+  redis.call('HINCRBY', KEYS[1], ARGV[2], add)
+  redis.call('ZADD', KEYS[2], tonumber(ARGV[3]), ARGV[2])
+end
+redis.call('HINCRBY', KEYS[1], 'total', add - taken)
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[4]))
+redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[4]))
+return total + add - taken`)
+
+// dayAddScript: KEYS day hash, index; ARGV now ms, keep ms, then field,
+// expiry ms, n triples → each field that still counts at now holds at
+// least n.
+var dayAddScript = redis.NewScript(dayExpire + `
+local now = tonumber(ARGV[1])
+local total = expire(KEYS[1], KEYS[2], now)
+for i = 3, #ARGV, 3 do
+  local f, e, n = ARGV[i], tonumber(ARGV[i+1]), tonumber(ARGV[i+2])
+  local have = tonumber(redis.call('HGET', KEYS[1], f) or '0')
+  if e > now and n > have then
+    redis.call('HSET', KEYS[1], f, n)
+    redis.call('ZADD', KEYS[2], e, f)
+    total = total + n - have
+  end
+end
+redis.call('HSET', KEYS[1], 'total', total)
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]))
+redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[2]))
+return total`)
+
+// dayBlockScript: KEYS block; ARGV until ms, ttl ms → the block is until
+// unless it already lasts longer.
+var dayBlockScript = redis.NewScript(`
+local b = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tonumber(ARGV[1]) > b then redis.call('SET', KEYS[1], ARGV[1], 'PX', tonumber(ARGV[2])) end
+return 1`)
+
+// dayViewScript: KEYS day hash, index, block of each mailbox; ARGV now ms
+// → {total, oldest, block} of each, in order.
+var dayViewScript = redis.NewScript(dayExpire + `
+local now, out = tonumber(ARGV[1]), {}
+for i = 1, #KEYS, 3 do
+  out[#out+1] = expire(KEYS[i], KEYS[i+1], now)
+  out[#out+1] = oldest(KEYS[i+1])
+  out[#out+1] = tonumber(redis.call('GET', KEYS[i+2]) or '0')
+end
+return out`)
+
+// liveScript: KEYS instances; ARGV at most → the names of the instances
+// whose heartbeat's lease holds now (the server's clock).
+var liveScript = redis.NewScript(serverNow + `
+return redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf', 'LIMIT', 0, tonumber(ARGV[1]))`)

@@ -79,6 +79,10 @@ type Store struct {
 	changed chan struct{}
 	held    map[string]map[string]bool // semaphore key → holders of this instance, renewed
 	publish func() (QueueStats, bool)  // the queue stats to publish, see PublishQueue
+	days    map[string]dayView         // lower-case mailbox → its day as last read (see Day)
+
+	// now is the clock the mailboxes' limits are kept by (Options.Now).
+	now func() time.Time
 
 	stop chan struct{}
 	wg   sync.WaitGroup
@@ -103,12 +107,17 @@ func Open(c config.Cluster, log *slog.Logger, opts ...Options) (*Store, error) {
 		log:      log.With("store", opt.Addr, "instance", c.Instance),
 		changed:  make(chan struct{}),
 		held:     map[string]map[string]bool{},
+		days:     map[string]dayView{},
 		stop:     make(chan struct{}),
 		lease:    leaseTTL,
+		now:      time.Now,
 	}
 	s.instances.Store(1)
 	if len(opts) > 0 && opts[0].Lease > 0 {
 		s.lease = opts[0].Lease
+	}
+	if len(opts) > 0 && opts[0].Now != nil {
+		s.now = opts[0].Now
 	}
 	return s, nil
 }
@@ -120,6 +129,11 @@ type Options struct {
 	// it, so that a killed instance's slots free within a queued
 	// message's wait.
 	Lease time.Duration
+	// Now is the clock the mailboxes' limits are kept by: the Senders'
+	// (delivery.Clock), which the heartbeat needs to age out the daily
+	// counts it reads. Nil is the system clock; tests and benchmarks on
+	// a fast clock pass theirs.
+	Now func() time.Time
 }
 
 // Join starts the instance's heartbeat (see heartbeat) until Close. The
@@ -257,7 +271,8 @@ func (s *Store) loop() {
 }
 
 // heartbeat says this instance is alive, learns how many are, renews
-// this instance's leases of connection slots and publishes its queue.
+// this instance's leases of connection slots, publishes its queue and
+// reads the mailboxes' days (see Day).
 func (s *Store) heartbeat() {
 	ctx, cancel := callCtx(context.Background())
 	defer cancel()
@@ -294,6 +309,9 @@ func (s *Store) heartbeat() {
 				return
 			}
 		}
+	}
+	if s.refreshDays(ctx) != nil {
+		return
 	}
 	if publish != nil {
 		if st, ok := publish(); ok {

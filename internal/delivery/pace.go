@@ -1,6 +1,9 @@
 package delivery
 
-import "time"
+import (
+	"iter"
+	"time"
+)
 
 // window is the pace of one mailbox: a sliding-window log of the times its
 // messages were sent in the last paceWindow, plus the messages in flight.
@@ -100,9 +103,11 @@ func (w *window) done(now time.Time) {
 }
 
 // dayLog is the recipients of one mailbox in the last dayWindow: the ones
-// of sent messages, logged in buckets of dayBucket, and the ones of
-// transactions still open (pending), which the upstream accepted at RCPT
-// but which count only once their message is sent.
+// of sent messages, logged in buckets of dayBucket aligned to the clock's
+// minutes (as the shared store's, so that its count of this instance's
+// minute and this one's can be compared: see SharedLimits.AddRecipients),
+// and the ones of transactions still open (pending), which the upstream
+// accepted at RCPT but which count only once their message is sent.
 //
 // Not safe for concurrent use; the Sender's lock guards it.
 type dayLog struct {
@@ -112,8 +117,8 @@ type dayLog struct {
 }
 
 type dayEntry struct {
-	first, last time.Time
-	n           int
+	minute, last time.Time // the bucket's start, its newest recipient
+	n            int
 }
 
 // expire drops the entries whose newest recipient is dayWindow old.
@@ -134,12 +139,25 @@ func (d *dayLog) add(now time.Time, n int) {
 		return
 	}
 	d.counted += n
-	if k := len(d.buckets); k > 0 && now.Sub(d.buckets[k-1].first) < dayBucket {
+	minute := now.Truncate(dayBucket)
+	if k := len(d.buckets); k > 0 && d.buckets[k-1].minute.Equal(minute) {
 		d.buckets[k-1].n += n
 		d.buckets[k-1].last = now
 		return
 	}
-	d.buckets = append(d.buckets, dayEntry{first: now, last: now, n: n})
+	d.buckets = append(d.buckets, dayEntry{minute: minute, last: now, n: n})
+}
+
+// perMinute yields each bucket's minute and count, oldest first.
+func (d *dayLog) perMinute() iter.Seq2[time.Time, int] {
+	buckets := append([]dayEntry(nil), d.buckets...)
+	return func(yield func(time.Time, int) bool) {
+		for _, b := range buckets {
+			if !yield(b.minute, b.n) {
+				return
+			}
+		}
+	}
 }
 
 // freeAt returns when need of the counted recipients will have aged out

@@ -193,7 +193,8 @@ func (s *Sender) paceFreeLocked(ctx context.Context, now time.Time) (bool, time.
 
 // dayOpenLocked reports whether the mailbox may take a message's
 // recipients at all now, and if not, when that changes: the quota Exchange
-// said is used up, or the recipients counted reaching the limit.
+// said is used up, or the recipients counted reaching the limit — with
+// shared limits every instance's, or the safe share's.
 func (s *Sender) dayOpenLocked(now time.Time) (bool, time.Time) {
 	s.day.expire(now)
 	if now.Before(s.learned.quotaUntil) {
@@ -201,6 +202,9 @@ func (s *Sender) dayOpenLocked(now time.Time) (bool, time.Time) {
 	}
 	if over := s.day.counted - s.limits.RecipientsPerDay; over >= 0 {
 		return false, s.day.freeAt(over + 1)
+	}
+	if s.shared != nil {
+		return s.sharedDayOpenLocked(now)
 	}
 	return true, time.Time{}
 }

@@ -79,6 +79,15 @@ type Sender struct {
 	degradedAt time.Time
 	rejoinedAt time.Time // the last rejoin (see inReturnLocked)
 	gen        uint64    // the store's Generation at the last rejoin
+	// dayShare is how many recipients this instance may hold while the
+	// store is down, dayOutage how many it has held since the loss (and
+	// in the return window after it), dayKnown whether the store's count
+	// was known at the loss (see degradeDayLocked).
+	dayShare, dayOutage int
+	dayKnown            bool
+	// stopWatch ends watchShared, watch joins it.
+	stopWatch chan struct{}
+	watch     sync.WaitGroup
 
 	idleTimer, wakeTimer timerSlot
 	// timers counts timer callbacks armed or running, waiting the Begins
@@ -128,8 +137,8 @@ type SenderOptions struct {
 	// Logger hears about limits Exchange enforced and messages turned
 	// away; nil discards.
 	Logger *slog.Logger
-	// Shared, when set, counts the connections and the pace with other
-	// relay instances (see SharedLimits).
+	// Shared, when set, counts the connections, the pace and the daily
+	// recipients with other relay instances (see SharedLimits).
 	Shared SharedLimits
 }
 
@@ -150,7 +159,7 @@ func NewSender(t upstream.Target, opts ...SenderOptions) *Sender {
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
-	return &Sender{
+	s := &Sender{
 		target:      t,
 		clock:       o.Clock,
 		log:         o.Logger.With("mailbox", t.Account.Mailbox),
@@ -161,6 +170,12 @@ func NewSender(t upstream.Target, opts ...SenderOptions) *Sender {
 		shared:      o.Shared,
 		sharedKey:   t.Account.Mailbox,
 	}
+	if s.shared != nil {
+		s.shared.Day(s.sharedKey) // the store keeps it current from now on
+		s.stopWatch = make(chan struct{})
+		s.watch.Go(func() { s.watchShared(s.stopWatch) })
+	}
+	return s
 }
 
 // SetLimits puts l in force (a reload): the next Begin and the messages
@@ -222,12 +237,17 @@ func (s *Sender) Ready(ctx context.Context, cred upstream.Credentials) error {
 func (s *Sender) Close() {
 	s.mu.Lock()
 	idle := s.idle
+	first := !s.closed
 	s.idle, s.closed = nil, true
 	s.open -= len(idle)
 	s.stopLocked(&s.idleTimer)
 	s.stopLocked(&s.wakeTimer)
 	s.notifyLocked()
 	s.mu.Unlock()
+	if s.stopWatch != nil && first {
+		close(s.stopWatch)
+	}
+	s.watch.Wait()
 	s.waiting.Wait()
 	s.timers.Wait()
 	s.bg.Wait()
@@ -263,8 +283,16 @@ type Stats struct {
 	// (sent in the last minute, or in flight).
 	MessagesInWindow int
 	// RecipientsToday is the recipients of messages sent in the last
-	// 24 hours; PendingRecipients those of open transactions.
+	// 24 hours (by this instance); PendingRecipients those of open
+	// transactions.
 	RecipientsToday, PendingRecipients int
+	// SharedRecipientsToday is, with shared limits, every instance's
+	// recipients of the last 24 hours (open transactions' too) as the
+	// store last counted them; SharedDayKnown is false before it has;
+	// SafeShareRecipients is how many this instance may still hold on
+	// its safe share (SafeShare only).
+	SharedRecipientsToday, SafeShareRecipients int
+	SharedDayKnown                             bool
 	// Limits are the configured limits; Effective the ones in force
 	// (Connections lowered after Exchange's 432).
 	Limits, Effective config.Limits
@@ -313,26 +341,32 @@ func (s *Sender) Stats() Stats {
 		Effective:            s.limits,
 	}
 	st.Effective.Connections = s.connLimitLocked(now)
-	if s.shared != nil {
-		st.Shared = true
-		st.SafeShare = s.degraded || !s.shared.Healthy()
-		st.SafeShares = s.stats.degraded
-		if st.SafeShare {
-			st.Effective.MessagesPerMinute = s.safePace(s.limits.MessagesPerMinute)
-		}
-	}
 	future := func(t time.Time) time.Time {
 		if now.Before(t) {
 			return t
 		}
 		return time.Time{}
 	}
+	if s.shared != nil {
+		st.Shared = true
+		st.SafeShare = s.degraded || !s.shared.Healthy()
+		st.SafeShares = s.stats.degraded
+		if st.SafeShare {
+			st.Effective.MessagesPerMinute = s.safePace(s.limits.MessagesPerMinute)
+			if s.degraded {
+				st.SafeShareRecipients = s.dayShareLeftLocked(now)
+			}
+		}
+		var blocked time.Time
+		st.SharedRecipientsToday, _, blocked, st.SharedDayKnown = s.shared.Day(s.sharedKey)
+		st.QuotaBlockedUntil = future(blocked)
+	}
 	if st.Effective.Connections < s.limits.Connections {
 		st.ConnectionsLoweredUntil = s.learned.connsUntil
 	}
 	st.LoginsPausedUntil = future(s.learned.loginAfter)
 	st.PaceBlockedUntil = future(s.learned.paceUntil)
-	st.QuotaBlockedUntil = future(s.learned.quotaUntil)
+	st.QuotaBlockedUntil = later(st.QuotaBlockedUntil, future(s.learned.quotaUntil))
 	return st
 }
 

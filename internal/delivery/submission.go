@@ -135,6 +135,13 @@ type Submission struct {
 	ss    *session // nil once finished
 	rcpts int      // accepted upstream, pending in the day's count
 	paced bool     // holds its slot in the pace
+	// held are the times its recipients' places in the shared day were
+	// taken at (see SharedLimits.TakeRecipient); outage counts those
+	// held on the safe share instead, while the safe share had come into
+	// force outageGen times.
+	held      []time.Time
+	outage    int
+	outageGen uint64
 	// paceSlot is its slot in the shared pace (empty: none, see
 	// SharedLimits).
 	paceSlot string
@@ -161,14 +168,15 @@ func (m *Submission) Rcpt(to string, opts *smtp.RcptOptions) error {
 	if m.ss == nil {
 		return &LostError{Stage: stageRcpt, Err: errFinished}
 	}
-	if err := m.s.holdRcpt(m.rcpts); err != nil {
+	h, err := m.s.holdRcpt(m.ctx, m.rcpts)
+	if err != nil {
 		return err
 	}
-	err := m.ss.c.Rcpt(m.ctx, to, opts)
+	err = m.ss.c.Rcpt(m.ctx, to, opts)
 	var se *smtp.SMTPError
 	if err != nil && !errors.As(err, &se) && !m.resumed {
 		if !m.resume(err) {
-			m.s.releaseRcpt()
+			m.s.releaseRcpt(h)
 			return &LostError{Stage: stageRcpt, Err: err}
 		}
 		err = m.ss.c.Rcpt(m.ctx, to, opts)
@@ -176,9 +184,16 @@ func (m *Submission) Rcpt(to string, opts *smtp.RcptOptions) error {
 	if err == nil {
 		m.rcpts++
 		m.accepted = append(m.accepted, acceptedRcpt{to, opts})
+		switch {
+		case h.shared:
+			m.held = append(m.held, h.at)
+		case h.outage:
+			m.outage++
+			m.outageGen = h.gen
+		}
 		return nil
 	}
-	m.s.releaseRcpt()
+	m.s.releaseRcpt(h)
 	if errors.As(err, &se) {
 		m.s.learn(se, stageRcpt)
 		if se.Code == 421 {
@@ -324,41 +339,104 @@ func (m *Submission) finish(sent, counted bool) {
 	s.day.pending -= m.rcpts
 	if counted {
 		s.day.add(now, m.rcpts)
+	} else if m.outage > 0 && s.degraded && m.outageGen == s.stats.degraded {
+		s.dayOutage -= m.outage
 	}
-	m.rcpts = 0
+	if held := m.held; len(held) > 0 {
+		s.bg.Go(func() {
+			if counted {
+				s.shared.RecipientsSent(s.sharedKey, held, now)
+			} else {
+				s.shared.ReleaseRecipients(s.sharedKey, held)
+			}
+		})
+	}
+	m.rcpts, m.held, m.outage = 0, nil, 0
 	s.notifyLocked()
+}
+
+// rcptHold is where holdRcpt held a recipient's place besides the local
+// count: in the shared day at at (shared), or on the safe share of the
+// day, while it had come into force gen times (outage).
+type rcptHold struct {
+	at             time.Time
+	shared, outage bool
+	gen            uint64
 }
 
 // holdRcpt takes a place for one more recipient of a transaction that has
 // accepted have: within the message's limit and the day's, counting the
-// recipients of every open transaction.
-func (s *Sender) holdRcpt(have int) error {
+// recipients of every open transaction — with shared limits every
+// instance's (the store's take), or within the safe share while the store
+// is down. In the window after a rejoin both count: the others may not
+// have registered their recipients again yet.
+func (s *Sender) holdRcpt(ctx context.Context, have int) (rcptHold, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if have >= s.limits.RecipientsPerMessage {
-		return errTooManyRcpts(s.limits.RecipientsPerMessage)
+		return rcptHold{}, errTooManyRcpts(s.limits.RecipientsPerMessage)
 	}
 	now := s.clock.Now()
 	ok, free := s.dayOpenLocked(now)
 	if over := s.day.counted + s.day.pending + 1 - s.limits.RecipientsPerDay; ok && over > 0 {
 		ok, free = false, s.day.freeAt(over)
 	}
+	var h rcptHold
+	if ok && s.shared != nil {
+		ok, free, h = s.holdSharedRcptLocked(ctx, now)
+	}
 	if !ok {
 		s.stats.limitReplies++
 		s.log.Warn("a recipient was turned away: the mailbox reached its daily recipient limit",
-			"limit", s.limits.RecipientsPerDay, "frees_at", free)
-		return errDailyLimit(s.target.Account.Mailbox, s.limits.RecipientsPerDay, free)
+			"limit", s.limits.RecipientsPerDay, "frees_at", free, "shared", s.shared != nil)
+		return rcptHold{}, errDailyLimit(s.target.Account.Mailbox, s.limits.RecipientsPerDay, free)
 	}
 	s.day.pending++
-	return nil
+	return h, nil
 }
 
-// releaseRcpt gives back a place holdRcpt took for a recipient the
+// holdSharedRcptLocked is holdRcpt's part for shared limits.
+func (s *Sender) holdSharedRcptLocked(ctx context.Context, now time.Time) (bool, time.Time, rcptHold) {
+	var h rcptHold
+	if s.sharedLocked(ctx) {
+		ok, free, err := s.shared.TakeRecipient(ctx, s.sharedKey, s.limits.RecipientsPerDay, now)
+		switch {
+		case err != nil:
+			s.degradeLocked()
+		case !ok:
+			return false, free, h
+		default:
+			h.shared, h.at = true, now
+		}
+	}
+	if !s.degraded && !s.inReturnLocked(now) {
+		return true, time.Time{}, h
+	}
+	if ok, free := s.dayShareRoomLocked(now, 1); !ok {
+		if h.shared {
+			s.bg.Go(func() { s.shared.ReleaseRecipients(s.sharedKey, []time.Time{now}) })
+		}
+		return false, free, rcptHold{}
+	}
+	s.dayOutage++
+	if !h.shared {
+		h.outage, h.gen = true, s.stats.degraded
+	}
+	return true, time.Time{}, h
+}
+
+// releaseRcpt gives back a place holdRcpt took (h) for a recipient the
 // upstream refused.
-func (s *Sender) releaseRcpt() {
+func (s *Sender) releaseRcpt(h rcptHold) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.day.pending--
+	if h.shared {
+		s.bg.Go(func() { s.shared.ReleaseRecipients(s.sharedKey, []time.Time{h.at}) })
+	}
+	if h.outage && s.degraded && h.gen == s.stats.degraded {
+		s.dayOutage--
+	}
 	s.notifyLocked()
 }
 
@@ -408,11 +486,23 @@ func (s *Sender) learnLocked(se *smtp.SMTPError, stage string) exchangeLimit {
 		until = s.learned.paceUntil
 	case limitQuota:
 		free := s.day.oldest()
+		if s.shared != nil && !s.degraded {
+			// Every instance's recipients count for Exchange: the
+			// oldest of them all frees first.
+			if _, oldest, _, known := s.shared.Day(s.sharedKey); known && oldest.After(now) && (!free.After(now) || oldest.Before(free)) {
+				free = oldest
+			}
+		}
 		if !free.After(now) {
 			free = now.Add(quotaFallback)
 		}
 		s.learned.quotaUntil = later(s.learned.quotaUntil, free)
 		until = s.learned.quotaUntil
+		if s.shared != nil {
+			// The day is blocked for every instance (a store that is
+			// down hears of it at rejoin).
+			s.bg.Go(func() { s.shared.BlockDay(s.sharedKey, until, now) })
+		}
 	}
 	s.stats.exchangeLimits++
 	s.log.Warn("Exchange says the mailbox is at a limit; later messages wait",
