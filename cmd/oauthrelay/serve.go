@@ -306,7 +306,11 @@ func (d *daemon) newServers(ctx context.Context, metrics *admin.Metrics, store o
 			}
 			d.pop3, b.srv, d.pop3Addr = srv, srv, b.ln.Addr()
 		case "admin":
-			srv := admin.New(d.relay, metrics, admin.Options{Logger: d.log, Store: store, Ready: d.ready})
+			opts := admin.Options{Logger: d.log, Store: store, Ready: d.ready}
+			if d.cluster != nil {
+				opts.Cluster = d.cluster // a nil *cluster.Store would be a non-nil Cluster
+			}
+			srv := admin.New(d.relay, metrics, opts)
 			d.admin, b.srv, d.adminAddr = srv, srv, b.ln.Addr()
 		}
 	}

@@ -17,6 +17,7 @@ import (
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/oauthrelay/oauthrelay/config"
+	"github.com/oauthrelay/oauthrelay/internal/cluster"
 	"github.com/oauthrelay/oauthrelay/internal/events"
 	"github.com/oauthrelay/oauthrelay/internal/fakems"
 	"github.com/oauthrelay/oauthrelay/internal/testutil"
@@ -68,6 +69,9 @@ type worldOptions struct {
 	// accounts are more accounts (YAML list items; %[1]s is the local
 	// password's hash, %[2]s the daemon provider's name).
 	accounts string
+	// cluster shares the relay's limits in this redis-server as the
+	// instance relay-a, which publishes its queue there.
+	cluster *testutil.Redis
 }
 
 type world struct {
@@ -83,6 +87,8 @@ type world struct {
 	opts    worldOptions
 	// transport trusts worldOptions.tls; nil: the default.
 	transport http.RoundTripper
+	// cluster is the store of worldOptions.cluster.
+	cluster *cluster.Store
 }
 
 func newWorld(t *testing.T, o worldOptions) *world {
@@ -187,6 +193,9 @@ accounts:
 	if o.accounts != "" {
 		yaml += fmt.Sprintf(o.accounts, localHash, "daemon")
 	}
+	if o.cluster != nil {
+		yaml += fmt.Sprintf("cluster: {store: %q, instance: relay-a}\n", o.cluster.URL)
+	}
 	cfg, err := config.Parse("test.yaml", []byte(yaml), func(string) (string, bool) { return "", false })
 	if err != nil {
 		t.Fatal(err)
@@ -198,9 +207,28 @@ accounts:
 	}
 	logger, buf := testutil.Logger(t)
 	m := NewMetrics()
-	relay, err := proxy.NewRelay(cfg, proxy.Options{Logger: logger, Store: store, Observer: m})
+	ropts := proxy.Options{Logger: logger, Store: store, Observer: m}
+	var cl *cluster.Store
+	if o.cluster != nil {
+		if cl, err = cluster.Open(cfg.Cluster, logger); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { cl.Close() }) // after the relay's Senders
+		ropts.Shared = cl
+	}
+	relay, err := proxy.NewRelay(cfg, ropts)
 	if err != nil {
 		t.Fatal(err)
+	}
+	aopts := Options{Store: store, Ready: o.ready}
+	if cl != nil {
+		// What serve publishes (cmd/oauthrelay's queueStats).
+		cl.PublishQueue(func() (cluster.QueueStats, bool) {
+			st, ok, _ := relay.QueueStats()
+			return cluster.QueueStats{Depth: st.Depth, InFlight: st.InFlight, Failed: st.Failed, Oldest: st.Oldest}, ok
+		})
+		cl.Join()
+		aopts.Cluster = cl
 	}
 	runCtx, stopRelay := context.WithCancel(ctx)
 	ran := make(chan struct{})
@@ -208,7 +236,7 @@ accounts:
 	// After the server's Shutdown (registered below, so run first) and
 	// before the fake closes.
 	t.Cleanup(func() { stopRelay(); <-ran })
-	srv := New(relay, m, Options{Store: store, Ready: o.ready})
+	srv := New(relay, m, aopts)
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(ln) }()
 	t.Cleanup(func() {
@@ -222,7 +250,7 @@ accounts:
 		}
 	})
 	return &world{t: t, ctx: ctx, ms: ms, relay: relay, metrics: m, srv: srv, store: store, base: base, log: buf, opts: o,
-		transport: transport}
+		transport: transport, cluster: cl}
 }
 
 func (w *world) account(name string) *proxy.Account {

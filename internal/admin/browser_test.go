@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/oauthrelay/oauthrelay/internal/cluster"
 	"github.com/oauthrelay/oauthrelay/internal/testutil"
 )
 
@@ -341,4 +342,29 @@ func TestBrowserMessageLog(t *testing.T) {
 	if got := sess.text(t, "#delivery-invoices .lognote"); got != `1 of the last 2 messages match "4711"` {
 		t.Errorf("the search says %q", got)
 	}
+}
+
+// TestBrowserInstances renders the Instances section in headless Chromium
+// for a relay sharing its store with another instance that has a backlog,
+// and takes a screenshot of it.
+func TestBrowserInstances(t *testing.T) {
+	chromium, driver := lookBrowser(t)
+	r := testutil.StartRedis(t)
+	w := newWorld(t, worldOptions{queueAlerts: true, cluster: r})
+	w.waitState("alerts", "ok")
+	b := joinAs(t, r, "relay-b", &cluster.QueueStats{Depth: 5, InFlight: 1, Oldest: time.Now().Add(-3 * time.Minute)})
+	t.Cleanup(func() { b.Close() })
+	w.waitPage(t, "both instances", `id="instance-relay-a"`, `id="instance-relay-b"`)
+
+	wd := startDriver(t, driver)
+	sess := wd.newSession(t, chromium)
+	sess.resize(t, 1400, 900)
+	sess.navigate(t, w.base+"/#instances")
+	if got := sess.text(t, "#instance-relay-b td.depth"); got != "5" {
+		t.Errorf("relay-b's queue reads %q", got)
+	}
+	if got := sess.text(t, "#instance-relay-a .state"); got != "healthy" {
+		t.Errorf("relay-a reads %q", got)
+	}
+	sess.screenshot(t, "admin-status-instances.png")
 }

@@ -57,6 +57,9 @@ type Options struct {
 	Store oauth.Store
 	// HTTPClient makes the sign-in's token request; nil: oauth's default.
 	HTTPClient *http.Client
+	// Cluster is the store shared with other instances; the status page
+	// lists them and their queues. Nil: no cluster, no such section.
+	Cluster Cluster
 }
 
 // Timeouts of the admin listener. The sign-in callback makes two requests to

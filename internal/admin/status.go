@@ -40,6 +40,8 @@ type page struct {
 	Refresh int
 	// Fixes is the "How to fix" section the failing rows link to.
 	Fixes []fix
+	// Cluster is the Instances section (nil without cluster).
+	Cluster *clusterView
 }
 
 // notice is a banner above the table.
@@ -108,6 +110,7 @@ func (s *Server) renderStatus(w http.ResponseWriter, r *http.Request, code int, 
 		p.Rows = append(p.Rows, s.row(a, now))
 	}
 	p.Delivery = s.deliveryViews(accts, p.Query, now)
+	p.Cluster = s.clusterView(r.Context(), now)
 	var buf bytes.Buffer
 	if err := s.tmpl.t.Execute(&buf, p); err != nil {
 		s.log.Error("status page", "err", err)
