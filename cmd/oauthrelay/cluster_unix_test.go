@@ -5,8 +5,13 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
+	"net/http"
+	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -77,7 +82,11 @@ func TestClusterSharesLimits(t *testing.T) {
 	for i := range 3 {
 		state := filepath.Join(dir, fmt.Sprintf("state%d", i))
 		cfg := filepath.Join(dir, fmt.Sprintf("relay%d.yaml", i))
-		writeFile(t, cfg, fw.yaml(state, "127.0.0.1:0", "off", "off", "off", string(hash))+
+		admin := "off"
+		if i == 0 {
+			admin = "127.0.0.1:0" // its status page lists the others
+		}
+		writeFile(t, cfg, fw.yaml(state, "127.0.0.1:0", "off", "off", admin, string(hash))+
 			"    delivery: queue\n"+
 			// A queued message that waits its max_wait is retried a
 			// minute of real time later: at this clock's speed the
@@ -98,6 +107,10 @@ func TestClusterSharesLimits(t *testing.T) {
 	}
 	c.send(burst, 0, 1, 2)
 	c.procs[2].kill(t)
+	// What relay-2 delivered in its first life is at most this: the
+	// store keeps it until it restarts empty, and nobody can tell it again
+	// then (see the day's check below).
+	deliveredAtKill := len(fw.ms.Messages())
 	t.Logf("%v: %d delivered, limit replies %+v", time.Since(epoch).Round(time.Millisecond), len(fw.ms.Messages()), fw.ms.LimitReplies())
 	before := len(fw.ms.Messages())
 	c.send(clusterMore, 0, 1)
@@ -136,6 +149,24 @@ func TestClusterSharesLimits(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+
+	// The day's recipients of all three instances, through relay-0's
+	// status page: every message delivered counts once (each has one
+	// recipient) — those of relay-2's first life excepted, lost with the
+	// store's restart — and at most a few twice (sent while the store was
+	// down after their place was held in it).
+	delivered := len(fw.ms.Messages())
+	page := c.waitStatus(func(page string) bool {
+		n, ok := sharedDay(page)
+		return ok && n >= delivered-deliveredAtKill && n <= delivered+clusterMore/6
+	})
+	for i := range 3 {
+		if !strings.Contains(page, fmt.Sprintf(`id="instance-relay-%d" data-state="healthy"`, i)) {
+			t.Errorf("relay-0's status page does not show relay-%d healthy:\n%s", i, page[strings.Index(page, `<h2 id="instances"`):strings.Index(page, `<h2 id="delivery"`)])
+		}
+	}
+	n, _ := sharedDay(page)
+	t.Logf("the store counts %d recipients of the day for %d delivered (%d by the time relay-2 was killed)", n, delivered, deliveredAtKill)
 
 	if l := fw.ms.LimitReplies(); l.Total() != 0 {
 		t.Fatalf("the fake refused %+v for Exchange's limits: the instances together went over them", l)
@@ -234,4 +265,53 @@ func (c *relayCluster) logs() string {
 		fmt.Fprintf(&b, "--- relay-%d\n%s", i, p.log.String())
 	}
 	return b.String()
+}
+
+var sharedDayRE = regexp.MustCompile(`(\d+) recipients in the last 24 h on all instances`)
+
+// sharedDay reads the mailbox's shared day count off a status page.
+func sharedDay(page string) (int, bool) {
+	m := sharedDayRE.FindStringSubmatch(page)
+	if m == nil {
+		return 0, false
+	}
+	n, err := strconv.Atoi(m[1])
+	return n, err == nil
+}
+
+// waitStatus fetches relay-0's status page until ok(page) holds, bounded
+// by clusterWait, and returns it.
+func (c *relayCluster) waitStatus(ok func(string) bool) string {
+	c.t.Helper()
+	var addr string
+	deadline := time.Now().Add(clusterWait)
+	for addr == "" {
+		text, _ := os.ReadFile(c.procs[0].addrFile)
+		for line := range strings.Lines(string(text)) {
+			if v, found := strings.CutPrefix(strings.TrimSpace(line), "admin="); found {
+				addr = v
+			}
+		}
+		if addr == "" && time.Now().After(deadline) {
+			c.t.Fatalf("relay-0 has no admin= address:\n%s", text)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	client := &http.Client{Timeout: 5 * time.Second}
+	var page string
+	for {
+		resp, err := client.Get("http://" + addr + "/")
+		if err == nil {
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			page = string(b)
+			if resp.StatusCode == http.StatusOK && ok(page) {
+				return page
+			}
+		}
+		if time.Now().After(deadline) {
+			c.t.Fatalf("relay-0's status page (err %v) did not show what was expected within %v:\n%s", err, clusterWait, page)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }

@@ -84,8 +84,9 @@ type Store struct {
 	// now is the clock the mailboxes' limits are kept by (Options.Now).
 	now func() time.Time
 
-	stop chan struct{}
-	wg   sync.WaitGroup
+	stop   chan struct{}
+	wg     sync.WaitGroup
+	joined bool // Join was called: Close leaves the instances
 }
 
 // Open connects to the store of c (c.Enabled()). It fails only on a
@@ -140,6 +141,7 @@ type Options struct {
 // connection slots a previous life of this instance (same name) still
 // holds are freed first: it died holding them.
 func (s *Store) Join() {
+	s.joined = true
 	s.forgetPreviousLife()
 	s.heartbeat()
 	s.wg.Go(s.loop)
@@ -363,6 +365,11 @@ func (s *Store) Close() error {
 	}
 	s.held = map[string]map[string]bool{}
 	s.mu.Unlock()
-	s.rdb.ZRem(ctx, keyPrefix+"instances", s.instance)
+	if s.joined {
+		// Only an instance that joined leaves: a reader under the
+		// same name (`queue list` on the instance's host) must not
+		// take the running relay out of the count.
+		s.rdb.ZRem(ctx, keyPrefix+"instances", s.instance)
+	}
 	return s.rdb.Close()
 }
