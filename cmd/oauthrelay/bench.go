@@ -38,6 +38,8 @@ func runBench(ctx context.Context, args []string, _ io.Reader, stdout, stderr io
 	pin := fs.Bool("pin", true, "pin the relay and the load generator to separate CPUs (Linux)")
 	speed := fs.Float64("speed", defaultBenchSpeed, "delivery: how many times faster than real time the fake Exchange and the relay keep their limits")
 	soak := fs.Duration("soak", 0, "load: then run steady traffic this long, watching the relay's memory and open files")
+	hostCPU := fs.Float64("host-cpu", clusterHostCPU, "cluster: the CPUs of each modelled host (a cpu cgroup quota per relay; 0: no modelled-host runs)")
+	hostSpeed := fs.Float64("host-speed", clusterHostSpeed, "cluster: the clock of the modelled-host runs, times real time")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -48,7 +50,8 @@ func runBench(ctx context.Context, args []string, _ io.Reader, stdout, stderr io
 	case "graph":
 		return graphBench(ctx, *quick, *pin, stdout, stderr)
 	case "cluster":
-		return clusterBench(ctx, *quick, max(*speed, 1), stdout, stderr)
+		return clusterBench(ctx, clusterBenchOptions{quick: *quick, speed: max(*speed, 1), hostCPU: *hostCPU,
+			hostSpeed: max(*hostSpeed, 1)}, stdout, stderr)
 	default:
 		return fmt.Errorf("bench: -only %q: want smtp, imap, pop3, delivery, graph, load or cluster", *only)
 	}
@@ -250,9 +253,11 @@ type relayProcess struct {
 	smtpAddr string
 	imapAddr string
 	pop3Addr string // "off" when the relay's POP3 listener is
-	dir      string
-	cpus     string        // CPUs the relay is pinned to; "" when not pinned
-	exited   chan struct{} // closed when the process has exited (and was waited for)
+	// adminAddr is the admin listener's ("" or "off": none).
+	adminAddr string
+	dir       string
+	cpus      string        // CPUs the relay is pinned to; "" when not pinned
+	exited    chan struct{} // closed when the process has exited (and was waited for)
 	// seen is closed when relaySpec.watch appeared in the relay's log.
 	seen chan struct{}
 }
@@ -282,6 +287,9 @@ type relaySpec struct {
 	env []string
 	// watch is a text to look for in the relay's log (see seen).
 	watch string
+	// cgroup is the cgroup.procs file of the cpu group the relay runs in
+	// ("": none; see cpuHosts).
+	cgroup string
 }
 
 // startRelayProcess starts the relay of the SMTP, IMAP and POP3 proxies'
@@ -331,6 +339,9 @@ func startBenchRelay(ctx context.Context, spec relaySpec, pin bool, stderr io.Wr
 		rp.cpus = cpus
 		args = append([]string{taskset, "-c", cpus}, args...)
 	}
+	if spec.cgroup != "" {
+		args = inGroup(spec.cgroup, args)
+	}
 	rp.cmd = exec.CommandContext(ctx, args[0], args[1:]...)
 	rp.cmd.Stderr = stderr
 	if spec.watch != "" {
@@ -349,7 +360,7 @@ func startBenchRelay(ctx context.Context, spec relaySpec, pin bool, stderr io.Wr
 		rp.stop()
 		return nil, err
 	}
-	rp.smtpAddr, rp.imapAddr, rp.pop3Addr = addrs["smtp"], addrs["imap"], addrs["pop3"]
+	rp.smtpAddr, rp.imapAddr, rp.pop3Addr, rp.adminAddr = addrs["smtp"], addrs["imap"], addrs["pop3"], addrs["admin"]
 	return rp, nil
 }
 

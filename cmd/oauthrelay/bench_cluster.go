@@ -11,9 +11,11 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -36,41 +38,75 @@ const (
 	clusterBenchClients = 4
 	// clusterLatencyMessages is the messages of each latency run.
 	clusterLatencyMessages = 300
+
+	// clusterHostCPU is the CPU of each modelled host: three such
+	// relays fit in two cores next to the fake, Redis and the load
+	// generator. clusterHostSpeed is the clock of those runs: one
+	// mailbox's limit (30 a minute: 30 × speed / 60 a second) is then
+	// well below what one such relay can send, and 30 mailboxes' (15 ×
+	// speed a second) well above what three can — so one mailbox is
+	// bound by its limit, and 30 by the instances' CPU.
+	clusterHostCPU   = 0.25
+	clusterHostSpeed = 200
 )
 
+// clusterBenchOptions are bench -only cluster's flags.
+type clusterBenchOptions struct {
+	quick bool
+	// speed is the clock of the unconstrained runs; hostCPU and
+	// hostSpeed the modelled hosts' (hostCPU 0: none).
+	speed, hostCPU, hostSpeed float64
+}
+
+// clusterResult is one throughput run's outcome.
+type clusterResult struct {
+	delivered int
+	limits    fakems.LimitCounts
+	// peak is the most sessions one mailbox held at the fake at once.
+	peak int
+	// cpu is the CPU each relay used while the apps sent; heldBack the
+	// share of CFS periods its group was throttled in (modelled hosts);
+	// gomaxprocs what its Go runtime chose (0: not read).
+	cpu        []time.Duration
+	heldBack   []float64
+	gomaxprocs []int
+}
+
 // clusterBench runs the figures.
-func clusterBench(ctx context.Context, quick bool, speed float64, stdout, stderr io.Writer) error {
+func clusterBench(ctx context.Context, o clusterBenchOptions, stdout, stderr io.Writer) error {
 	p := func(format string, a ...any) { fmt.Fprintf(stdout, format+"\n", a...) }
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
 		return fmt.Errorf("bench -only cluster needs redis-server (Debian: redis-server): %w", err)
 	}
 	run := clusterBenchRun
-	if quick {
+	if o.quick {
 		run /= 3
 	}
-	p("cluster: relays with delivery: direct sharing one redis-server, against a fake Exchange keeping %d connections and %d messages a minute per mailbox on a clock %g× real time; %d apps per mailbox, a new connection per message, for %v",
-		exchangeConns, exchangePace, speed, clusterBenchClients, run)
-	p("  instances  mailboxes  delivered  per Exchange minute  per mailbox-minute  limit replies")
-	rates := map[[2]int]float64{}
-	for _, mailboxes := range []int{1, 30} {
-		for _, instances := range []int{1, 3} {
-			r, err := startBenchRedis(ctx, bin)
+	p("cluster: relays with delivery: direct sharing one redis-server, against a fake Exchange keeping %d connections and %d messages a minute per mailbox; %d apps per mailbox, a new connection per message, for %v a run",
+		exchangeConns, exchangePace, clusterBenchClients, run)
+	p("cluster, unconstrained: every process shares this machine's %d CPUs; clock %g× real time", runtime.NumCPU(), o.speed)
+	if err := clusterTable(ctx, bin, o.speed, run, nil, p, stderr); err != nil {
+		return err
+	}
+	p("  (three relay processes on the same cores are not three hosts: where one instance is the bound, three compete for the CPUs it used)")
+
+	if o.hostCPU > 0 {
+		hosts, err := newCPUHosts(o.hostCPU)
+		if err != nil {
+			p("cluster, modelled hosts: not run: %v. The figures above are all there is, unconstrained; their 30-mailbox ratio is not a model of three hosts.", err)
+		} else {
+			p("cluster, modelled hosts: each relay in a cpu cgroup of its own, quota %v per %v (%g CPU), GOMAXPROCS as the relay's Go runtime chose it there; clock %g× real time (1 mailbox: %.0f messages a second allowed, 30 mailboxes: %.0f)",
+				hosts.quota(), cgroupPeriod, o.hostCPU, o.hostSpeed, float64(exchangePace)*o.hostSpeed/60, 30*float64(exchangePace)*o.hostSpeed/60)
+			err := clusterTable(ctx, bin, o.hostSpeed, run, hosts, p, stderr)
+			if cerr := hosts.close(); cerr != nil {
+				p("  cleaning up the cgroups: %v", cerr)
+			}
 			if err != nil {
 				return err
 			}
-			n, limits, err := clusterRun(ctx, r.url, instances, mailboxes, speed, run, stderr)
-			r.stop()
-			if err != nil {
-				return err
-			}
-			perMin := float64(n) / (run.Minutes() * speed)
-			rates[[2]int{instances, mailboxes}] = perMin
-			p("  %9d  %9d  %9d  %19.1f  %18.1f  %d", instances, mailboxes, n, perMin, perMin/float64(mailboxes), limits.Total())
 		}
 	}
-	p("  1 mailbox: 3 instances / 1 = %.2f (target 1: the mailbox's limit is the bound); 30 mailboxes: %.2f (target about 3 where one instance is the bound)",
-		rates[[2]int{3, 1}]/rates[[2]int{1, 1}], rates[[2]int{3, 30}]/rates[[2]int{1, 30}])
 
 	r, err := startBenchRedis(ctx, bin)
 	if err != nil {
@@ -78,7 +114,7 @@ func clusterBench(ctx context.Context, quick bool, speed float64, stdout, stderr
 	}
 	defer r.stop()
 	n := clusterLatencyMessages
-	if quick {
+	if o.quick {
 		n /= 5
 	}
 	alone, err := clusterLatency(ctx, "", n, stderr)
@@ -95,37 +131,126 @@ func clusterBench(ctx context.Context, quick bool, speed float64, stdout, stderr
 	return nil
 }
 
-// clusterRun starts the fake with mailboxes mailboxes and instances relays
-// sharing store, sends from every mailbox through all relays for run, and
-// returns how many messages the fake accepted and its limit replies.
-func clusterRun(ctx context.Context, store string, instances, mailboxes int, speed float64, run time.Duration, stderr io.Writer) (int, fakems.LimitCounts, error) {
+// clusterTable runs 1 and 3 instances sending as 1 and as 30 mailboxes
+// on a clock speed× real time, each relay in a group of hosts (nil: none),
+// and prints a row each and the ratios.
+func clusterTable(ctx context.Context, bin string, speed float64, run time.Duration, hosts *cpuHosts, p func(string, ...any), stderr io.Writer) error {
+	p("  instances  mailboxes  delivered  per Exchange minute  per mailbox-minute  per second  relay CPU each  limit replies  most sessions of a mailbox")
+	rates := map[[2]int]float64{}
+	k := 0
+	for _, mailboxes := range []int{1, 30} {
+		for _, instances := range []int{1, 3} {
+			r, err := startBenchRedis(ctx, bin)
+			if err != nil {
+				return err
+			}
+			k++
+			res, err := clusterRun(ctx, clusterRunSpec{store: r.url, instances: instances, mailboxes: mailboxes,
+				speed: speed, run: run, hosts: hosts, name: fmt.Sprintf("run%d", k)}, stderr)
+			r.stop()
+			if err != nil {
+				return err
+			}
+			perMin := float64(res.delivered) / (run.Minutes() * speed)
+			rates[[2]int{instances, mailboxes}] = perMin
+			p("  %9d  %9d  %9d  %19.1f  %18.1f  %10.0f  %14s  %13s  %d (limit %d)", instances, mailboxes, res.delivered, perMin,
+				perMin/float64(mailboxes), float64(res.delivered)/run.Seconds(), res.cpuWords(run), limitWords(res.limits), res.peak, exchangeConns)
+		}
+	}
+	p("  1 mailbox: 3 instances / 1 = %.2f (target 1: the mailbox's limit is the bound); 30 mailboxes: %.2f (target about 3 where one instance is the bound)",
+		rates[[2]int{3, 1}]/rates[[2]int{1, 1}], rates[[2]int{3, 30}]/rates[[2]int{1, 30}])
+	return nil
+}
+
+// limitWords is the fake's limit replies: their total, and by kind when
+// there are any.
+func limitWords(l fakems.LimitCounts) string {
+	if l.Total() == 0 {
+		return "0"
+	}
+	return fmt.Sprintf("%d (%d connections, %d pace, %d quota)", l.Total(), l.Connections, l.Messages, l.Quota)
+}
+
+// cpuWords says the CPU each relay used during the run, as a share of
+// one CPU, with the share of periods its quota held it back in.
+func (r clusterResult) cpuWords(run time.Duration) string {
+	var parts []string
+	for i, c := range r.cpu {
+		w := fmt.Sprintf("%.2f", c.Seconds()/run.Seconds())
+		if i < len(r.heldBack) {
+			w += fmt.Sprintf(" (%.0f%% held)", 100*r.heldBack[i])
+		}
+		parts = append(parts, w)
+	}
+	if len(r.gomaxprocs) > 0 && r.gomaxprocs[0] > 0 {
+		parts = append(parts, fmt.Sprintf("GOMAXPROCS %d", r.gomaxprocs[0]))
+	}
+	return strings.Join(parts, ", ")
+}
+
+// clusterRunSpec is one throughput run.
+type clusterRunSpec struct {
+	store                string
+	instances, mailboxes int
+	speed                float64
+	run                  time.Duration
+	// hosts puts each relay in a cpu group of its own, called
+	// name-relayN (nil: unconstrained).
+	hosts *cpuHosts
+	name  string
+}
+
+// clusterRun starts the fake with the run's mailboxes and its relays
+// sharing the store, sends from every mailbox through all relays for the
+// run, and returns what the fake accepted and saw.
+func clusterRun(ctx context.Context, spec clusterRunSpec, stderr io.Writer) (clusterResult, error) {
+	var res clusterResult
 	epoch := time.Now()
-	fw, err := startFakeWorld(ctx, fakems.Options{SMTPLimits: true, DiscardData: true, Clock: delivery.NewScaledClockAt(speed, epoch)})
+	fw, err := startFakeWorld(ctx, fakems.Options{SMTPLimits: true, DiscardData: true, Clock: delivery.NewScaledClockAt(spec.speed, epoch)})
 	if err != nil {
-		return 0, fakems.LimitCounts{}, err
+		return res, err
 	}
 	defer fw.ms.Close()
-	boxes := make([]string, mailboxes)
+	boxes := make([]string, spec.mailboxes)
 	for i := range boxes {
 		boxes[i] = fmt.Sprintf("bench%02d@contoso.com", i)
 		fw.ms.AddMailbox(boxes[i], "not-used-with-oauth")
 		fw.ms.GrantApp(demoClientID, boxes[i])
 	}
-	env := []string{fmt.Sprintf("%s=%g", proxy.ClockSpeedEnv, speed), fmt.Sprintf("%s=%d", proxy.ClockEpochEnv, epoch.UnixNano())}
+	env := []string{fmt.Sprintf("%s=%g", proxy.ClockSpeedEnv, spec.speed), fmt.Sprintf("%s=%d", proxy.ClockEpochEnv, epoch.UnixNano())}
 	var relays []*relayProcess
 	defer func() {
 		for _, rp := range relays {
 			rp.stop()
 		}
 	}()
-	for i := range instances {
-		rp, err := startBenchRelay(ctx, relaySpec{config: clusterConfig(fw, boxes, store, i), env: env}, false, stderr)
+	var groups []string
+	for i := range spec.instances {
+		rs := relaySpec{config: clusterConfig(fw, boxes, spec.store, i, spec.hosts != nil), env: env}
+		if spec.hosts != nil {
+			if rs.cgroup, err = spec.hosts.group(fmt.Sprintf("%s-relay%d", spec.name, i)); err != nil {
+				return res, err
+			}
+			groups = append(groups, rs.cgroup)
+		}
+		rp, err := startBenchRelay(ctx, rs, false, stderr)
 		if err != nil {
-			return 0, fakems.LimitCounts{}, err
+			return res, err
 		}
 		relays = append(relays, rp)
+		if rp.adminAddr != "" && rp.adminAddr != "off" {
+			res.gomaxprocs = append(res.gomaxprocs, gomaxprocsOf(ctx, rp.adminAddr))
+		}
 	}
-	runCtx, cancel := context.WithTimeout(ctx, run)
+	cpu0 := make([]time.Duration, len(relays))
+	held0 := make([][2]int64, len(groups))
+	for i, rp := range relays {
+		cpu0[i], _ = processCPU(rp.cmd.Process.Pid)
+	}
+	for i, g := range groups {
+		held0[i][0], held0[i][1] = throttled(g)
+	}
+	runCtx, cancel := context.WithTimeout(ctx, spec.run)
 	defer cancel()
 	var wg sync.WaitGroup
 	var k atomic.Int64
@@ -143,17 +268,60 @@ func clusterRun(ctx context.Context, store string, instances, mailboxes int, spe
 		}
 	}
 	wg.Wait()
-	return len(fw.ms.Messages()), fw.ms.LimitReplies(), nil
+	for i, rp := range relays {
+		c, _ := processCPU(rp.cmd.Process.Pid)
+		res.cpu = append(res.cpu, c-cpu0[i])
+	}
+	for i, g := range groups {
+		periods, held := throttled(g)
+		if n := periods - held0[i][0]; n > 0 {
+			res.heldBack = append(res.heldBack, float64(held-held0[i][1])/float64(n))
+		}
+	}
+	res.delivered, res.limits, res.peak = len(fw.ms.Messages()), fw.ms.LimitReplies(), fw.ms.PeakSMTPConns()
+	return res, nil
+}
+
+// gomaxprocsOf reads the GOMAXPROCS a relay's Go runtime chose off its
+// /metrics (go_sched_gomaxprocs_threads); 0 when it cannot.
+func gomaxprocsOf(ctx context.Context, adminAddr string) int {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, "GET", "http://"+adminAddr+"/metrics", nil)
+	if err != nil {
+		return 0
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if err != nil {
+		return 0
+	}
+	for line := range strings.Lines(string(b)) {
+		if v, ok := strings.CutPrefix(line, "go_sched_gomaxprocs_threads "); ok {
+			n, _ := strconv.ParseFloat(strings.TrimSpace(v), 64)
+			return int(n)
+		}
+	}
+	return 0
 }
 
 // clusterConfig is instance i's configuration: one account per mailbox
-// (user uNN), delivery: direct, max_wait short so that apps come back.
-func clusterConfig(fw *fakeWorld, boxes []string, store string, i int) func(dir, hash string) string {
+// (user uNN), delivery: direct, max_wait short so that apps come back;
+// with admin an admin listener (for its /metrics).
+func clusterConfig(fw *fakeWorld, boxes []string, store string, i int, admin bool) func(dir, hash string) string {
 	// deliveryConfig without accounts ends with "accounts:".
 	header := deliveryConfig(fw, fw.ms.SMTPAddr, "limits: {max_wait: 30s}\n", "warn")
 	return func(dir, hash string) string {
 		var b strings.Builder
-		b.WriteString(header(dir, hash))
+		h := header(dir, hash)
+		if admin {
+			h = strings.Replace(h, `admin: {addr: "off"}`, `admin: {addr: "127.0.0.1:0"}`, 1)
+		}
+		b.WriteString(h)
 		for k, box := range boxes {
 			fmt.Fprintf(&b, "  - {name: a%02d, provider: fake365, mailbox: %q, username: u%02d, password_hash: %q, allowed_from: [%q]}\n",
 				k, box, k, hash, box)

@@ -65,8 +65,12 @@ func TestConnectionSemaphore(t *testing.T) {
 
 	// A dead instance's slot: d takes one with a short lease and never
 	// renews it (its heartbeat is stopped by closing only the loop).
-	d := open(t, r, "d")
-	d.lease = 300 * time.Millisecond
+	d, err := Open(config.Cluster{Store: r.URL, Instance: "d"}, nil, Options{Lease: 300 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.Join()
+	t.Cleanup(func() { d.Close() })
 	if _, ok, _ := d.TakeConnection(ctx, "dead@x", 1); !ok {
 		t.Fatal("d got no slot")
 	}
@@ -224,5 +228,30 @@ func TestRestartFreesPreviousLife(t *testing.T) {
 	other := open(t, r, "b")
 	if _, ok, _ := other.TakeConnection(ctx, "m@x", 1); !ok {
 		t.Fatal("the previous life's slot is still held")
+	}
+}
+
+// A live instance's heartbeat renews every slot it holds, in one round
+// trip: held past several leases, none frees.
+func TestLeasesRenewed(t *testing.T) {
+	r := testutil.StartRedis(t)
+	ctx := context.Background()
+	a, err := Open(config.Cluster{Store: r.URL, Instance: "a"}, nil, Options{Lease: 300 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.Join()
+	t.Cleanup(func() { a.Close() })
+	for _, m := range []string{"m1@x", "m2@x", "m3@x"} {
+		if _, ok, _ := a.TakeConnection(ctx, m, 1); !ok {
+			t.Fatal("no slot")
+		}
+	}
+	time.Sleep(4 * a.lease)
+	b := open(t, r, "b")
+	for _, m := range []string{"m1@x", "m2@x", "m3@x"} {
+		if _, ok, _ := b.TakeConnection(ctx, m, 1); ok {
+			t.Fatalf("a's slot of %s freed while a was alive", m)
+		}
 	}
 }

@@ -43,15 +43,18 @@ for _, m in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
 end
 return n`)
 
-// renewScript: KEYS[1] semaphore, ARGV holder, ttl ms → 1 if renewed, 0 if
-// the holder's slot had expired (it is not taken back: another may hold
-// it now).
+// renewScript: KEYS semaphores, ARGV ttl ms then one holder per key → the
+// slots renewed: a holder whose slot had expired is not taken back
+// (another may hold it now).
 var renewScript = redis.NewScript(serverNow + `
-if redis.call('ZADD', KEYS[1], 'XX', 'CH', now + tonumber(ARGV[2]), ARGV[1]) == 1 then
-  redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]) * 4)
-  return 1
+local ttl, n = tonumber(ARGV[1]), 0
+for i, k in ipairs(KEYS) do
+  if redis.call('ZADD', k, 'XX', 'CH', now + ttl, ARGV[i+1]) == 1 then
+    redis.call('PEXPIRE', k, ttl * 4)
+    n = n + 1
+  end
 end
-return 0`)
+return n`)
 
 // windowTakeScript: KEYS[1] window, ARGV member, limit, now ms, until ms,
 // keep ms → {1, 0} when the member was added (it counts until until), or

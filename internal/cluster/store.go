@@ -277,9 +277,9 @@ func (s *Store) loop() {
 // reads the mailboxes' days (see Day).
 func (s *Store) heartbeat() {
 	ctx, cancel := callCtx(context.Background())
-	defer cancel()
 	r, err := heartbeatScript.Run(ctx, s.rdb, []string{keyPrefix + "instances", keyPrefix + "epoch"},
 		s.instance, s.lease.Milliseconds(), s.newID()).Slice()
+	cancel()
 	if s.result(err) != nil {
 		return
 	}
@@ -296,33 +296,61 @@ func (s *Store) heartbeat() {
 		}
 		s.epoch = e
 	}
-	s.mu.Lock()
-	held := make(map[string][]string, len(s.held))
-	for key, hs := range s.held {
-		for h := range hs {
-			held[key] = append(held[key], h)
-		}
-	}
-	publish := s.publish
-	s.mu.Unlock()
-	for key, hs := range held {
-		for _, h := range hs {
-			if err := s.result(renewScript.Run(ctx, s.rdb, []string{key}, h, s.lease.Milliseconds()).Err()); err != nil {
-				return
-			}
-		}
-	}
-	if s.refreshDays(ctx) != nil {
+	if s.renewAll() != nil {
 		return
 	}
+	// Each step has a call's time of its own: a heartbeat of an instance
+	// with many mailboxes on a busy host must not look like a lost store.
+	ctx, cancel = callCtx(context.Background())
+	err = s.refreshDays(ctx)
+	cancel()
+	if err != nil {
+		return
+	}
+	s.mu.Lock()
+	publish := s.publish
+	s.mu.Unlock()
 	if publish != nil {
 		if st, ok := publish(); ok {
 			st.Instance, st.At = s.instance, time.Now()
 			if v, err := json.Marshal(st); err == nil {
+				ctx, cancel := callCtx(context.Background())
 				s.result(s.rdb.Set(ctx, queueKey(s.instance), v, queueTTL).Err())
+				cancel()
 			}
 		}
 	}
+}
+
+// maxRenew bounds the connection slots one renewal script renews.
+const maxRenew = 500
+
+// renewAll renews every connection slot this instance holds, maxRenew a
+// round trip (one per slot took longer than a call may take, for an
+// instance holding a few hundred on a busy host).
+func (s *Store) renewAll() error {
+	s.mu.Lock()
+	var keys, holders []string
+	for key, hs := range s.held {
+		for h := range hs {
+			keys, holders = append(keys, key), append(holders, h)
+		}
+	}
+	s.mu.Unlock()
+	for i := 0; i < len(keys); i += maxRenew {
+		j := min(i+maxRenew, len(keys))
+		args := []any{s.lease.Milliseconds()}
+		for _, h := range holders[i:j] {
+			args = append(args, h)
+		}
+		ctx, cancel := callCtx(context.Background())
+		err := renewScript.Run(ctx, s.rdb, keys[i:j], args...).Err()
+		cancel()
+		if err := s.result(err); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // seen takes the instances alive at a heartbeat. A count that grows is

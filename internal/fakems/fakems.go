@@ -222,6 +222,9 @@ type Server struct {
 	// limitCounts. It is never held across network I/O.
 	mu          sync.Mutex
 	limitCounts LimitCounts
+	// peakSMTPConns is the most authenticated SMTP sessions one mailbox
+	// held at once (SMTPLimits).
+	peakSMTPConns int
 	dir
 }
 

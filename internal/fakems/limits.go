@@ -125,7 +125,18 @@ func (s *Server) loginLocked(m *mailbox) (counted, ok bool) {
 		return false, false
 	}
 	m.smtpConns++
+	s.peakSMTPConns = max(s.peakSMTPConns, m.smtpConns)
 	return true, true
+}
+
+// PeakSMTPConns returns the most authenticated SMTP sessions one mailbox
+// held at once since the fake started (with SMTPLimits; the fake refuses
+// a 4th, so it is at most 3): relays that share a mailbox's connections
+// must together stay within them.
+func (s *Server) PeakSMTPConns() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.peakSMTPConns
 }
 
 // tooManyRcpts reports, and counts, a RCPT past the per-message limit

@@ -179,6 +179,9 @@ func TestLimitConcurrentConnections(t *testing.T) {
 		wantPrefix(t, fmt.Sprint("session ", 4+i), reply, wantConcurrent)
 	}
 	wantCounts(t, s, LimitCounts{Connections: 2})
+	if n := s.PeakSMTPConns(); n != 3 {
+		t.Errorf("peak %d sessions of one mailbox, want 3", n)
+	}
 
 	held[0].expect("QUIT", 221)
 	waitLogin(t, s, alice, tok)
