@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -22,6 +23,10 @@ const cgroupV1CPU = "/sys/fs/cgroup/cpu"
 // the kernel's) default, 100 ms. A relay over its quota is held back until
 // the period ends, as a pod with a CPU limit is.
 const cgroupPeriod = 100 * time.Millisecond
+
+// groupShares is the groups' cpu.shares: 4 times a process's weight
+// outside a group.
+const groupShares = 4 * 1024
 
 // cpuHosts models small hosts on one machine for the cluster bench: each
 // relay instance runs in a cpu cgroup of its own whose CFS quota is a
@@ -65,12 +70,39 @@ func (h *cpuHosts) group(name string) (string, error) {
 	for _, kv := range [][2]string{
 		{"cpu.cfs_period_us", strconv.FormatInt(cgroupPeriod.Microseconds(), 10)},
 		{"cpu.cfs_quota_us", strconv.FormatInt(h.quota().Microseconds(), 10)},
+		// Within its quota the group goes first: a host's CPU is its
+		// own, and the machine's other processes (a build next to
+		// the bench) must not decide the figure. The quota caps what
+		// this takes from them.
+		{"cpu.shares", strconv.Itoa(groupShares)},
 	} {
 		if err := os.WriteFile(filepath.Join(dir, kv[0]), []byte(kv[1]), 0); err != nil {
 			return "", fmt.Errorf("cgroup %s: %s: %w", dir, kv[0], err)
 		}
 	}
 	return filepath.Join(dir, "cgroup.procs"), nil
+}
+
+// rest puts process pid in the group of what is not a relay (the bench
+// itself, the fake and the load generator in it, and Redis): no quota, the
+// relays' shares, so that the machine's other processes do not starve
+// what the relays wait for — Exchange and the apps are not on the relays'
+// hosts either.
+func (h *cpuHosts) rest(pid int) error {
+	dir := filepath.Join(h.root, "rest")
+	if _, err := os.Stat(dir); err != nil {
+		if err := os.Mkdir(dir, 0o755); err != nil {
+			return fmt.Errorf("cgroup %s: %w", dir, err)
+		}
+		h.groups = append(h.groups, dir)
+		if err := os.WriteFile(filepath.Join(dir, "cpu.shares"), []byte(strconv.Itoa(groupShares)), 0); err != nil {
+			return fmt.Errorf("cgroup %s: cpu.shares: %w", dir, err)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(dir, "cgroup.procs"), []byte(strconv.Itoa(pid)), 0); err != nil {
+		return fmt.Errorf("cgroup %s: add %d: %w", dir, pid, err)
+	}
+	return nil
 }
 
 // throttled reads a group's cpu.stat: the CFS periods it ran in and those
@@ -93,11 +125,12 @@ func throttled(procs string) (periods, held int64) {
 	return periods, held
 }
 
-// close moves any process still in the groups back to the root group and
-// removes the groups (a group with a process in it cannot be removed).
+// close moves any process still in the groups (the bench itself, in rest)
+// back to the root group and removes the groups (a group with a process
+// in it cannot be removed).
 func (h *cpuHosts) close() error {
 	var errs []error
-	for _, dir := range h.groups {
+	for _, dir := range slices.Backward(h.groups) {
 		errs = append(errs, removeGroup(dir))
 	}
 	h.groups = nil

@@ -17,6 +17,7 @@ func newCPUHosts(float64) (*cpuHosts, error) {
 
 func (h *cpuHosts) quota() time.Duration         { return 0 }
 func (h *cpuHosts) group(string) (string, error) { return "", errors.New("cpu cgroups are Linux only") }
+func (h *cpuHosts) rest(int) error               { return nil }
 func (h *cpuHosts) close() error                 { return nil }
 func throttled(string) (periods, held int64)     { return 0, 0 }
 func inGroup(_ string, args []string) []string   { return args }

@@ -33,9 +33,19 @@ const (
 	// clusterBenchRun is how long (real time) each throughput run
 	// sends: a few pace windows at the bench's speed.
 	clusterBenchRun = 6 * time.Second
-	// clusterBenchClients is the apps per mailbox, each sending one
-	// message after the other, a new connection each.
-	clusterBenchClients = 4
+	// clusterBenchWarm is how long the apps send before a run counts:
+	// every relay logs its sessions in first (three per mailbox for one
+	// instance, one for each of three), which on a small host takes
+	// seconds of its CPU and is not the steady rate.
+	clusterBenchWarm = 2 * time.Second
+	// clusterBenchApps is how many apps send (each one message after
+	// the other, a new connection each): for one mailbox, and for each
+	// of 30. As many apps for 1 instance as for 3: the same offered
+	// load, which one small host cannot carry; more would only queue
+	// in it, and a store call that waits half a second behind the queue
+	// takes the store for lost.
+	clusterBenchApps1  = 4
+	clusterBenchApps30 = 1
 	// clusterLatencyMessages is the messages of each latency run.
 	clusterLatencyMessages = 300
 
@@ -46,8 +56,8 @@ const (
 	// well below what one such relay can send, and 30 mailboxes' (15 ×
 	// speed a second) well above what three can — so one mailbox is
 	// bound by its limit, and 30 by the instances' CPU.
-	clusterHostCPU   = 0.25
-	clusterHostSpeed = 200
+	clusterHostCPU   = 0.2
+	clusterHostSpeed = 60
 )
 
 // clusterBenchOptions are bench -only cluster's flags.
@@ -62,14 +72,18 @@ type clusterBenchOptions struct {
 type clusterResult struct {
 	delivered int
 	limits    fakems.LimitCounts
-	// peak is the most sessions one mailbox held at the fake at once.
-	peak int
+	// peak is the most sessions one mailbox held at the fake at once;
+	// logins the upstream logins in the run.
+	peak, logins int
 	// cpu is the CPU each relay used while the apps sent; heldBack the
 	// share of CFS periods its group was throttled in (modelled hosts);
 	// gomaxprocs what its Go runtime chose (0: not read).
 	cpu        []time.Duration
 	heldBack   []float64
 	gomaxprocs []int
+	// bench and redis are the CPU this process (the fake and the apps)
+	// and the store used in the run.
+	bench, redis time.Duration
 }
 
 // clusterBench runs the figures.
@@ -83,22 +97,32 @@ func clusterBench(ctx context.Context, o clusterBenchOptions, stdout, stderr io.
 	if o.quick {
 		run /= 3
 	}
-	p("cluster: relays with delivery: direct sharing one redis-server, against a fake Exchange keeping %d connections and %d messages a minute per mailbox; %d apps per mailbox, a new connection per message, for %v a run",
-		exchangeConns, exchangePace, clusterBenchClients, run)
+	warm := clusterBenchWarm
+	if o.quick {
+		warm /= 2
+	}
+	p("cluster: relays with delivery: direct sharing one redis-server, against a fake Exchange keeping %d connections and %d messages a minute per mailbox; %d apps for 1 mailbox, %d per mailbox for 30, a new connection per message; each run counts %v after %v of warm-up",
+		exchangeConns, exchangePace, clusterBenchApps1, clusterBenchApps30, run, warm)
 	p("cluster, unconstrained: every process shares this machine's %d CPUs; clock %g× real time", runtime.NumCPU(), o.speed)
-	if err := clusterTable(ctx, bin, o.speed, run, nil, p, stderr); err != nil {
+	if err := clusterTable(ctx, bin, o.speed, warm, run, nil, p, stderr); err != nil {
 		return err
 	}
 	p("  (three relay processes on the same cores are not three hosts: where one instance is the bound, three compete for the CPUs it used)")
 
 	if o.hostCPU > 0 {
 		hosts, err := newCPUHosts(o.hostCPU)
+		if err == nil {
+			if err = hosts.rest(os.Getpid()); err != nil {
+				hosts.close()
+			}
+		}
 		if err != nil {
 			p("cluster, modelled hosts: not run: %v. The figures above are all there is, unconstrained; their 30-mailbox ratio is not a model of three hosts.", err)
 		} else {
-			p("cluster, modelled hosts: each relay in a cpu cgroup of its own, quota %v per %v (%g CPU), GOMAXPROCS as the relay's Go runtime chose it there; clock %g× real time (1 mailbox: %.0f messages a second allowed, 30 mailboxes: %.0f)",
-				hosts.quota(), cgroupPeriod, o.hostCPU, o.hostSpeed, float64(exchangePace)*o.hostSpeed/60, 30*float64(exchangePace)*o.hostSpeed/60)
-			err := clusterTable(ctx, bin, o.hostSpeed, run, hosts, p, stderr)
+			p("cluster, modelled hosts: each relay in a cpu cgroup of its own, quota %v per %v (%g CPU), GOMAXPROCS as the relay's Go runtime chose it there; the fake, the apps and Redis in one without a quota; every group %d cpu.shares; clock %g× real time (1 mailbox: %.0f messages a second allowed, 30 mailboxes: %.0f); load average %s",
+				hosts.quota(), cgroupPeriod, o.hostCPU, groupShares, o.hostSpeed, float64(exchangePace)*o.hostSpeed/60, 30*float64(exchangePace)*o.hostSpeed/60, loadAverage())
+			err := clusterTable(ctx, bin, o.hostSpeed, warm, run, hosts, p, stderr)
+			p("  load average at the end: %s", loadAverage())
 			if cerr := hosts.close(); cerr != nil {
 				p("  cleaning up the cgroups: %v", cerr)
 			}
@@ -134,8 +158,8 @@ func clusterBench(ctx context.Context, o clusterBenchOptions, stdout, stderr io.
 // clusterTable runs 1 and 3 instances sending as 1 and as 30 mailboxes
 // on a clock speed× real time, each relay in a group of hosts (nil: none),
 // and prints a row each and the ratios.
-func clusterTable(ctx context.Context, bin string, speed float64, run time.Duration, hosts *cpuHosts, p func(string, ...any), stderr io.Writer) error {
-	p("  instances  mailboxes  delivered  per Exchange minute  per mailbox-minute  per second  relay CPU each  limit replies  most sessions of a mailbox")
+func clusterTable(ctx context.Context, bin string, speed float64, warm, run time.Duration, hosts *cpuHosts, p func(string, ...any), stderr io.Writer) error {
+	p("  instances  mailboxes  delivered  per Exchange minute  per mailbox-minute  per second  upstream logins  limit replies  most sessions of a mailbox  CPU: relay each; fake and apps; Redis")
 	rates := map[[2]int]float64{}
 	k := 0
 	for _, mailboxes := range []int{1, 30} {
@@ -144,17 +168,24 @@ func clusterTable(ctx context.Context, bin string, speed float64, run time.Durat
 			if err != nil {
 				return err
 			}
+			if hosts != nil {
+				if err := hosts.rest(r.cmd.Process.Pid); err != nil {
+					r.stop()
+					return err
+				}
+			}
 			k++
 			res, err := clusterRun(ctx, clusterRunSpec{store: r.url, instances: instances, mailboxes: mailboxes,
-				speed: speed, run: run, hosts: hosts, name: fmt.Sprintf("run%d", k)}, stderr)
+				speed: speed, warm: warm, run: run, hosts: hosts, name: fmt.Sprintf("run%d", k), redisPid: r.cmd.Process.Pid}, stderr)
 			r.stop()
 			if err != nil {
 				return err
 			}
 			perMin := float64(res.delivered) / (run.Minutes() * speed)
 			rates[[2]int{instances, mailboxes}] = perMin
-			p("  %9d  %9d  %9d  %19.1f  %18.1f  %10.0f  %14s  %13s  %d (limit %d)", instances, mailboxes, res.delivered, perMin,
-				perMin/float64(mailboxes), float64(res.delivered)/run.Seconds(), res.cpuWords(run), limitWords(res.limits), res.peak, exchangeConns)
+			p("  %9d  %9d  %9d  %19.1f  %18.1f  %10.0f  %15d  %13s  %26s  %s; %.2f; %.2f", instances, mailboxes, res.delivered, perMin,
+				perMin/float64(mailboxes), float64(res.delivered)/run.Seconds(), res.logins, limitWords(res.limits),
+				fmt.Sprintf("%d (limit %d)", res.peak, exchangeConns), res.cpuWords(run), res.bench.Seconds()/run.Seconds(), res.redis.Seconds()/run.Seconds())
 		}
 	}
 	p("  1 mailbox: 3 instances / 1 = %.2f (target 1: the mailbox's limit is the bound); 30 mailboxes: %.2f (target about 3 where one instance is the bound)",
@@ -193,16 +224,20 @@ type clusterRunSpec struct {
 	store                string
 	instances, mailboxes int
 	speed                float64
-	run                  time.Duration
+	// warm is how long the apps send before run, which counts.
+	warm, run time.Duration
 	// hosts puts each relay in a cpu group of its own, called
 	// name-relayN (nil: unconstrained).
 	hosts *cpuHosts
 	name  string
+	// redisPid is the store's process, whose CPU is measured.
+	redisPid int
 }
 
 // clusterRun starts the fake with the run's mailboxes and its relays
 // sharing the store, sends from every mailbox through all relays for the
-// run, and returns what the fake accepted and saw.
+// warm-up and the run, and returns what the fake accepted in the run
+// (the limits and the sessions it saw: in both).
 func clusterRun(ctx context.Context, spec clusterRunSpec, stderr io.Writer) (clusterResult, error) {
 	var res clusterResult
 	epoch := time.Now()
@@ -242,22 +277,19 @@ func clusterRun(ctx context.Context, spec clusterRunSpec, stderr io.Writer) (clu
 			res.gomaxprocs = append(res.gomaxprocs, gomaxprocsOf(ctx, rp.adminAddr))
 		}
 	}
-	cpu0 := make([]time.Duration, len(relays))
-	held0 := make([][2]int64, len(groups))
-	for i, rp := range relays {
-		cpu0[i], _ = processCPU(rp.cmd.Process.Pid)
+	apps := clusterBenchApps1
+	if spec.mailboxes > 1 {
+		apps = clusterBenchApps30
 	}
-	for i, g := range groups {
-		held0[i][0], held0[i][1] = throttled(g)
-	}
-	runCtx, cancel := context.WithTimeout(ctx, spec.run)
+	sendCtx, cancel := context.WithTimeout(ctx, spec.warm+spec.run)
 	defer cancel()
 	var wg sync.WaitGroup
+	defer wg.Wait()
 	var k atomic.Int64
 	for b := range boxes {
-		for range clusterBenchClients {
+		for range apps {
 			wg.Go(func() {
-				for runCtx.Err() == nil {
+				for sendCtx.Err() == nil {
 					rp := relays[int(k.Add(1))%len(relays)]
 					msg := fmt.Appendf(nil, "From: %s\r\nTo: %s\r\nSubject: bench\r\n\r\nbody\r\n", boxes[b], boxes[b])
 					// A refusal (the relay's 451 after max_wait) is the
@@ -267,19 +299,59 @@ func clusterRun(ctx context.Context, spec clusterRunSpec, stderr io.Writer) (clu
 			})
 		}
 	}
-	wg.Wait()
+	select {
+	case <-time.After(spec.warm):
+	case <-ctx.Done():
+		return res, ctx.Err()
+	}
+	delivered0, logins0 := len(fw.ms.Messages()), fw.ms.SMTPLogins()
+	cpu0 := make([]time.Duration, len(relays))
+	held0 := make([][2]int64, len(groups))
+	for i, rp := range relays {
+		cpu0[i], _ = processCPU(rp.cmd.Process.Pid)
+	}
+	bench0, _ := processCPU(os.Getpid())
+	redis0, _ := processCPU(spec.redisPid)
+	for i, g := range groups {
+		held0[i][0], held0[i][1] = throttled(g)
+	}
+	select {
+	case <-time.After(spec.run):
+	case <-ctx.Done():
+		return res, ctx.Err()
+	}
+	delivered, logins := len(fw.ms.Messages())-delivered0, fw.ms.SMTPLogins()-logins0
 	for i, rp := range relays {
 		c, _ := processCPU(rp.cmd.Process.Pid)
 		res.cpu = append(res.cpu, c-cpu0[i])
 	}
+	bench1, _ := processCPU(os.Getpid())
+	redis1, _ := processCPU(spec.redisPid)
+	res.bench, res.redis = bench1-bench0, redis1-redis0
 	for i, g := range groups {
 		periods, held := throttled(g)
 		if n := periods - held0[i][0]; n > 0 {
 			res.heldBack = append(res.heldBack, float64(held-held0[i][1])/float64(n))
 		}
 	}
-	res.delivered, res.limits, res.peak = len(fw.ms.Messages()), fw.ms.LimitReplies(), fw.ms.PeakSMTPConns()
+	cancel()
+	wg.Wait()
+	res.delivered, res.logins, res.limits, res.peak = delivered, logins, fw.ms.LimitReplies(), fw.ms.PeakSMTPConns()
 	return res, nil
+}
+
+// loadAverage is the machine's 1-minute load average ("?" where there is
+// no /proc/loadavg): the bench shares the machine with whatever else runs.
+func loadAverage() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "?"
+	}
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		return "?"
+	}
+	return f[0]
 }
 
 // gomaxprocsOf reads the GOMAXPROCS a relay's Go runtime chose off its

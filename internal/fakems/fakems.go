@@ -223,8 +223,8 @@ type Server struct {
 	mu          sync.Mutex
 	limitCounts LimitCounts
 	// peakSMTPConns is the most authenticated SMTP sessions one mailbox
-	// held at once (SMTPLimits).
-	peakSMTPConns int
+	// held at once (SMTPLimits); smtpLogins the successful AUTHs.
+	peakSMTPConns, smtpLogins int
 	dir
 }
 

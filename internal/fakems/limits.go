@@ -139,6 +139,15 @@ func (s *Server) PeakSMTPConns() int {
 	return s.peakSMTPConns
 }
 
+// SMTPLogins returns how many SMTP sessions logged in (AUTH XOAUTH2
+// accepted) since the fake started: what a relay that keeps its upstream
+// sessions saves.
+func (s *Server) SMTPLogins() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.smtpLogins
+}
+
 // tooManyRcpts reports, and counts, a RCPT past the per-message limit
 // when n recipients are already accepted.
 func (s *Server) tooManyRcpts(n int) bool {

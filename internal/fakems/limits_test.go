@@ -182,6 +182,9 @@ func TestLimitConcurrentConnections(t *testing.T) {
 	if n := s.PeakSMTPConns(); n != 3 {
 		t.Errorf("peak %d sessions of one mailbox, want 3", n)
 	}
+	if n := s.SMTPLogins(); n != 3 {
+		t.Errorf("%d logins, want 3", n)
+	}
 
 	held[0].expect("QUIT", 221)
 	waitLogin(t, s, alice, tok)

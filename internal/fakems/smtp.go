@@ -154,6 +154,7 @@ func (ss *smtpSession) loginXOAuth2(user, token string) error {
 		return replyConcurrent
 	}
 	ss.counted = counted
+	ss.s.smtpLogins++
 	ss.cutAtMail = ss.s.takeFaultLocked(FaultAfterAuth)
 	ss.user, ss.clientID, ss.appOnly = lower(user), at.clientID, at.appOnly()
 	ss.log = ss.log.With("user", ss.user)
