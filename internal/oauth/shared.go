@@ -66,10 +66,16 @@ func (s *Source) scopeKey() string { return strings.Join(s.scopes, " ") }
 // fetchShared redeems the account's refresh token for the cluster, or
 // takes the access token another instance got.
 func (s *Source) fetchShared(ctx context.Context) (tokenResult, *Error) {
-	c := s.cluster
-	if !c.shared.Healthy() {
+	if !s.cluster.shared.Healthy() {
 		return s.fetchAlone(ctx, nil)
 	}
+	return s.refreshShared(ctx)
+}
+
+// refreshShared is fetchShared with the store answering; it goes alone
+// (fetchAlone, with the store's error) when it stops answering.
+func (s *Source) refreshShared(ctx context.Context) (tokenResult, *Error) {
+	c := s.cluster
 	var leased bool
 	var stopRenew func()
 	defer func() {
@@ -199,6 +205,13 @@ func (s *Source) fetchAlone(ctx context.Context, cause error) (tokenResult, *Err
 			Fix:    "check the shared store (cluster.store)", Err: cause}
 	}
 	s.mu.Unlock()
+	if cause == nil {
+		// Known down, not asked: before redeeming alone, ask once (the
+		// store may be back before the heartbeat noticed).
+		if _, err := c.sync(ctx, s.acct.Name); err == nil || errors.Is(err, errKeyMismatch) {
+			return s.refreshShared(ctx)
+		}
+	}
 	l := c.lock(s.acct.Name)
 	l.Lock()
 	defer l.Unlock()
@@ -215,8 +228,14 @@ func (s *Source) fetchAlone(ctx context.Context, cause error) (tokenResult, *Err
 	res, rec, e := s.redeem(ctx, cur)
 	if e != nil {
 		if e.Class == NeedsSignIn {
-			s.markDead(cur.RefreshToken, e)
-			e.Reason += " (the shared store is unreachable: another instance may have redeemed this refresh token; the store's token is read again when it is back)"
+			// Most likely another instance redeemed the same copy in the
+			// dark; the store's token is read again when it is back, and
+			// only then does a refused token mean a sign-in is needed.
+			t := *e
+			t.Class = Transient
+			t.Reason += " (while the shared store is unreachable: another instance may have redeemed this refresh token; the store's is read again when it is back)"
+			s.markDead(cur.RefreshToken, &t)
+			return tokenResult{}, &t
 		}
 		return tokenResult{}, e
 	}
