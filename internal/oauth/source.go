@@ -138,8 +138,8 @@ type Source struct {
 	gen         uint64        // bumped whenever access changes
 	refresh     string        // last refresh token read or saved (fallback when the store cannot be read)
 	refreshRec  tokenstore.Record
-	rejected    string // the access token the upstream rejected (Invalidate): never taken from the shared store again
-	dead        *deadRefresh  // the refresh token the provider rejected
+	rejected    string       // the access token the upstream rejected (Invalidate): never taken from the shared store again
+	dead        *deadRefresh // the refresh token the provider rejected
 	inFlight    int
 	lastErr     *Error
 	lastSuccess time.Time
