@@ -22,8 +22,9 @@ const (
 	// it switches to the pooled copy buffer).
 	smallBufferSize = 512
 	// copyBufferSize is the pooled buffer a direction takes while data
-	// streams (a read filled the small buffer).
-	copyBufferSize = 32 << 10
+	// streams (a read filled the small buffer): room for the records a
+	// RecordConn's read brings in at once.
+	copyBufferSize = readChunk
 )
 
 // copyBuffers holds the large buffers of directions that are streaming. It
@@ -196,8 +197,12 @@ func (p *piper) finish() {
 
 // copyPending writes pending, then copies src to dst until src ends (a nil
 // error) or either side fails. A read that fills the small buffer switches
-// to a pooled large one; a short read gives it back.
+// to a pooled large one; a short read gives it back. From a TLS connection
+// on a RecordConn, the records already here in full are read before the
+// write, so that a stream of 16 KiB records goes out in writes of up to
+// copyBufferSize.
 func copyPending(dst io.Writer, src io.Reader, pending []byte) (int64, error) {
+	records := tlsRecords(src)
 	var n int64
 	if len(pending) > 0 {
 		m, err := dst.Write(pending)
@@ -216,6 +221,11 @@ func copyPending(dst io.Writer, src io.Reader, pending []byte) (int64, error) {
 	}()
 	for {
 		m, rerr := src.Read(buf)
+		for records != nil && rerr == nil && len(buf)-m >= maxPlaintext && records.Ready() {
+			var k int
+			k, rerr = src.Read(buf[m:])
+			m += k
+		}
 		if m > 0 {
 			w, err := dst.Write(buf[:m])
 			n += int64(w)
