@@ -36,7 +36,8 @@ import (
 	"github.com/oauthrelay/oauthrelay/internal/tokenstore"
 )
 
-// Store persists refresh tokens; *tokenstore.Store implements it.
+// Store persists refresh tokens; *tokenstore.Store implements it, and
+// *ClusterStore shares them with other relay instances.
 type Store interface {
 	Load(account string) (tokenstore.Record, error)
 	Save(account string, r tokenstore.Record) error
