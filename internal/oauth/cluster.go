@@ -85,6 +85,10 @@ type sharedAccount struct {
 	// is to be published when it is back.
 	pending        bool
 	mismatchLogged bool
+	// contested is the refresh token another instance held the lease to
+	// redeem when this one last looked: its outcome is not known here, so
+	// this instance does not redeem it alone (fetchAlone).
+	contested string
 }
 
 // NewClusterStore shares local's refresh tokens through shared. log nil:
@@ -247,6 +251,23 @@ func (c *ClusterStore) keepLocal(account string, rec tokenstore.Record) error {
 	a.known, a.has, a.pending = rec, true, true
 	c.mu.Unlock()
 	return c.local.Save(account, rec)
+}
+
+// setContested records the refresh token another instance is redeeming
+// ("" when this instance holds the lease).
+func (c *ClusterStore) setContested(account, rt string) {
+	c.mu.Lock()
+	c.acct(account).contested = rt
+	c.mu.Unlock()
+}
+
+// isContested reports whether rt was being redeemed by another instance at
+// this instance's last look.
+func (c *ClusterStore) isContested(account, rt string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	a := c.acct(account)
+	return a.contested != "" && a.contested == rt
 }
 
 // noteDown logs, once per outage, that delegated grants go on alone.

@@ -207,6 +207,11 @@ func TestClusterAloneThenReconcile(t *testing.T) {
 	if _, err := sb.Token(context.Background()); err != nil {
 		t.Fatal(err)
 	}
+	// a has its token too (b's, or its own) before the store goes: were a
+	// still waiting for b's refresh, it would rightly not redeem alone.
+	if _, err := sa.Token(context.Background()); err != nil {
+		t.Fatal(err)
+	}
 	before, _ := b.local.Load(acct.Name) // b's local copy: the generation both know
 
 	r.Stop()

@@ -37,7 +37,8 @@ import (
 //     it keeps its access token while it lasts (a short outage redeems
 //     nothing, so it cannot race), then redeems its own newest copy and
 //     publishes that rotation, which is newer by generation, when the
-//     store is back. For reconcileGrace after the store's return nobody
+//     store is back — unless another instance held the lease to redeem
+//     that very copy at its last look (the outcome is unknown here). For reconcileGrace after the store's return nobody
 //     redeems a record another instance may be about to replace with the
 //     one it made during the outage.
 const (
@@ -119,9 +120,11 @@ func (s *Source) refreshShared(ctx context.Context) (tokenResult, *Error) {
 				return s.fetchAlone(ctx, err)
 			}
 			if !ok {
+				c.setContested(s.acct.Name, v.rec.RefreshToken)
 				sleepCtx(ctx, leasePoll)
 				continue
 			}
+			c.setContested(s.acct.Name, "")
 			leased, stopRenew = true, s.renewLease(ctx)
 			continue // read again under the lease: a refresh may have just ended
 		}
@@ -221,6 +224,14 @@ func (s *Source) fetchAlone(ctx context.Context, cause error) (tokenResult, *Err
 	}
 	if res, ok := s.adoptable(cur); ok { // the account's other Source of this instance just refreshed
 		return res, nil
+	}
+	if c.isContested(s.acct.Name, cur.RefreshToken) {
+		// Knowledge to the contrary: another instance was redeeming this
+		// very token when the store went away; its successor is not
+		// known here, and redeeming it too is the race to avoid.
+		return tokenResult{}, s.quietIfRepeated(&Error{Class: Transient,
+			Reason: "the shared store became unreachable while another instance was refreshing this account: its new token is not known here, and redeeming the old one would race it; waiting for the store",
+			Fix:    "check the shared store (cluster.store)", Err: cause})
 	}
 	if e := s.deadErr(cur.RefreshToken); e != nil {
 		return tokenResult{}, e
