@@ -55,7 +55,7 @@ func (b *imapBench) run(ctx context.Context, quick bool) error {
 	if err != nil {
 		return fmt.Errorf("idle connections: %w", err)
 	}
-	b.p("IMAP idle authenticated connections: %d open, relay RSS %.1f KiB each (target <= 64 KiB)", conns, per/1024)
+	b.p("IMAP idle authenticated connections: %d open, relay RSS %.1f KiB each (target <= 32 KiB)", conns, per/1024)
 	return nil
 }
 

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/oauthrelay/oauthrelay/config"
+	"github.com/oauthrelay/oauthrelay/internal/delivery"
 	"github.com/oauthrelay/oauthrelay/proxy"
 )
 
@@ -150,7 +151,19 @@ func checkAccounts(ctx context.Context, path string, rest []string, stderr io.Wr
 		return nil, "", configError{err}
 	}
 	counted := fmt.Sprintf("%d providers, %d accounts", len(cfg.Providers), len(cfg.Accounts))
-	relay, _, err := newRelay(cfg, newLogger(config.Log{Level: "error"}, stderr), nil, nil)
+	log := newLogger(config.Log{Level: "error"}, stderr)
+	// With cluster: the token is the one the instances share: a check
+	// that redeemed this host's copy alone would race them.
+	cl, err := commandCluster(cfg, log)
+	if err != nil {
+		return nil, "", configError{err}
+	}
+	var shared []delivery.SharedLimits
+	if cl != nil {
+		defer cl.Close()
+		shared = append(shared, cl)
+	}
+	relay, _, err := newRelay(cfg, log, nil, nil, shared...)
 	if err != nil {
 		return nil, "", configError{err}
 	}

@@ -148,12 +148,14 @@ func openStoreAlways(cfg *config.Config, log *slog.Logger) (*tokenstore.Store, e
 	return st, nil
 }
 
-// newRelay builds the relay for cfg with the token store it needs.
+// newRelay builds the relay for cfg with the token store it needs (shared
+// with the other instances when shared holds the cluster's store).
 func newRelay(cfg *config.Config, log *slog.Logger, obs proxy.Observer, hc *http.Client, shared ...delivery.SharedLimits) (*proxy.Relay, oauth.Store, error) {
 	store, err := openStore(cfg, log)
 	if err != nil {
 		return nil, nil, err
 	}
+	store = shareTokens(store, clusterOf(shared), log)
 	opts := proxy.Options{Logger: log, Store: store, Observer: obs, HTTPClient: hc}
 	if len(shared) > 0 {
 		opts.Shared = shared[0]

@@ -20,11 +20,19 @@ func runToken(ctx context.Context, args []string, _ io.Reader, stdout, stderr io
 	if acct.PasswordPassthrough {
 		return errors.New("account " + acct.Name + " uses password_passthrough: its token needs the app's password, which only a login provides")
 	}
-	store, err := openStore(cfg, newLogger(cfg.Log, stderr))
+	log := newLogger(cfg.Log, stderr)
+	store, err := openStore(cfg, log)
 	if err != nil {
 		return err
 	}
-	src, err := oauth.NewSource(acct, oauth.Options{Store: store})
+	cl, err := commandCluster(cfg, log)
+	if err != nil {
+		return err
+	}
+	if cl != nil {
+		defer cl.Close()
+	}
+	src, err := oauth.NewSource(acct, oauth.Options{Store: shareTokens(store, cl, log)})
 	if err != nil {
 		return err
 	}

@@ -55,6 +55,7 @@ type dir struct {
 	smtpAuthOffTenant bool
 
 	tokenRequests int
+	tokenErrors   map[string]int // OAuth error code → answers (TokenErrors)
 	failLeft      int
 	failure       TokenFailure
 	tokenDelay    time.Duration

@@ -71,6 +71,7 @@ func (s *Server) writeAADError(w http.ResponseWriter, e *aadError) {
 		status = http.StatusBadRequest
 	}
 	s.log.Info("entra: error", "status", status, "error", e.code, "aadsts", e.aadsts)
+	s.countTokenError(e.code)
 	writeJSON(w, status, body)
 }
 

@@ -63,6 +63,10 @@ type Error struct {
 	RetryAt time.Time
 	// Err is the underlying error.
 	Err error
+	// quiet: no token request was made and the failure was already
+	// logged (a refresh token known dead, a refresh deferred while the
+	// shared store is away): neither logged again nor counted.
+	quiet bool
 }
 
 func (e *Error) Error() string {

@@ -22,6 +22,9 @@ import (
 type tokenResult struct {
 	access   string
 	lifetime time.Duration
+	// expiry, when set, is the token's expiry as the shared store has it
+	// (otherwise the request's start plus lifetime).
+	expiry time.Time
 }
 
 // deadRefresh remembers (as a hash) the refresh token the provider rejected
@@ -40,6 +43,9 @@ func (s *Source) fetch(ctx context.Context) (tokenResult, *Error) {
 	case grantPassword:
 		return s.result(s.request(ctx, passwordParams(s.acct.Mailbox, s.acct.Password), true))
 	default:
+		if s.cluster != nil {
+			return s.fetchShared(ctx)
+		}
 		return s.fetchRefresh(ctx)
 	}
 }
@@ -125,7 +131,10 @@ func (s *Source) fetchRefresh(ctx context.Context) (tokenResult, *Error) {
 		return tokenResult{}, e
 	}
 	if nrt := tok.RefreshToken; nrt != "" && nrt != rt {
-		rec := tokenstore.Record{RefreshToken: nrt, Scopes: s.prov.Scopes, Updated: s.now()}
+		s.mu.Lock()
+		base := s.refreshRec
+		s.mu.Unlock()
+		rec := tokenstore.Record{RefreshToken: nrt, Scopes: s.prov.Scopes, Updated: s.now(), SignedIn: base.SignedIn, Generation: base.Generation + 1}
 		// The grant's consented scopes are the provider's (see
 		// Options.Scopes): a Graph source saves them too.
 		if err := s.store.Save(s.acct.Name, rec); err != nil {
@@ -170,7 +179,7 @@ func (s *Source) loadRefresh() (string, *Error) {
 	if s.dead != nil && subtle.ConstantTimeCompare(sum[:], s.dead.sum[:]) == 1 {
 		return "", s.dead.err
 	}
-	s.refresh = rec.RefreshToken
+	s.refresh, s.refreshRec = rec.RefreshToken, rec
 	return rec.RefreshToken, nil
 }
 

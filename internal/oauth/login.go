@@ -178,7 +178,9 @@ func (s *Source) saveSignIn(tok *oauth2.Token) error {
 	if tok.RefreshToken == "" {
 		return &Error{Class: NeedsSignIn, Reason: "the sign-in returned no refresh token", Fix: "add offline_access to the provider's scopes"}
 	}
-	rec := tokenstore.Record{RefreshToken: tok.RefreshToken, Scopes: s.prov.Scopes, Updated: s.now()}
+	// A sign-in starts a new chain of rotations, newer than any other
+	// record of the account (tokenstore.Record.Newer).
+	rec := tokenstore.Record{RefreshToken: tok.RefreshToken, Scopes: s.prov.Scopes, Updated: s.now(), SignedIn: s.now()}
 	if err := s.store.Save(s.acct.Name, rec); err != nil {
 		return &Error{Class: Transient, Reason: "cannot save the refresh token", Fix: "check state_dir; a token file written with another key must be deleted first", Err: err}
 	}

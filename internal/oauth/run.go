@@ -28,6 +28,12 @@ func (s *Source) Run(ctx context.Context) {
 	}
 	failures := 0
 	var class Class
+	// changed is closed when the shared store is found down, back or
+	// restarted (nil without one: never).
+	var changed <-chan struct{}
+	if s.cluster != nil {
+		changed = s.cluster.shared.Changed()
+	}
 	for {
 		s.mu.Lock()
 		now := s.now()
@@ -36,6 +42,11 @@ func (s *Source) Run(ctx context.Context) {
 			wait = backoff(failures, class)
 			if e := s.lastErr; e != nil && e.RetryAt.After(now) {
 				wait = max(wait, e.RetryAt.Sub(now))
+			}
+			if s.cluster != nil && class == NeedsSignIn {
+				// A sign-in on another instance arrives through the
+				// shared store: look for it often (one read).
+				wait = min(wait, signInPoll)
 			}
 			s.retryAt = now.Add(wait)
 		} else {
@@ -53,6 +64,15 @@ func (s *Source) Run(ctx context.Context) {
 				// A token arrived through Token, or Reload: start over.
 				t.Stop()
 				failures = 0
+				continue
+			case <-changed:
+				t.Stop()
+				changed = s.cluster.shared.Changed()
+				if s.cluster.shared.Healthy() {
+					// Back or restarted: reconcile, then refresh if due.
+					s.syncShared(ctx)
+					failures = 0
+				}
 				continue
 			case <-t.C:
 			}

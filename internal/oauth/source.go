@@ -9,15 +9,19 @@
 // password (ROPC, also as per-login passthrough). golang.org/x/oauth2 does the
 // HTTP of every grant.
 //
+// Several relay instances share a delegated grant through a ClusterStore
+// (cluster.go, shared.go): one refresher per account under a lease,
+// rotations written with compare-and-swap, access tokens shared.
+//
 // Out of scope: the CLI and the admin pages (they call LoginAuthCode,
-// LoginDevice and AuthCodeFlow), token introspection, id tokens, and sharing
-// one refresh token between relay instances.
+// LoginDevice and AuthCodeFlow), token introspection and id tokens.
 package oauth
 
 import (
 	"context"
 	"crypto/rand"
 	"crypto/tls"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -32,7 +36,8 @@ import (
 	"github.com/oauthrelay/oauthrelay/internal/tokenstore"
 )
 
-// Store persists refresh tokens; *tokenstore.Store implements it.
+// Store persists refresh tokens; *tokenstore.Store implements it, and
+// *ClusterStore shares them with other relay instances.
 type Store interface {
 	Load(account string) (tokenstore.Record, error)
 	Save(account string, r tokenstore.Record) error
@@ -41,7 +46,8 @@ type Store interface {
 // Options are a Source's dependencies.
 type Options struct {
 	// Store holds refresh tokens. Required for the authorization_code and
-	// device_code grants; unused otherwise.
+	// device_code grants; unused otherwise. A *ClusterStore shares them
+	// (and the access tokens) with other relay instances.
 	Store Store
 	// HTTPClient makes the token requests. Nil: a client with timeouts,
 	// TLS 1.2 minimum and the proxy from the environment (HTTPS_PROXY).
@@ -109,6 +115,11 @@ type Source struct {
 	pwKey     []byte           // HMAC key for the passthrough password cache
 	sf        singleflight.Group
 	wake      chan struct{} // tells Run that the token or the store changed
+	// cluster is Options.Store when it is a ClusterStore and the grant
+	// keeps a refresh token (nil otherwise); holder names this source in
+	// the account's refresh lease.
+	cluster *ClusterStore
+	holder  string
 
 	// flights counts the goroutines of shared (one per caller that found
 	// no fresh token, waiting on the request it shares); flightsIdle (L:
@@ -127,7 +138,9 @@ type Source struct {
 	jitter      time.Duration // how much earlier than the margin Run refreshes this token
 	gen         uint64        // bumped whenever access changes
 	refresh     string        // last refresh token read or saved (fallback when the store cannot be read)
-	dead        *deadRefresh  // the refresh token the provider rejected
+	refreshRec  tokenstore.Record
+	rejected    string       // the access token the upstream rejected (Invalidate): never taken from the shared store again
+	dead        *deadRefresh // the refresh token the provider rejected
 	inFlight    int
 	lastErr     *Error
 	lastSuccess time.Time
@@ -204,6 +217,13 @@ func NewSource(acct *config.Account, opts Options) (*Source, error) {
 		if s.store == nil {
 			return nil, fmt.Errorf("oauth: account %s: grant %s needs a token store", acct.Name, p.Grant)
 		}
+		if cs, ok := s.store.(*ClusterStore); ok {
+			id := make([]byte, 6)
+			if _, err := rand.Read(id); err != nil {
+				return nil, fmt.Errorf("oauth: %w", err)
+			}
+			s.cluster, s.holder = cs, cs.shared.Instance()+"/"+hex.EncodeToString(id)
+		}
 	case grantPassword:
 		if acct.Password == "" && !acct.PasswordPassthrough {
 			return nil, fmt.Errorf("oauth: account %s: grant password needs the mailbox password or password_passthrough", acct.Name)
@@ -279,6 +299,9 @@ func (s *Source) Token(ctx context.Context) (string, error) {
 // one. The proxy calls it when the upstream server rejects a token.
 func (s *Source) Invalidate() {
 	s.mu.Lock()
+	if s.access != "" {
+		s.rejected = s.access
+	}
 	s.access, s.expiry, s.lifetime = "", time.Time{}, 0
 	s.gen++
 	s.mu.Unlock()
@@ -371,7 +394,9 @@ func (s *Source) refreshToken(ctx context.Context, gen uint64) (string, *Error) 
 
 	start := s.now()
 	res, err := s.fetch(ctx)
-	s.observe(err, start)
+	if err == nil || !err.quiet {
+		s.observe(err, start)
+	}
 
 	s.mu.Lock()
 	s.inFlight--
@@ -381,7 +406,9 @@ func (s *Source) refreshToken(ctx context.Context, gen uint64) (string, *Error) 
 			s.holdUntil, s.retryAt = err.RetryAt, err.RetryAt
 		}
 		s.mu.Unlock()
-		s.logFailure(err)
+		if !err.quiet {
+			s.logFailure(err)
+		}
 		return "", err
 	}
 	s.setTokenLocked(res, start)
@@ -403,6 +430,9 @@ func (s *Source) setTokenLocked(res tokenResult, start time.Time) {
 	s.access = res.access
 	s.lifetime = res.lifetime
 	s.expiry = start.Add(res.lifetime)
+	if !res.expiry.IsZero() {
+		s.expiry = res.expiry // taken from the shared store, or stamped there
+	}
 	s.jitter = jitter(s.effectiveMarginLocked() / 10)
 	s.gen++
 	s.lastErr = nil

@@ -22,8 +22,9 @@ const (
 	// it switches to the pooled copy buffer).
 	smallBufferSize = 512
 	// copyBufferSize is the pooled buffer a direction takes while data
-	// streams (a read filled the small buffer).
-	copyBufferSize = 32 << 10
+	// streams (a read filled the small buffer): room for the records a
+	// RecordConn's read brings in at once.
+	copyBufferSize = readChunk
 )
 
 // copyBuffers holds the large buffers of directions that are streaming. It
@@ -80,50 +81,66 @@ type direction struct {
 }
 
 // Pipe copies bytes between app and upstream, untouched, until both
-// directions end, and closes both before it returns. fromApp (bytes the app
-// pipelined after its login, already read from it) goes to the upstream
-// first, fromUpstream (bytes the upstream sent after its reply to the login)
-// to the app first. Deadlines on both connections are cleared: there is none
-// during the copy.
+// directions end, and closes both before it returns: Start, waited for.
+func Pipe(app, upstream net.Conn, fromApp, fromUpstream []byte, opts Options) Result {
+	done := make(chan Result, 1)
+	Start(app, upstream, fromApp, fromUpstream, opts, func(r Result) { done <- r })
+	return <-done
+}
+
+// Start copies bytes between app and upstream, untouched, until both
+// directions end, closes both, and then calls done with what it did, on
+// the goroutine of the direction that ended last. It returns at once:
+// each direction runs on a goroutine of its own, and the caller's may
+// end. Thousands of sessions sit idle in a read, and a session goroutine
+// whose stack grew in the upstream TLS handshake would otherwise wait
+// beside them for hours; the two fresh goroutines' stacks are small.
+//
+// fromApp (bytes the app pipelined after its login, already read from it)
+// goes to the upstream first, fromUpstream (bytes the upstream sent after
+// its reply to the login) to the app first. Deadlines on both connections
+// are cleared: there is none during the copy.
 //
 // When one direction ends cleanly (EOF) the end is passed on as a
 // half-close of the other connection (close_notify for TLS), and the other
 // direction gets CloseGrace to finish; when one fails, both are closed at
-// once. Each direction runs on a goroutine of its own, joined before Pipe
-// returns: thousands of sessions sit idle in a read, and a fresh
-// goroutine's stack is small, where the caller's grew in the upstream TLS
-// handshake (StackInuse, in process: about 4 KiB less per idle session).
-func Pipe(app, upstream net.Conn, fromApp, fromUpstream []byte, opts Options) Result {
-	start := time.Now()
+// once.
+func Start(app, upstream net.Conn, fromApp, fromUpstream []byte, opts Options, done func(Result)) {
 	p := newPiper(app, upstream, opts)
+	p.start, p.done = time.Now(), done
 	app.SetDeadline(time.Time{})
 	upstream.SetDeadline(time.Time{})
+	go p.run(App, upstream, app, fromApp)
+	go p.run(Upstream, app, upstream, fromUpstream)
+}
 
-	appDone := make(chan direction, 1)
-	go func() {
-		n, err := copyPending(upstream, app, fromApp)
-		d := direction{App, n, err}
-		p.ended(d)
-		appDone <- d
-	}()
-	upDone := make(chan direction, 1)
-	go func() {
-		n, err := copyPending(app, upstream, fromUpstream)
-		d := direction{Upstream, n, err}
-		p.ended(d)
-		upDone <- d
-	}()
-	up := <-upDone
-	in := <-appDone
+// run is one direction: from src to dst. The second direction to end
+// finishes the copy.
+func (p *piper) run(from Side, dst io.Writer, src io.Reader, pending []byte) {
+	n, err := copyPending(dst, src, pending)
+	d := direction{from, n, err}
+	p.ended(d)
+	p.mu.Lock()
+	p.dirs = append(p.dirs, d)
+	last := len(p.dirs) == 2
+	p.mu.Unlock()
+	if !last {
+		return
+	}
 	p.finish()
-
-	r := Result{In: in.n, Out: up.n, ClosedFirst: p.first.from, Duration: time.Since(start)}
-	for _, d := range []direction{p.first, in, up} {
+	r := Result{ClosedFirst: p.first.from, Duration: time.Since(p.start)}
+	for _, d := range append([]direction{p.first}, p.dirs...) {
+		switch d.from {
+		case App:
+			r.In = d.n
+		case Upstream:
+			r.Out = d.n
+		}
 		if r.Err == nil && d.err != nil && !errors.Is(d.err, net.ErrClosed) {
 			r.Err = d.err
 		}
 	}
-	return r
+	p.done(r)
 }
 
 // piper holds what the two directions share.
@@ -133,10 +150,16 @@ type piper struct {
 	close         func()
 	log           *slog.Logger
 
+	start time.Time
+	done  func(Result)
+
 	closeOnce sync.Once
 	endOnce   sync.Once
 	first     direction   // set in endOnce
 	timer     *time.Timer // set in endOnce
+
+	mu   sync.Mutex
+	dirs []direction // the directions that have ended
 }
 
 func newPiper(app, upstream net.Conn, opts Options) *piper {
@@ -196,8 +219,12 @@ func (p *piper) finish() {
 
 // copyPending writes pending, then copies src to dst until src ends (a nil
 // error) or either side fails. A read that fills the small buffer switches
-// to a pooled large one; a short read gives it back.
+// to a pooled large one; a short read gives it back. From a TLS connection
+// on a RecordConn, the records already here in full are read before the
+// write, so that a stream of 16 KiB records goes out in writes of up to
+// copyBufferSize.
 func copyPending(dst io.Writer, src io.Reader, pending []byte) (int64, error) {
+	records := tlsRecords(src)
 	var n int64
 	if len(pending) > 0 {
 		m, err := dst.Write(pending)
@@ -216,6 +243,11 @@ func copyPending(dst io.Writer, src io.Reader, pending []byte) (int64, error) {
 	}()
 	for {
 		m, rerr := src.Read(buf)
+		for records != nil && rerr == nil && len(buf)-m >= maxPlaintext && records.Ready() {
+			var k int
+			k, rerr = src.Read(buf[m:])
+			m += k
+		}
 		if m > 0 {
 			w, err := dst.Write(buf[:m])
 			n += int64(w)

@@ -84,7 +84,8 @@ func handshake(t testing.TB, s, c net.Conn) (net.Conn, net.Conn) {
 		t.Fatal(err)
 	}
 	ts := tls.Server(s, &tls.Config{Certificates: []tls.Certificate{cert}})
-	tc := tls.Client(c, lc.ClientTLS())
+	// The relay's upstream TLS runs on a RecordConn (upstream.Handshake).
+	tc := tls.Client(NewRecordConn(c), lc.ClientTLS())
 	deadline := time.Now().Add(waitLimit)
 	ts.SetDeadline(deadline)
 	tc.SetDeadline(deadline)

@@ -37,6 +37,38 @@ type Record struct {
 	RefreshToken string    `json:"refresh_token"`
 	Scopes       []string  `json:"scopes,omitempty"`
 	Updated      time.Time `json:"updated"`
+	// SignedIn is when the sign-in that started this refresh token's chain
+	// happened, and Generation how many rotations the chain has had since:
+	// together they order two records of one account (Newer), so that
+	// relay instances sharing a grant never replace a newer token with an
+	// older one. Zero in records written before they existed: the oldest.
+	SignedIn   time.Time `json:"signed_in,omitzero"`
+	Generation uint64    `json:"generation,omitempty"`
+	// By names the relay instance that wrote the record (cluster.instance;
+	// empty on a single relay), for the log.
+	By string `json:"by,omitempty"`
+	// Access holds access tokens by the scopes they were requested with.
+	// Only the copy in the store that relay instances share carries them
+	// (encrypted like the rest), so that one instance's refresh serves
+	// all; a token file never does (Save drops them).
+	Access map[string]AccessToken `json:"access,omitempty"`
+}
+
+// AccessToken is an access token with its expiry, shared by relay
+// instances (Record.Access).
+type AccessToken struct {
+	Token    string        `json:"token"`
+	Expiry   time.Time     `json:"expiry"`
+	Lifetime time.Duration `json:"lifetime"`
+}
+
+// Newer reports whether r is a later state of the account's grant than o:
+// from a later sign-in, or a later rotation of the same sign-in's chain.
+func (r Record) Newer(o Record) bool {
+	if !r.SignedIn.Equal(o.SignedIn) {
+		return r.SignedIn.After(o.SignedIn)
+	}
+	return r.Generation > o.Generation
 }
 
 // errFormat and errAuth are the two ways decode fails; the Store turns them

@@ -8,8 +8,9 @@
 // not silently destroy refresh tokens that the right key could still read.
 // Delete is the explicit way to replace such a file (`oauthrelay login`).
 //
-// Out of scope: sharing one store between several relay instances (needs a
-// compare-and-swap on rotation; see DESIGN.md), and key rotation.
+// Seal and Unseal give the same encryption to the copy of a record that
+// relay instances share (oauth.ClusterStore): one key, one format, one
+// check of the key's fingerprint. Out of scope: key rotation.
 package tokenstore
 
 import (
@@ -113,6 +114,7 @@ func (s *Store) Save(account string, r Record) error {
 		return fmt.Errorf("tokenstore: %w", err)
 	}
 
+	r.Access = nil // access tokens are never written to disk
 	data, err := encode(s.aead, s.fp, account, r)
 	if err != nil {
 		return err

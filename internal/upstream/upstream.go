@@ -188,9 +188,11 @@ func (t Target) Dial(ctx context.Context) (net.Conn, error) {
 }
 
 // Handshake runs a verified TLS handshake on c (implicit TLS, or after
-// STARTTLS).
+// STARTTLS). The TLS connection runs on a splice.RecordConn, which lets a
+// proxied session's copy write a stream of records to the app in large
+// writes.
 func (t Target) Handshake(ctx context.Context, c net.Conn) (*tls.Conn, error) {
-	tc := tls.Client(c, t.ClientTLS())
+	tc := tls.Client(splice.NewRecordConn(c), t.ClientTLS())
 	hctx, cancel := context.WithTimeout(ctx, handshakeTimeout)
 	defer cancel()
 	if err := tc.HandshakeContext(hctx); err != nil {

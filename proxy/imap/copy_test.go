@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"io"
 	"net"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"testing"
@@ -301,4 +302,33 @@ func TestClientClosesFirst(t *testing.T) {
 		defer w.obs.mu.Unlock()
 		return w.obs.conns == 0
 	})
+}
+
+// TestCopyEndsSessionGoroutine: once a session is logged in and copied,
+// the goroutine that spoke IMAP before login has returned (its stack grew
+// in the upstream TLS handshake and would sit beside every idle session),
+// and the session still works and still ends cleanly with a LOGOUT.
+func TestCopyEndsSessionGoroutine(t *testing.T) {
+	w := newWorld(t, worldOptions{})
+	c := w.login()
+	deadline := time.Now().Add(10 * time.Second)
+	for sessionGoroutines() > 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d session goroutines still run for a logged-in session", sessionGoroutines())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err := c.Noop().Wait(); err != nil {
+		t.Fatalf("NOOP through the copy: %v", err)
+	}
+	if err := c.Logout().Wait(); err != nil {
+		t.Fatalf("LOGOUT: %v", err)
+	}
+}
+
+// sessionGoroutines counts the goroutines in preauth's serveConn.
+func sessionGoroutines() int {
+	var buf bytes.Buffer
+	pprof.Lookup("goroutine").WriteTo(&buf, 2)
+	return strings.Count(buf.String(), "preauth.(*Server).serveConn(")
 }

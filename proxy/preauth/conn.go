@@ -57,11 +57,14 @@ type Conn struct {
 
 	// Owned by the session goroutine; conn is replaced after STARTTLS
 	// (under mu, for close).
-	conn  net.Conn
-	br    *bufio.Reader
-	bw    *bufio.Writer
-	isTLS bool
-	werr  error // first write error; the session ends
+	conn    net.Conn
+	br      *bufio.Reader
+	bw      *bufio.Writer
+	isTLS   bool
+	werr    error // first write error; the session ends
+	spliced bool  // Pipe took the session over: its goroutines end it
+
+	ended chan struct{} // closed by end
 
 	mu       sync.Mutex
 	up       net.Conn // upstream connection, once dialled
@@ -70,7 +73,7 @@ type Conn struct {
 }
 
 func newConn(srv *Server, nc net.Conn) *Conn {
-	c := &Conn{srv: srv, ID: newID(), Remote: nc.RemoteAddr()}
+	c := &Conn{srv: srv, ID: newID(), Remote: nc.RemoteAddr(), ended: make(chan struct{})}
 	c.Log = srv.log.With("session", c.ID, "remote", c.Remote.String())
 	c.setConn(nc)
 	return c

@@ -130,12 +130,14 @@ func (c *Conn) loginFailed(le *proxy.LoginError, log *slog.Logger) *proxy.LoginE
 	return le
 }
 
-// Pipe copies bytes between the app and the logged-in upstream until both
-// directions end (splice.Pipe), then reports the bytes. What the app
+// Pipe hands the session over to the byte copy between the app and the
+// logged-in upstream (splice.Start) and returns at once; the front end's
+// Serve then returns, and its goroutine with it. When both directions have
+// ended, the copy reports the bytes and ends the session. What the app
 // pipelined after its login goes upstream first; the connection's read
 // buffer is dropped before the copy (a front end must drop its own
-// references to Reader too), so an idle session holds only the copy's
-// small buffers.
+// references to Reader too), so an idle session holds only the copy's two
+// goroutines and small buffers.
 func (c *Conn) Pipe(s *Session) {
 	c.mu.Lock()
 	c.proxying = true
@@ -143,11 +145,17 @@ func (c *Conn) Pipe(s *Session) {
 	c.mu.Unlock()
 	fromApp := splice.TakeBuffered(c.br)
 	c.br, c.bw = nil, nil
-	r := splice.Pipe(client, s.Up.Conn, fromApp, s.Up.Pending, splice.Options{CloseGrace: closeGrace, Close: c.close, Logger: s.Log})
+	c.spliced = true
+	fromUp := s.Up.Pending
 	s.Up.Pending = nil
-	c.srv.relay.Observer().Transferred(c.srv.proto.Proto, s.Account.Info(), r.In, r.Out)
-	s.Log.Info("session ended", "bytes_in", r.In, "bytes_out", r.Out, "closed_first", string(r.ClosedFirst),
-		"duration", r.Duration.Round(time.Millisecond).String())
+	obs, proto := c.srv.relay.Observer(), c.srv.proto.Proto
+	splice.Start(client, s.Up.Conn, fromApp, fromUp, splice.Options{CloseGrace: closeGrace, Close: c.close, Logger: s.Log},
+		func(r splice.Result) {
+			obs.Transferred(proto, s.Account.Info(), r.In, r.Out)
+			s.Log.Info("session ended", "bytes_in", r.In, "bytes_out", r.Out, "closed_first", string(r.ClosedFirst),
+				"duration", r.Duration.Round(time.Millisecond).String())
+			c.end()
+		})
 }
 
 // DecodeSASL decodes a base64 SASL response; "=" and "" are empty

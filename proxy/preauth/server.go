@@ -7,7 +7,7 @@
 // dropped, TCP keepalive), the login path every such front end shares
 // (Relay.Login, the account's upstream login for the protocol, the
 // observer, the listener's pre-authentication slot given back) and the
-// byte copy after it (splice.Pipe).
+// byte copy after it (splice.Start).
 //
 // A front end holds only its protocol: the commands it accepts before login,
 // the texts of its replies and the mapping of a proxy.Failure to its reply;
@@ -71,7 +71,7 @@ type Server struct {
 	closed    bool
 	listeners map[net.Listener]struct{}
 	conns     map[*Conn]struct{}
-	wg        sync.WaitGroup // one per session goroutine
+	wg        sync.WaitGroup // one per session, done when it ends (Conn.end)
 }
 
 // NewServer builds the server of listener lc. With lc.TLS "starttls" or
@@ -155,28 +155,21 @@ func (s *Server) Serve(ln net.Listener) error {
 		s.conns[c] = struct{}{}
 		s.wg.Add(1)
 		s.mu.Unlock()
-		go func() {
-			defer s.wg.Done()
-			defer func() {
-				s.mu.Lock()
-				delete(s.conns, c)
-				s.mu.Unlock()
-			}()
-			s.serveConn(c)
-		}()
+		go s.serveConn(c)
 	}
 }
 
 // serveConn runs one session: counted, its implicit TLS handshake, the
-// front end's Serve, a panic logged, the connection closed.
+// front end's Serve, a panic logged. A session that logged in goes on in
+// the copy's goroutines (Conn.Pipe), which end it; any other ends here.
 func (s *Server) serveConn(c *Conn) {
-	obs := s.relay.Observer()
-	obs.Connection(s.proto.Proto, 1)
-	defer obs.Connection(s.proto.Proto, -1)
-	defer c.close()
+	s.relay.Observer().Connection(s.proto.Proto, 1)
 	defer func() {
 		if v := recover(); v != nil {
 			c.Log.Error("panic in session", "panic", v, "stack", string(debug.Stack()))
+		}
+		if !c.spliced {
+			c.end()
 		}
 	}()
 	c.Log.Debug("connected")
@@ -187,6 +180,19 @@ func (s *Server) serveConn(c *Conn) {
 	if c.werr != nil {
 		c.Log.Debug("write failed", "err", c.werr)
 	}
+}
+
+// end ends the session of c, on the last goroutine that served it: the
+// connections closed, the count and the server's bookkeeping given back.
+func (c *Conn) end() {
+	c.close()
+	s := c.srv
+	s.relay.Observer().Connection(s.proto.Proto, -1)
+	s.mu.Lock()
+	delete(s.conns, c)
+	s.mu.Unlock()
+	close(c.ended)
+	s.wg.Done()
 }
 
 // Shutdown stops accepting connections, interrupts every session that has
@@ -243,8 +249,8 @@ func (s *Server) stopAccepting() {
 }
 
 // ServeConn serves one connection that did not come through Serve (a
-// test's end of a pipe, given another remote address) on the caller's
-// goroutine, as Serve would serve it; Close reaches it too.
+// test's end of a pipe, given another remote address) as Serve would serve
+// it, and returns when its session has ended; Close reaches it too.
 func (s *Server) ServeConn(nc net.Conn) {
 	c := newConn(s, nc)
 	s.mu.Lock()
@@ -254,11 +260,8 @@ func (s *Server) ServeConn(nc net.Conn) {
 		return
 	}
 	s.conns[c] = struct{}{}
+	s.wg.Add(1)
 	s.mu.Unlock()
-	defer func() {
-		s.mu.Lock()
-		delete(s.conns, c)
-		s.mu.Unlock()
-	}()
 	s.serveConn(c)
+	<-c.ended
 }
