@@ -96,7 +96,7 @@ var schemaDocs = map[string]keyDoc{
 
 	"Limits.connections":            {desc: "Authenticated upstream SMTP sessions at once (default 3, Exchange's); 1 to 100."},
 	"Limits.messages_per_minute":    {desc: "Default 30 (Exchange's); 1 to 1000000."},
-	"Limits.recipients_per_day":     {desc: "Rolling 24 hours; default 10000 (Exchange's); 1 to 1000000."},
+	"Limits.recipients_per_day":     {desc: "Rolling 24 hours; default 10000 (Exchange's); 1 to 1000000. With cluster, in total for every instance."},
 	"Limits.recipients_per_message": {desc: "Default 500 (Exchange's); 1 to 1000."},
 	"Limits.max_wait":               {desc: "delivery direct: longest wait for a connection or a slot before 451 4.7.0 (default 2m); 0 to 1h."},
 

@@ -9,7 +9,7 @@ import (
 
 // cpuHosts models small hosts with Linux cpu cgroups; elsewhere the
 // cluster bench runs unconstrained.
-type cpuHosts struct{ cpu float64 }
+type cpuHosts struct{}
 
 func newCPUHosts(float64) (*cpuHosts, error) {
 	return nil, errors.New("cpu cgroups are Linux only")
@@ -23,3 +23,5 @@ func throttled(string) (periods, held int64)     { return 0, 0 }
 func inGroup(_ string, args []string) []string   { return args }
 
 const cgroupPeriod = 100 * time.Millisecond
+
+const groupShares = 4 * 1024
