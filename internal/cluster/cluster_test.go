@@ -255,3 +255,18 @@ func TestLeasesRenewed(t *testing.T) {
 		}
 	}
 }
+
+// A caller that gives up does not make the store look lost: the call is
+// bounded by its own timeout only.
+func TestCallerGivingUpIsNotTheStore(t *testing.T) {
+	r := testutil.StartRedis(t)
+	a := open(t, r, "a")
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, ok, err := a.TakeConnection(ctx, "m@x", 1); !ok || err != nil {
+		t.Fatalf("take with a cancelled context: %v %v", ok, err)
+	}
+	if ok, _, err := a.TakeRecipient(ctx, "m@x", 10, time.Now()); !ok || err != nil || !a.Healthy() {
+		t.Fatalf("take a recipient with a cancelled context: %v %v, healthy %v", ok, err, a.Healthy())
+	}
+}

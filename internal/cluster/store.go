@@ -249,9 +249,13 @@ func (s *Store) flip() {
 	s.mu.Unlock()
 }
 
-// ctx bounds one call.
+// callCtx bounds one call by opTimeout, and only by it: a caller that
+// gives up (an app that hung up during RCPT) does not cut the call short,
+// or its context's error would count as the store's (result) and take
+// every mailbox to its safe share. The caller waits for at most opTimeout
+// more; on loopback a call takes well under a millisecond.
 func callCtx(ctx context.Context) (context.Context, context.CancelFunc) {
-	return context.WithTimeout(ctx, opTimeout)
+	return context.WithTimeout(context.WithoutCancel(ctx), opTimeout)
 }
 
 // loop beats the heart until Close.

@@ -409,7 +409,9 @@ func (s *Sender) holdSharedRcptLocked(ctx context.Context, now time.Time) (bool,
 			h.shared, h.at = true, now
 		}
 	}
-	if !s.degraded && !s.inReturnLocked(now) {
+	if !s.degraded && (!s.inReturnLocked(now) || !s.dayKnown) {
+		// Shared, and not in the window after a rejoin (or without a
+		// share of the day to keep in it: nothing was sent on one).
 		return true, time.Time{}, h
 	}
 	if ok, free := s.dayShareRoomLocked(now, 1); !ok {
