@@ -467,6 +467,7 @@ func startBenchRedis(ctx context.Context, bin string) (*benchRedis, error) {
 	r.cmd = exec.CommandContext(ctx, bin, "--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--dir", dir,
 		"--save", "", "--appendonly", "no", "--logfile", filepath.Join(dir, "redis.log"))
 	if err := r.cmd.Start(); err != nil {
+		os.RemoveAll(dir)
 		return nil, fmt.Errorf("start redis-server: %w", err)
 	}
 	go func() { r.cmd.Wait(); close(r.exited) }()
