@@ -18,14 +18,7 @@ import (
 // target straight to it and credentials for the mailbox.
 func benchFake(b *testing.B) (upstream.Target, *fakeCreds) {
 	b.Helper()
-	fake, err := fakems.Start(context.Background(), fakems.Options{DiscardData: true})
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { fake.Close() })
-	fake.AddApp(fakems.App{ClientID: testClientID, Secret: testSecret})
-	fake.AddMailbox(testMailbox, "mailbox-pw")
-	fake.GrantApp(testClientID, testMailbox)
+	fake := startFake(b, context.Background(), fakems.Options{DiscardData: true})
 	tgt := upstream.Target{
 		Account: testAccount,
 		Server:  config.Upstream{Addr: fake.SMTPAddr, TLS: config.TLSStartTLS},

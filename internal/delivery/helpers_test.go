@@ -66,9 +66,11 @@ type worldOptions struct {
 
 func newWorld(t *testing.T) *world { return newWorldWith(t, worldOptions{}) }
 
-func newWorldWith(t *testing.T, o worldOptions) *world {
+// startFake starts the fake Exchange with the test app granted the test
+// mailbox; it is closed at the end of the test.
+func startFake(t testing.TB, ctx context.Context, o fakems.Options) *fakems.Server {
 	t.Helper()
-	fake, err := fakems.Start(context.Background(), o.fake)
+	fake, err := fakems.Start(ctx, o)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -76,6 +78,12 @@ func newWorldWith(t *testing.T, o worldOptions) *world {
 	fake.AddApp(fakems.App{ClientID: testClientID, Secret: testSecret})
 	fake.AddMailbox(testMailbox, "mailbox-pw")
 	fake.GrantApp(testClientID, testMailbox)
+	return fake
+}
+
+func newWorldWith(t *testing.T, o worldOptions) *world {
+	t.Helper()
+	fake := startFake(t, context.Background(), o.fake)
 	w := &world{fake: fake, link: startLink(t, fake.SMTPAddr), obs: &recorder{}, clock: o.clock}
 	tgt := w.target()
 	tgt.Dialer, w.dials = countingDialer()

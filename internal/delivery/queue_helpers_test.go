@@ -120,14 +120,7 @@ func newQueueWorld(t *testing.T, o queueOptions) *queueWorld {
 // its SMTP server and credentials with its tokens.
 func fakeUpstream(t *testing.T) (*fakems.Server, upstream.Target, *fakeCreds) {
 	t.Helper()
-	fake, err := fakems.Start(context.Background(), fakems.Options{Logger: testLogger(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { fake.Close() })
-	fake.AddApp(fakems.App{ClientID: testClientID, Secret: testSecret})
-	fake.AddMailbox(testMailbox, "mailbox-pw")
-	fake.GrantApp(testClientID, testMailbox)
+	fake := startFake(t, context.Background(), fakems.Options{Logger: testLogger(t)})
 	tgt := upstream.Target{
 		Account: testAccount,
 		Server:  config.Upstream{Addr: fake.SMTPAddr, TLS: config.TLSStartTLS},

@@ -91,7 +91,11 @@ func (s *Sender) sharedLocked(ctx context.Context) bool {
 		// Back (or restarted) before this mailbox noticed it gone: its
 		// slots, sent messages and recipients may have been lost with
 		// the store. No grace: the store answers, and rejoin follows.
-		s.slots = nil
+		// The slots are given back first: where they survived (a
+		// generation counted twice for one return), they would
+		// otherwise hold places against this rejoin until their leases
+		// ran out.
+		s.releaseSlotsLocked()
 		now := s.clock.Now()
 		s.degraded, s.degradedAt = true, now.Add(-s.pace.length())
 		s.degradeDayLocked(now)
@@ -118,6 +122,12 @@ func (s *Sender) degradeLocked() {
 		"connections", 1, "messages_per_minute", s.safePace(s.limits.MessagesPerMinute), "recipients_until_back", day)
 	// Slots held may have expired in the store by the time it is back:
 	// rejoin takes fresh ones for every session then.
+	s.releaseSlotsLocked()
+}
+
+// releaseSlotsLocked gives back every shared connection slot held, without
+// waiting on the network under the lock.
+func (s *Sender) releaseSlotsLocked() {
 	for _, slot := range s.slots {
 		s.bg.Go(func() { s.shared.ReleaseConnection(s.sharedKey, slot) })
 	}
@@ -304,18 +314,36 @@ func (s *Sender) sharedDayOpenLocked(now time.Time) (bool, time.Time) {
 // restarted, every mailbox registers what it holds within a probe of the
 // store's return — one that sends nothing now too: its recipients of the
 // day count for the others as long as they do for Exchange.
+//
+// A rejoin that fails with the store answering (the others hold every
+// connection slot for now) is tried again every sharedRetry.
 func (s *Sender) watchShared(stop <-chan struct{}) {
 	for {
 		changed := s.shared.Changed()
 		s.mu.Lock()
+		retry := false
 		if !s.closed {
-			s.sharedLocked(context.Background())
+			retry = !s.sharedLocked(context.Background()) && s.shared.Healthy()
 		}
 		s.mu.Unlock()
+		var again <-chan time.Time
+		var t *time.Timer
+		if retry {
+			t = time.NewTimer(sharedRetry)
+			again = t.C
+		}
+		select {
+		case <-stop:
+		case <-changed:
+		case <-again:
+		}
+		if t != nil {
+			t.Stop()
+		}
 		select {
 		case <-stop:
 			return
-		case <-changed:
+		default:
 		}
 	}
 }

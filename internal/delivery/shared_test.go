@@ -35,14 +35,7 @@ func newClusterWorld(t *testing.T, n int, l config.Limits, fo fakems.Options) *c
 	t.Helper()
 	w := &clusterWorld{redis: testutil.StartRedis(t), clock: newTestClock()}
 	fo.SMTPLimits, fo.Clock = true, w.clock
-	fake, err := fakems.Start(testCtx(t), fo)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { fake.Close() })
-	fake.AddApp(fakems.App{ClientID: testClientID, Secret: testSecret})
-	fake.AddMailbox(testMailbox, "mailbox-pw")
-	fake.GrantApp(testClientID, testMailbox)
+	fake := startFake(t, testCtx(t), fo)
 	w.fake, w.cred = fake, &fakeCreds{fake: fake, mailbox: testMailbox}
 	tgt := upstream.Target{
 		Account: testAccount,
