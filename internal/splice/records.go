@@ -27,9 +27,19 @@ const (
 	bulkRecord = 4 << 10
 )
 
-// readBuffers holds the read buffers of RecordConns that hold bytes not
-// yet handed to crypto/tls. A RecordConn that waits for data holds none.
-var readBuffers = sync.Pool{New: func() any { b := make([]byte, readChunk); return &b }}
+// smallRead is the read buffer of a RecordConn that is not streaming: a
+// login's replies, IDLE's updates, SMTP replies.
+const smallRead = 4 << 10
+
+// readBuffers and smallReadBuffers hold the read buffers of RecordConns
+// that hold bytes not yet handed to crypto/tls; a RecordConn that waits
+// for data holds none. A large buffer is taken only once the last record
+// was bulk data: the thousands of short reads of logins would otherwise
+// each take 64 KiB, churning the heap with large objects.
+var (
+	readBuffers      = sync.Pool{New: func() any { b := make([]byte, readChunk); return &b }}
+	smallReadBuffers = sync.Pool{New: func() any { b := make([]byte, smallRead); return &b }}
+)
 
 // RecordConn is the socket under an upstream TLS connection. It reads the
 // socket in chunks of up to readChunk and hands crypto/tls one TLS record
@@ -47,7 +57,7 @@ type RecordConn struct {
 	net.Conn
 	raw syscall.RawConn // nil: pass-through
 
-	buf  *[]byte // from readBuffers while it holds bytes; nil otherwise
+	buf  *[]byte // from readBuffers or smallReadBuffers while it holds bytes; nil otherwise
 	r, w int     // the bytes of buf not handed out yet
 	err  error   // the socket's read error, returned once buf is empty
 
@@ -57,6 +67,9 @@ type RecordConn struct {
 	nhdr int
 	hdr  [recordHeaderLen]byte
 	body int
+	// streaming: the last record header handed out announced bulk data
+	// (see bulkRecord), so the next read takes a large buffer.
+	streaming bool
 }
 
 // NewRecordConn wraps the socket c that a TLS client is about to run on.
@@ -130,6 +143,7 @@ func (c *RecordConn) handedOut(b []byte) {
 			b = b[k:]
 			if c.nhdr == recordHeaderLen {
 				c.body = recordLen(c.hdr[:])
+				c.streaming = c.body >= bulkRecord
 				if c.body == 0 {
 					c.nhdr = 0
 				}
@@ -151,7 +165,11 @@ func recordLen(b []byte) int { return int(b[3])<<8 | int(b[4]) }
 // release gives the empty buffer back.
 func (c *RecordConn) release() {
 	if c.buf != nil {
-		readBuffers.Put(c.buf)
+		if cap(*c.buf) == readChunk {
+			readBuffers.Put(c.buf)
+		} else {
+			smallReadBuffers.Put(c.buf)
+		}
 		c.buf = nil
 	}
 	c.r, c.w = 0, 0

@@ -34,7 +34,11 @@ func (c *RecordConn) fill() error {
 	var rerr error
 	err := c.raw.Read(func(fd uintptr) bool {
 		if c.buf == nil {
-			c.buf = readBuffers.Get().(*[]byte)
+			if c.streaming {
+				c.buf = readBuffers.Get().(*[]byte)
+			} else {
+				c.buf = smallReadBuffers.Get().(*[]byte)
+			}
 		}
 		for {
 			n, rerr = syscall.Read(int(fd), *c.buf)
