@@ -134,39 +134,6 @@ func TestPace(t *testing.T) {
 	}
 }
 
-// Of two instances that read the same value, only one swaps it; a lease
-// has one owner at a time.
-func TestSwapAndLease(t *testing.T) {
-	r := testutil.StartRedis(t)
-	a, b := open(t, r, "a"), open(t, r, "b")
-	ctx := context.Background()
-	if ok, err := a.Swap(ctx, "rt", "", "v1", 0); !ok || err != nil {
-		t.Fatal(ok, err)
-	}
-	okA, _ := a.Swap(ctx, "rt", "v1", "v2a", 0)
-	okB, _ := b.Swap(ctx, "rt", "v1", "v2b", 0)
-	if okA == okB {
-		t.Fatalf("both or neither swapped: %v %v", okA, okB)
-	}
-	if v, _ := b.Get(ctx, "rt"); v != "v2a" {
-		t.Fatalf("value %q", v)
-	}
-	if ok, _ := a.Lease(ctx, "acct", time.Minute); !ok {
-		t.Fatal("a got no lease")
-	}
-	if ok, _ := b.Lease(ctx, "acct", time.Minute); ok {
-		t.Fatal("b got a's lease")
-	}
-	b.ReleaseLease(ctx, "acct") // not b's: nothing happens
-	if ok, _ := a.Lease(ctx, "acct", time.Minute); !ok {
-		t.Fatal("a lost its lease to b's release")
-	}
-	a.ReleaseLease(ctx, "acct")
-	if ok, _ := b.Lease(ctx, "acct", time.Minute); !ok {
-		t.Fatal("b got no released lease")
-	}
-}
-
 // A store that stops is noticed by the next call (Healthy false, Changed
 // closed) and one that comes back by the heartbeat.
 func TestDownAndBack(t *testing.T) {

@@ -73,19 +73,7 @@ end
 local r = redis.call('ZRANGE', KEYS[1], n - limit, n - limit, 'WITHSCORES')
 return {0, tonumber(r[2])}`)
 
-// casScript: KEYS[1] value, ARGV old, new, ttl ms → 1 when the value was old
-// ("" for none) and is new now, 0 when it was something else.
-var casScript = redis.NewScript(`
-local v = redis.call('GET', KEYS[1])
-if (v or '') ~= ARGV[1] then return 0 end
-if tonumber(ARGV[3]) > 0 then
-  redis.call('SET', KEYS[1], ARGV[2], 'PX', tonumber(ARGV[3]))
-else
-  redis.call('SET', KEYS[1], ARGV[2])
-end
-return 1`)
-
-// leaseRenewScript: KEYS[1] lease, ARGV owner, ttl ms → 1 when owner holds
+// leaseScript: KEYS[1] lease, ARGV owner, ttl ms → 1 when owner holds
 // it (taken now or renewed), 0 when another does.
 var leaseScript = redis.NewScript(`
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', tonumber(ARGV[2])) then return 1 end
