@@ -326,24 +326,15 @@ func (s *Sender) watchShared(stop <-chan struct{}) {
 			retry = !s.sharedLocked(context.Background()) && s.shared.Healthy()
 		}
 		s.mu.Unlock()
-		var again <-chan time.Time
-		var t *time.Timer
+		var again <-chan time.Time // nil: no retry
 		if retry {
-			t = time.NewTimer(sharedRetry)
-			again = t.C
-		}
-		select {
-		case <-stop:
-		case <-changed:
-		case <-again:
-		}
-		if t != nil {
-			t.Stop()
+			again = time.After(sharedRetry) // collected unfired since Go 1.23
 		}
 		select {
 		case <-stop:
 			return
-		default:
+		case <-changed:
+		case <-again:
 		}
 	}
 }
