@@ -161,12 +161,14 @@ func smtpBench(ctx context.Context, fw *fakeWorld, rp *relayProcess, tok string,
 const benchRounds = 3
 
 // alternated are the samples of a proxied protocol's bench: the seconds of
-// each throughput run, the relay's CPU time over its throughput runs, and
-// the login durations pooled over the rounds.
+// each throughput run, the relay's CPU time over its throughput runs, the
+// bench process's own (the fake and the client) over the direct and the
+// relayed runs, and the login durations pooled over the rounds.
 type alternated struct {
-	direct, relay           []float64
-	relayCPU                time.Duration
-	directLogin, relayLogin []time.Duration
+	direct, relay                 []float64
+	relayCPU                      time.Duration
+	benchDirectCPU, benchRelayCPU time.Duration
+	directLogin, relayLogin       []time.Duration
 }
 
 // alternate runs throughput and logins benchRounds times, direct then
@@ -175,11 +177,19 @@ type alternated struct {
 func alternate(pid int, throughput func(relay bool) (time.Duration, error), logins func(relay bool) ([]time.Duration, error)) (alternated, error) {
 	var a alternated
 	for range benchRounds {
+		own0, err := processCPU(os.Getpid())
+		if err != nil {
+			return a, err
+		}
 		d, err := throughput(false)
 		if err != nil {
 			return a, fmt.Errorf("direct transfer: %w", err)
 		}
 		cpu0, err := processCPU(pid)
+		if err != nil {
+			return a, err
+		}
+		own1, err := processCPU(os.Getpid())
 		if err != nil {
 			return a, err
 		}
@@ -191,7 +201,13 @@ func alternate(pid int, throughput func(relay bool) (time.Duration, error), logi
 		if err != nil {
 			return a, err
 		}
+		own2, err := processCPU(os.Getpid())
+		if err != nil {
+			return a, err
+		}
 		a.relayCPU += cpu1 - cpu0
+		a.benchDirectCPU += own1 - own0
+		a.benchRelayCPU += own2 - own1
 		a.direct, a.relay = append(a.direct, d.Seconds()), append(a.relay, r.Seconds())
 		for _, relay := range []bool{false, true} {
 			l, err := logins(relay)
@@ -224,11 +240,14 @@ func (a alternated) report(p func(string, ...any), proto, transfer string, msgs 
 	dm, rm := median(a.direct), median(a.relay)
 	p("%s of %d messages (%.0f MB), medians of %d alternating runs: direct %.0f MB/s, relay %.0f MB/s, ratio %.2f (target >= %.2f)",
 		transfer, msgs, mb, benchRounds, mb/dm, mb/rm, dm/rm, target)
-	cpu := fmt.Sprintf("%s cost in the relay: %.2f s of CPU per GB through it", transfer, a.relayCPU.Seconds()/(size*benchRounds/1e9))
+	gb := size * benchRounds / 1e9
+	cpu := fmt.Sprintf("%s cost in the relay: %.2f s of CPU per GB through it", transfer, a.relayCPU.Seconds()/gb)
 	if cpuTarget > 0 {
 		cpu += fmt.Sprintf(" (target <= %.1f)", cpuTarget)
 	}
 	p("%s", cpu)
+	p("%s CPU per GB of the whole run: direct %.2f s (fake and client); relay %.2f s (fake and client %.2f, relay %.2f)",
+		transfer, a.benchDirectCPU.Seconds()/gb, (a.benchRelayCPU+a.relayCPU).Seconds()/gb, a.benchRelayCPU.Seconds()/gb, a.relayCPU.Seconds()/gb)
 	dp, rp := percentiles(a.directLogin), percentiles(a.relayLogin)
 	p("%s login latency, cached token, %d logins each: direct p50 %s p99 %s; relay p50 %s p99 %s; added p50 %s p99 %s (target <= 1ms)",
 		proto, len(a.directLogin), ms(dp[0]), ms(dp[1]), ms(rp[0]), ms(rp[1]), ms(rp[0]-dp[0]), ms(rp[1]-dp[1]))

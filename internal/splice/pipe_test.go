@@ -370,7 +370,7 @@ func (r *chunkReader) Read(p []byte) (int, error) {
 // fills the small one, and gives it back after a short read; the bytes are
 // intact throughout.
 func TestCopyPendingBuffers(t *testing.T) {
-	data := randomBytes(3, 200<<10)
+	data := randomBytes(3, 3*copyBufferSize)
 	src := &chunkReader{data: data, sizes: []int{100, smallBufferSize, copyBufferSize, 10, smallBufferSize, 1 << 30}}
 	var dst bytes.Buffer
 	n, err := copyPending(&dst, src, []byte("pending"))
