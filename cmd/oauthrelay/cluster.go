@@ -42,11 +42,19 @@ func queueStats(relay *proxy.Relay) (cluster.QueueStats, bool) {
 	return cluster.QueueStats{Depth: st.Depth, InFlight: st.InFlight, Failed: st.Failed, Oldest: st.Oldest}, true
 }
 
+// openSharedStore opens the shared store of c with the Redis client's own lines
+// going to log (see cluster.ClientLogs): every command that opens one
+// goes through here.
+func openSharedStore(c config.Cluster, log *slog.Logger, opts ...cluster.Options) (*cluster.Store, error) {
+	cluster.ClientLogs(log)
+	return cluster.Open(c, log, opts...)
+}
+
 // printClusterQueues prints every instance's queue as published in the
 // shared store (`queue list` with cluster in the configuration): each
 // instance keeps its own spool, which only that host can list in full.
 func printClusterQueues(ctx context.Context, c config.Cluster, w io.Writer, now time.Time) error {
-	st, err := cluster.Open(c, nil)
+	st, err := openSharedStore(c, nil)
 	if err != nil {
 		return err
 	}

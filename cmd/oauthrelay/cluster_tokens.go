@@ -40,5 +40,5 @@ func commandCluster(cfg *config.Config, log *slog.Logger) (*cluster.Store, error
 	if !cfg.Cluster.Enabled() {
 		return nil, nil
 	}
-	return cluster.Open(cfg.Cluster, log, clusterOptions(os.LookupEnv, log))
+	return openSharedStore(cfg.Cluster, log, clusterOptions(os.LookupEnv, log))
 }

@@ -218,7 +218,7 @@ func startDaemon(ctx context.Context, cfg *config.Config, log *slog.Logger) (*da
 	var shared []delivery.SharedLimits
 	var cl *cluster.Store
 	if cfg.Cluster.Enabled() {
-		s, err := cluster.Open(cfg.Cluster, log, clusterOptions(os.LookupEnv, log))
+		s, err := openSharedStore(cfg.Cluster, log, clusterOptions(os.LookupEnv, log))
 		if err != nil {
 			return nil, err
 		}
