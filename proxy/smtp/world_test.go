@@ -56,8 +56,10 @@ type worldOptions struct {
 	// tune changes the server (its timeouts) before it serves.
 	tune func(*Server)
 	// unlimited raises the relay's per-mailbox limits (Exchange's 30
-	// messages a minute by default) for tests of something else, such as
-	// many concurrent clients, against a fake that enforces none.
+	// messages a minute and 10,000 recipients a day by default) to the
+	// most the configuration allows, for tests of something else, such as
+	// many concurrent clients or a benchmark's tens of thousands of
+	// messages, against a fake that enforces none.
 	unlimited bool
 	// wrapLog wraps the relay's log handler.
 	wrapLog func(slog.Handler) slog.Handler
@@ -124,7 +126,7 @@ func newWorld(t testing.TB, o worldOptions) *world {
 	}
 	limits := ""
 	if o.unlimited {
-		limits = "limits: {connections: 100, messages_per_minute: 10000}\n"
+		limits = "limits: {connections: 100, messages_per_minute: 1000000, recipients_per_day: 1000000}\n"
 	}
 	yaml := limits + fmt.Sprintf(`
 state_dir: %s
