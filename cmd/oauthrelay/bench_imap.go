@@ -27,6 +27,8 @@ type imapBench struct {
 	rp    *relayProcess
 	token string
 	p     func(format string, a ...any)
+	// fresh starts another relay like rp, for the idle memory (idleRSS).
+	fresh func(context.Context) (*relayProcess, error)
 }
 
 func (b *imapBench) run(ctx context.Context, quick bool) error {
@@ -51,7 +53,7 @@ func (b *imapBench) run(ctx context.Context, quick bool) error {
 	}
 	a.report(b.p, "IMAP", "IMAP FETCH", msgs, float64(msgs*size), 0.95, 1.0)
 
-	per, err := b.idleMemory(ctx, conns)
+	per, err := idleRSS(ctx, b.fresh, conns, func(rp *relayProcess) (io.Closer, error) { return rawIMAPLogin(rp.imapAddr) })
 	if err != nil {
 		return fmt.Errorf("idle connections: %w", err)
 	}
@@ -151,36 +153,6 @@ func percentiles(d []time.Duration) [2]time.Duration {
 	s := slices.Clone(d)
 	slices.Sort(s)
 	return [2]time.Duration{s[len(s)/2], s[len(s)*99/100]}
-}
-
-// idleMemory opens n authenticated connections through the relay and
-// returns the growth of the relay's resident memory per connection.
-func (b *imapBench) idleMemory(ctx context.Context, n int) (float64, error) {
-	pid := b.rp.cmd.Process.Pid
-	time.Sleep(500 * time.Millisecond)
-	before, err := rssNow(pid)
-	if err != nil {
-		return 0, err
-	}
-	var conns []net.Conn
-	defer func() {
-		for _, c := range conns {
-			c.Close()
-		}
-	}()
-	for i := 0; i < n && ctx.Err() == nil; i++ {
-		c, err := rawIMAPLogin(b.rp.imapAddr)
-		if err != nil {
-			return 0, fmt.Errorf("connection %d: %w", i, err)
-		}
-		conns = append(conns, c)
-	}
-	time.Sleep(time.Second) // let the copies settle into their reads
-	after, err := rssNow(pid)
-	if err != nil {
-		return 0, err
-	}
-	return float64(after-before) / float64(len(conns)), nil
 }
 
 // rawIMAPLogin logs in with a bare socket (no client library state on our

@@ -41,6 +41,8 @@ type pop3Bench struct {
 	rp    *relayProcess
 	token string
 	p     func(format string, a ...any)
+	// fresh starts another relay like rp, for the idle memory (idleRSS).
+	fresh func(context.Context) (*relayProcess, error)
 }
 
 func (b *pop3Bench) run(ctx context.Context, quick bool) error {
@@ -69,7 +71,13 @@ func (b *pop3Bench) run(ctx context.Context, quick bool) error {
 		return fmt.Errorf("POP3: %w", err)
 	}
 	a.report(b.p, "POP3", "POP3 RETR", msgs, float64(msgs*len(msg)), 0.95, 0)
-	per, err := b.idleMemory(ctx, conns)
+	per, err := idleRSS(ctx, b.fresh, conns, func(rp *relayProcess) (io.Closer, error) {
+		pc, err := dialPOP3Relay(rp.pop3Addr)
+		if err != nil {
+			return nil, err
+		}
+		return pc.c, nil
+	})
 	if err != nil {
 		return fmt.Errorf("idle sessions: %w", err)
 	}
@@ -101,8 +109,12 @@ func (b *pop3Bench) dialDirect() (*pop3Conn, error) {
 }
 
 // dialRelay logs in to the relay with USER/PASS, as the legacy app does.
-func (b *pop3Bench) dialRelay() (*pop3Conn, error) {
-	c, err := net.DialTimeout("tcp", b.rp.pop3Addr, pop3BenchTimeout)
+func (b *pop3Bench) dialRelay() (*pop3Conn, error) { return dialPOP3Relay(b.rp.pop3Addr) }
+
+// dialPOP3Relay logs in to the relay's POP3 listener at addr with USER and
+// PASS, as the legacy app does.
+func dialPOP3Relay(addr string) (*pop3Conn, error) {
+	c, err := net.DialTimeout("tcp", addr, pop3BenchTimeout)
 	if err != nil {
 		return nil, err
 	}
@@ -205,34 +217,4 @@ func (b *pop3Bench) loginLatency(ctx context.Context, dial func() (*pop3Conn, er
 		pc.close()
 	}
 	return d, nil
-}
-
-// idleMemory opens n logged-in sessions through the relay and returns the
-// growth of the relay's resident memory per session.
-func (b *pop3Bench) idleMemory(ctx context.Context, n int) (float64, error) {
-	pid := b.rp.cmd.Process.Pid
-	time.Sleep(500 * time.Millisecond)
-	before, err := rssNow(pid)
-	if err != nil {
-		return 0, err
-	}
-	var conns []*pop3Conn
-	defer func() {
-		for _, pc := range conns {
-			pc.c.Close()
-		}
-	}()
-	for i := 0; i < n && ctx.Err() == nil; i++ {
-		pc, err := b.dialRelay()
-		if err != nil {
-			return 0, fmt.Errorf("session %d: %w", i, err)
-		}
-		conns = append(conns, pc)
-	}
-	time.Sleep(time.Second) // let the copies settle into their reads
-	after, err := rssNow(pid)
-	if err != nil {
-		return 0, err
-	}
-	return float64(after-before) / float64(len(conns)), nil
 }
