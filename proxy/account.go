@@ -40,6 +40,10 @@ type Account struct {
 	// (TLS 1.3 tickets): a legacy app logs in for every message or poll,
 	// and resumption skips the certificate exchange and verification.
 	sessions tls.ClientSessionCache
+	// upstreamTLS are the TLS client configurations of the provider's
+	// SMTP, IMAP and POP3 servers (see upstreamConfigs), shared by every
+	// session with them.
+	upstreamTLS map[events.Proto]*tls.Config
 
 	// dialer connects to the provider's servers (Options.Dialer).
 	dialer *net.Dialer
@@ -67,8 +71,9 @@ func newAccount(ca *config.Account, prev *Account, opts Options) (*Account, erro
 	if err != nil {
 		return nil, err
 	}
-	a := &Account{Account: ca, roots: roots, sessions: tls.NewLRUClientSessionCache(64), dialer: opts.Dialer,
-		observer: opts.Observer}
+	sessions := tls.NewLRUClientSessionCache(64)
+	a := &Account{Account: ca, roots: roots, sessions: sessions, upstreamTLS: upstreamConfigs(ca.ProviderRef, roots, sessions),
+		dialer: opts.Dialer, observer: opts.Observer}
 	if prev != nil && sameTokenSettings(prev.Account, ca) {
 		a.Source, a.GraphSource = prev.Source, prev.GraphSource
 		prev.runMu.Lock()
@@ -143,24 +148,42 @@ func (a *Account) Info() events.Account {
 
 // Target is the account's way to its provider's server for protocol p.
 func (a *Account) Target(p events.Proto) upstream.Target {
-	srv := a.ProviderRef.SMTP
-	switch p {
-	case events.IMAP:
-		srv = a.ProviderRef.IMAP
-	case events.POP3:
-		srv = a.ProviderRef.POP3
-	}
 	return upstream.Target{
 		// A mailbox the app chose by its login name is checked at
 		// login: Exchange lets an app-only token without permission on
 		// it log in over IMAP and fails every command after.
 		CheckMailbox: a.base != nil,
 		Account:      a.Info(),
-		Server:       srv,
-		TLS:          &tls.Config{RootCAs: a.roots, MinVersion: tls.VersionTLS12, ClientSessionCache: a.sessions},
+		Server:       serverFor(a.ProviderRef, p),
+		TLS:          a.upstreamTLS[p],
 		Dialer:       a.dialer,
 		Observer:     a.observer,
 	}
+}
+
+// serverFor is the provider's server for protocol p.
+func serverFor(pr *config.Provider, p events.Proto) config.Upstream {
+	switch p {
+	case events.IMAP:
+		return pr.IMAP
+	case events.POP3:
+		return pr.POP3
+	}
+	return pr.SMTP
+}
+
+// upstreamConfigs are the TLS client configurations of the provider's
+// servers, verified against roots and resuming sessions from sessions,
+// each made once: an idle proxied session keeps the configuration its
+// upstream connection was made with, and 5,000 of them each holding a copy
+// cost 5,000 copies.
+func upstreamConfigs(pr *config.Provider, roots *x509.CertPool, sessions tls.ClientSessionCache) map[events.Proto]*tls.Config {
+	base := &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12, ClientSessionCache: sessions}
+	m := make(map[events.Proto]*tls.Config, 3)
+	for _, p := range []events.Proto{events.SMTP, events.IMAP, events.POP3} {
+		m[p] = upstream.Target{Server: serverFor(pr, p), TLS: base}.ClientTLS()
+	}
+	return m
 }
 
 func (a *Account) relaysFor(addr netip.Addr) bool {

@@ -84,7 +84,7 @@ func (a *Account) view(mailbox string) *Account {
 	}
 	ca := *a.Account
 	ca.Mailbox = mailbox
-	v := &Account{Account: &ca, Source: a.Source, roots: a.roots, sessions: a.sessions, dialer: a.dialer,
+	v := &Account{Account: &ca, Source: a.Source, roots: a.roots, sessions: a.sessions, upstreamTLS: a.upstreamTLS, dialer: a.dialer,
 		observer: a.observer, base: a, Delivery: a.Delivery}
 	if r, ok := a.Delivery.(*mailboxRouter); ok {
 		v.Delivery = r.forLogin(mailbox)

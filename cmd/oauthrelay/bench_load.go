@@ -67,11 +67,15 @@ func runLoad(ctx context.Context, quick bool, soak time.Duration, pin bool, stdo
 	if quick {
 		smtpN, imapN = smtpN/10, imapN/10
 	}
-	if err := b.smtp(ctx, smtpN); err != nil {
-		return fmt.Errorf("SMTP load: %w", err)
-	}
+	// The idle IMAP sessions first, on the fresh relay: after the SMTP
+	// sessions closed, the relay would hold memory the runtime has not
+	// given back yet, which the new sessions reuse, and their growth
+	// would read too small (see idleRSS).
 	if err := b.imap(ctx, imapN); err != nil {
 		return fmt.Errorf("IMAP load: %w", err)
+	}
+	if err := b.smtp(ctx, smtpN); err != nil {
+		return fmt.Errorf("SMTP load: %w", err)
 	}
 	if soak > 0 {
 		return b.soak(ctx, soak)

@@ -202,11 +202,18 @@ func (t Target) Handshake(ctx context.Context, c net.Conn) (*tls.Conn, error) {
 }
 
 // ClientTLS is the client configuration for the target's host: always
-// verified, TLS 1.2 or newer.
+// verified, TLS 1.2 or newer. A TLS that already names the host and asks
+// for TLS 1.2 or newer is that configuration, and is returned as it is:
+// proxy.Account prepares one per server, so that thousands of sessions
+// share it rather than each holding a copy (crypto/tls keeps the config a
+// connection was made with, and never changes it).
 func (t Target) ClientTLS() *tls.Config {
 	host, _, err := net.SplitHostPort(t.Server.Addr)
 	if err != nil {
 		host = t.Server.Addr
+	}
+	if t.TLS != nil && t.TLS.ServerName == host && t.TLS.MinVersion >= tls.VersionTLS12 {
+		return t.TLS
 	}
 	var cfg *tls.Config
 	if t.TLS != nil {
