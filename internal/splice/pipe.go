@@ -15,21 +15,11 @@ import (
 // normally closes at once (an IMAP server after LOGOUT, the app after BYE).
 const DefaultCloseGrace = 10 * time.Second
 
-const (
-	// smallBufferSize is what an idle direction holds while it waits:
-	// thousands of proxied connections sit in IDLE, so it is kept small
-	// (IMAP's untagged responses and POP3's replies fit; a read that fills
-	// it switches to the pooled copy buffer).
-	smallBufferSize = 512
-	// copyBufferSize is the pooled buffer a direction takes while data
-	// streams (a read filled the small buffer): room for the records a
-	// RecordConn's read brings in at once.
-	copyBufferSize = readChunk
-)
-
-// copyBuffers holds the large buffers of directions that are streaming. It
-// is a cache, not state: any buffer in it is as good as a new one.
-var copyBuffers = sync.Pool{New: func() any { b := make([]byte, copyBufferSize); return &b }}
+// smallBufferSize is what an idle direction holds while it waits:
+// thousands of proxied connections sit in IDLE, so it is kept small
+// (IMAP's untagged responses and POP3's replies fit; a read that fills it
+// switches to a pooled buffer, see buffers.go).
+const smallBufferSize = 512
 
 // Side names one end of a spliced session.
 type Side string
@@ -219,10 +209,11 @@ func (p *piper) finish() {
 
 // copyPending writes pending, then copies src to dst until src ends (a nil
 // error) or either side fails. A read that fills the small buffer switches
-// to a pooled large one; a short read gives it back. From a TLS connection
+// to a pooled one of midBuffer, a read that fills most of that to one of
+// bigBuffer; a short read gives it back. From a TLS connection
 // on a RecordConn, the records already here in full are read before the
 // write, so that a stream of 16 KiB records goes out in writes of up to
-// copyBufferSize.
+// bigBuffer.
 func copyPending(dst io.Writer, src io.Reader, pending []byte) (int64, error) {
 	records := tlsRecords(src)
 	var n int64
@@ -235,10 +226,10 @@ func copyPending(dst io.Writer, src io.Reader, pending []byte) (int64, error) {
 	}
 	small := make([]byte, smallBufferSize)
 	buf := small
-	var big *[]byte
+	var pooled *[]byte // buf when it is pooled
 	defer func() {
-		if big != nil {
-			copyBuffers.Put(big)
+		if pooled != nil {
+			putBuffer(pooled)
 		}
 	}()
 	for {
@@ -262,12 +253,16 @@ func copyPending(dst io.Writer, src io.Reader, pending []byte) (int64, error) {
 			return n, rerr
 		}
 		switch {
-		case big == nil && m == len(buf):
-			big = copyBuffers.Get().(*[]byte)
-			buf = *big
-		case big != nil && m < smallBufferSize:
-			copyBuffers.Put(big)
-			big, buf = nil, small
+		case pooled == nil && m == len(buf):
+			pooled = getBuffer(false)
+			buf = *pooled
+		case pooled != nil && len(buf) == midBuffer && filledMost(m, len(buf)):
+			putBuffer(pooled)
+			pooled = getBuffer(true)
+			buf = *pooled
+		case pooled != nil && m < smallBufferSize:
+			putBuffer(pooled)
+			pooled, buf = nil, small
 		}
 	}
 }

@@ -366,12 +366,12 @@ func (r *chunkReader) Read(p []byte) (int, error) {
 	return n, nil
 }
 
-// A direction waits on the small buffer, takes the large one when a read
-// fills the small one, and gives it back after a short read; the bytes are
-// intact throughout.
+// A direction waits on the small buffer, takes a midBuffer when a read
+// fills the small one and a bigBuffer when a read fills most of that, and
+// gives it back after a short read; the bytes are intact throughout.
 func TestCopyPendingBuffers(t *testing.T) {
-	data := randomBytes(3, 3*copyBufferSize)
-	src := &chunkReader{data: data, sizes: []int{100, smallBufferSize, copyBufferSize, 10, smallBufferSize, 1 << 30}}
+	data := randomBytes(3, 3*bigBuffer)
+	src := &chunkReader{data: data, sizes: []int{100, smallBufferSize, midBuffer, 10, smallBufferSize, 1 << 30}}
 	var dst bytes.Buffer
 	n, err := copyPending(&dst, src, []byte("pending"))
 	if err != nil || n != int64(len("pending")+len(data)) {
@@ -380,7 +380,7 @@ func TestCopyPendingBuffers(t *testing.T) {
 	if !bytes.Equal(dst.Bytes(), append([]byte("pending"), data...)) {
 		t.Fatal("bytes differ")
 	}
-	want := []int{smallBufferSize, smallBufferSize, copyBufferSize, copyBufferSize, smallBufferSize, copyBufferSize}
+	want := []int{smallBufferSize, smallBufferSize, midBuffer, bigBuffer, smallBufferSize, midBuffer, bigBuffer}
 	if len(src.offered) < len(want) {
 		t.Fatalf("offered %v", src.offered)
 	}

@@ -20,9 +20,9 @@ const (
 	// to the app) it costs one record at a time. Measured on a 2-core VM:
 	// 256 KiB took 9% less of the relay's CPU per GB fetched than 64 KiB
 	// (0.60-0.64 s against 0.68-0.69); 128 KiB saved nothing measurable,
-	// 512 KiB and 1 MiB no more than 256. A streaming session holds this buffer
-	// and Pipe's copy buffer of the same size; an idle one holds neither.
-	readChunk = 256 << 10
+	// 512 KiB and 1 MiB no more than 256. A RecordConn reads that much
+	// only once a read filled most of a midBuffer (see buffers.go).
+	readChunk = bigBuffer
 	// bulkRecord is the size from which a record that is already here in
 	// full is read at once (see RecordConn.Ready): only bulk data comes in
 	// records this large; a post-handshake message (a session ticket, a
@@ -35,15 +35,13 @@ const (
 // login's replies, IDLE's updates, SMTP replies.
 const smallRead = 4 << 10
 
-// readBuffers and smallReadBuffers hold the read buffers of RecordConns
-// that hold bytes not yet handed to crypto/tls; a RecordConn that waits
-// for data holds none. A large buffer is taken only once the last record
-// was bulk data: the thousands of short reads of logins would otherwise
-// each take readChunk, churning the heap with large objects.
-var (
-	readBuffers      = sync.Pool{New: func() any { b := make([]byte, readChunk); return &b }}
-	smallReadBuffers = sync.Pool{New: func() any { b := make([]byte, smallRead); return &b }}
-)
+// smallReadBuffers hold the read buffers of RecordConns that hold bytes
+// not yet handed to crypto/tls and are not streaming; a RecordConn that
+// waits for data holds none. A pooled buffer (midBuffer, then readChunk)
+// is taken only once the last record was bulk data: the thousands of
+// short reads of logins would otherwise each take one, churning the heap
+// with large objects.
+var smallReadBuffers = sync.Pool{New: func() any { b := make([]byte, smallRead); return &b }}
 
 // RecordConn is the socket under an upstream TLS connection. It reads the
 // socket in chunks of up to readChunk and hands crypto/tls one TLS record
@@ -61,7 +59,7 @@ type RecordConn struct {
 	net.Conn
 	raw syscall.RawConn // nil: pass-through
 
-	buf  *[]byte // from readBuffers or smallReadBuffers while it holds bytes; nil otherwise
+	buf  *[]byte // from smallReadBuffers or getBuffer while it holds bytes; nil otherwise
 	r, w int     // the bytes of buf not handed out yet
 	err  error   // the socket's read error, returned once buf is empty
 
@@ -72,8 +70,12 @@ type RecordConn struct {
 	hdr  [recordHeaderLen]byte
 	body int
 	// streaming: the last record header handed out announced bulk data
-	// (see bulkRecord), so the next read takes a large buffer.
+	// (see bulkRecord), so the next read takes a pooled buffer.
 	streaming bool
+	// filled: the last read of the socket filled most of a midBuffer, or
+	// was into a readChunk one, so the next streaming read takes a
+	// readChunk one.
+	filled bool
 }
 
 // NewRecordConn wraps the socket c that a TLS client is about to run on.
@@ -169,10 +171,10 @@ func recordLen(b []byte) int { return int(b[3])<<8 | int(b[4]) }
 // release gives the empty buffer back.
 func (c *RecordConn) release() {
 	if c.buf != nil {
-		if cap(*c.buf) == readChunk {
-			readBuffers.Put(c.buf)
-		} else {
+		if cap(*c.buf) == smallRead {
 			smallReadBuffers.Put(c.buf)
+		} else {
+			putBuffer(c.buf)
 		}
 		c.buf = nil
 	}

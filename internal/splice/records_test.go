@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"os"
+	"slices"
 	"testing"
 	"time"
 )
@@ -64,6 +65,64 @@ func TestRecordConnFraming(t *testing.T) {
 	}
 	if !bytes.Equal(got, stream) {
 		t.Fatalf("read %d bytes, not the %d written", len(got), len(stream))
+	}
+	if rc.buf != nil {
+		t.Error("a RecordConn at its end still holds a read buffer")
+	}
+}
+
+// TestRecordConnBufferSteps: with a stream of full records waiting in the
+// socket, a RecordConn reads first into its small buffer, then (the
+// records being bulk data) into a midBuffer, and only once that filled
+// into a readChunk one; a RecordConn that has handed everything out
+// holds none.
+func TestRecordConnBufferSteps(t *testing.T) {
+	server, client := connPair(t, false)
+	rc := NewRecordConn(client)
+	if rc.raw == nil {
+		t.Skip("no RawConn on this platform: RecordConn passes reads through")
+	}
+	client.(*net.TCPConn).SetReadBuffer(2 << 20)
+	server.(*net.TCPConn).SetWriteBuffer(2 << 20)
+	var stream []byte
+	for range 30 {
+		stream = append(stream, 23, 3, 3, byte(maxPlaintext>>8), byte(maxPlaintext&0xff))
+		stream = append(stream, randomBytes(7, maxPlaintext)...)
+	}
+	client.SetDeadline(time.Now().Add(waitLimit))
+	server.SetDeadline(time.Now().Add(waitLimit))
+	if _, err := server.Write(stream); err != nil {
+		t.Fatal(err)
+	}
+	server.(*net.TCPConn).CloseWrite()
+	time.Sleep(100 * time.Millisecond) // all of it in the client's socket
+	var steps []int
+	var got []byte
+	p := make([]byte, maxPlaintext+recordHeaderLen)
+	for {
+		n, err := rc.Read(p)
+		if len(got) == 0 && n > smallRead {
+			t.Errorf("the first read took %d bytes: not through the small buffer", n)
+		}
+		got = append(got, p[:n]...)
+		if rc.buf != nil && (len(steps) == 0 || steps[len(steps)-1] != cap(*rc.buf)) {
+			steps = append(steps, cap(*rc.buf))
+		}
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !bytes.Equal(got, stream) {
+		t.Fatalf("read %d bytes, not the %d written", len(got), len(stream))
+	}
+	// The small buffer was handed out whole by the first read and given
+	// back at once; the pooled ones are seen held between reads.
+	want := []int{midBuffer, readChunk}
+	if len(steps) < len(want) || !slices.Equal(steps[:len(want)], want) {
+		t.Errorf("buffers taken %v, want %v first", steps, want)
 	}
 	if rc.buf != nil {
 		t.Error("a RecordConn at its end still holds a read buffer")

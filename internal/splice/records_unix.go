@@ -35,7 +35,7 @@ func (c *RecordConn) fill() error {
 	err := c.raw.Read(func(fd uintptr) bool {
 		if c.buf == nil {
 			if c.streaming {
-				c.buf = readBuffers.Get().(*[]byte)
+				c.buf = getBuffer(c.filled)
 			} else {
 				c.buf = smallReadBuffers.Get().(*[]byte)
 			}
@@ -65,6 +65,9 @@ func (c *RecordConn) fill() error {
 		c.err = io.EOF
 		return c.err
 	}
+	// A stream climbs from the middle buffer to the large one and stays
+	// there while its records are bulk data.
+	c.filled = cap(*c.buf) == readChunk || cap(*c.buf) == midBuffer && filledMost(n, midBuffer)
 	c.r, c.w = 0, n
 	return nil
 }
