@@ -14,15 +14,6 @@ const (
 	recordHeaderLen = 5
 	// maxPlaintext is the most plaintext one TLS record carries (2^14).
 	maxPlaintext = 16 << 10
-	// readChunk is the most one read of the socket under TLS takes:
-	// sixteen full records, so that a streaming FETCH or RETR costs a
-	// sixteenth of the reads (and, with Pipe's coalescing, of the writes
-	// to the app) it costs one record at a time. Measured on a 2-core VM:
-	// 256 KiB took 9% less of the relay's CPU per GB fetched than 64 KiB
-	// (0.60-0.64 s against 0.68-0.69); 128 KiB saved nothing measurable,
-	// 512 KiB and 1 MiB no more than 256. A RecordConn reads that much
-	// only once a read filled most of a midBuffer (see buffers.go).
-	readChunk = bigBuffer
 	// bulkRecord is the size from which a record that is already here in
 	// full is read at once (see RecordConn.Ready): only bulk data comes in
 	// records this large; a post-handshake message (a session ticket, a
@@ -37,18 +28,18 @@ const smallRead = 4 << 10
 
 // smallReadBuffers hold the read buffers of RecordConns that hold bytes
 // not yet handed to crypto/tls and are not streaming; a RecordConn that
-// waits for data holds none. A pooled buffer (midBuffer, then readChunk)
+// waits for data holds none. A pooled buffer (midBuffer, then bigBuffer)
 // is taken only once the last record was bulk data: the thousands of
 // short reads of logins would otherwise each take one, churning the heap
 // with large objects.
 var smallReadBuffers = sync.Pool{New: func() any { b := make([]byte, smallRead); return &b }}
 
 // RecordConn is the socket under an upstream TLS connection. It reads the
-// socket in chunks of up to readChunk and hands crypto/tls one TLS record
+// socket in chunks of up to bigBuffer and hands crypto/tls one TLS record
 // at a time, never bytes of the next one, so that it knows whether the
 // next record is already here in full (Ready): the copy then reads it too
 // before it writes to the app (Pipe), and a FETCH of a large message
-// streams in writes of up to readChunk rather than of one 16 KiB record each. The
+// streams in writes of up to bigBuffer rather than of one 16 KiB record each. The
 // bytes are untouched; only the size of each read changes.
 //
 // It waits for data without a buffer (the read happens in the socket's
@@ -73,8 +64,7 @@ type RecordConn struct {
 	// (see bulkRecord), so the next read takes a pooled buffer.
 	streaming bool
 	// filled: the last read of the socket filled most of a midBuffer, or
-	// was into a readChunk one, so the next streaming read takes a
-	// readChunk one.
+	// was into a bigBuffer, so the next streaming read takes a bigBuffer.
 	filled bool
 }
 
@@ -100,6 +90,10 @@ func (c *RecordConn) Read(p []byte) (int, error) {
 		if err := c.fill(); err != nil {
 			return 0, err
 		}
+		// A stream climbs from the middle buffer to the large one and
+		// stays there while its records are bulk data.
+		size := cap(*c.buf)
+		c.filled = size == bigBuffer || size == midBuffer && filledMost(c.w, midBuffer)
 	}
 	b := (*c.buf)[c.r:c.w]
 	n := copy(p, b[:min(len(b), c.toRecordEnd(b))])

@@ -74,7 +74,7 @@ func TestRecordConnFraming(t *testing.T) {
 // TestRecordConnBufferSteps: with a stream of full records waiting in the
 // socket, a RecordConn reads first into its small buffer, then (the
 // records being bulk data) into a midBuffer, and only once that filled
-// into a readChunk one; a RecordConn that has handed everything out
+// into a bigBuffer; a RecordConn that has handed everything out
 // holds none.
 func TestRecordConnBufferSteps(t *testing.T) {
 	server, client := connPair(t, false)
@@ -120,7 +120,7 @@ func TestRecordConnBufferSteps(t *testing.T) {
 	}
 	// The small buffer was handed out whole by the first read and given
 	// back at once; the pooled ones are seen held between reads.
-	want := []int{midBuffer, readChunk}
+	want := []int{midBuffer, bigBuffer}
 	if len(steps) < len(want) || !slices.Equal(steps[:len(want)], want) {
 		t.Errorf("buffers taken %v, want %v first", steps, want)
 	}

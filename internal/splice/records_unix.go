@@ -65,9 +65,6 @@ func (c *RecordConn) fill() error {
 		c.err = io.EOF
 		return c.err
 	}
-	// A stream climbs from the middle buffer to the large one and stays
-	// there while its records are bulk data.
-	c.filled = cap(*c.buf) == readChunk || cap(*c.buf) == midBuffer && filledMost(n, midBuffer)
 	c.r, c.w = 0, n
 	return nil
 }
