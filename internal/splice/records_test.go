@@ -43,19 +43,30 @@ func TestRecordConnFraming(t *testing.T) {
 		server.(*net.TCPConn).CloseWrite()
 	}()
 	client.SetReadDeadline(time.Now().Add(waitLimit))
-	var got []byte
 	next := 0 // index in ends of the record being read
 	readRng := rand.New(rand.NewPCG(3, 4))
-	for {
-		p := make([]byte, 1+readRng.IntN(20000))
-		n, err := rc.Read(p)
-		got = append(got, p[:n]...)
+	readThrough(t, rc, stream, func() int { return 1 + readRng.IntN(20000) }, func(n int, got []byte) {
 		for next < len(ends) && ends[next] < len(got) {
 			if ends[next] > len(got)-n {
 				t.Fatalf("a read of %d bytes ended at %d, past the end of a record at %d", n, len(got), ends[next])
 			}
 			next++
 		}
+	})
+}
+
+// readThrough reads rc to its end in reads of size() bytes each, calling
+// each after every read with its length and all read so far, and checks
+// that what came is stream, untouched, and that rc holds no read buffer
+// at its end.
+func readThrough(t *testing.T, rc *RecordConn, stream []byte, size func() int, each func(n int, got []byte)) {
+	t.Helper()
+	var got []byte
+	for {
+		p := make([]byte, size())
+		n, err := rc.Read(p)
+		got = append(got, p[:n]...)
+		each(n, got)
 		if err == io.EOF {
 			break
 		}
@@ -97,35 +108,19 @@ func TestRecordConnBufferSteps(t *testing.T) {
 	server.(*net.TCPConn).CloseWrite()
 	time.Sleep(100 * time.Millisecond) // all of it in the client's socket
 	var steps []int
-	var got []byte
-	p := make([]byte, maxPlaintext+recordHeaderLen)
-	for {
-		n, err := rc.Read(p)
-		if len(got) == 0 && n > smallRead {
+	readThrough(t, rc, stream, func() int { return maxPlaintext + recordHeaderLen }, func(n int, got []byte) {
+		if len(got) == n && n > smallRead {
 			t.Errorf("the first read took %d bytes: not through the small buffer", n)
 		}
-		got = append(got, p[:n]...)
 		if rc.buf != nil && (len(steps) == 0 || steps[len(steps)-1] != cap(*rc.buf)) {
 			steps = append(steps, cap(*rc.buf))
 		}
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
-	if !bytes.Equal(got, stream) {
-		t.Fatalf("read %d bytes, not the %d written", len(got), len(stream))
-	}
+	})
 	// The small buffer was handed out whole by the first read and given
 	// back at once; the pooled ones are seen held between reads.
 	want := []int{midBuffer, bigBuffer}
 	if len(steps) < len(want) || !slices.Equal(steps[:len(want)], want) {
 		t.Errorf("buffers taken %v, want %v first", steps, want)
-	}
-	if rc.buf != nil {
-		t.Error("a RecordConn at its end still holds a read buffer")
 	}
 }
 
