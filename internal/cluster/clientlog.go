@@ -13,8 +13,9 @@ import (
 // dial" per attempt for as long as the store is down, in the middle of a
 // daemon's JSON log or a command's output; the Store already says what
 // matters once (the store is unreachable, is back, restarted), and /readyz
-// and the status page show it. go-redis keeps one logger per process, so
-// main calls this once, before it opens a store; nil discards the lines.
+// and the status page show it. go-redis keeps one logger per process: a
+// command sets it before it opens a store (cmd's openSharedStore); nil
+// discards the lines.
 func ClientLogs(log *slog.Logger) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)

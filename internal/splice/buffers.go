@@ -44,8 +44,10 @@ func putBuffer(b *[]byte) {
 	}
 }
 
-// filledMost reports whether a read of m bytes into a buffer of size n
-// filled it but for less than a TLS record's room: the copy's read-ahead
-// stops once less than that is left, so a stream of records never fills
-// a buffer to the byte.
-func filledMost(m, n int) bool { return n-m < maxPlaintext }
+// streams reports whether a read of m bytes into a pooled buffer of size n
+// shows a stream of bulk data, for which the next read takes a bigBuffer:
+// it was into one already, or it filled most of a midBuffer (but for less
+// than a TLS record's room: the copy's read-ahead stops once less than that
+// is left, so a stream of records never fills a buffer to the byte). The
+// copy and RecordConn both step up by it.
+func streams(n, m int) bool { return n == bigBuffer || n == midBuffer && n-m < maxPlaintext }

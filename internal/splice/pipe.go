@@ -256,7 +256,7 @@ func copyPending(dst io.Writer, src io.Reader, pending []byte) (int64, error) {
 		case pooled == nil && m == len(buf):
 			pooled = getBuffer(false)
 			buf = *pooled
-		case pooled != nil && len(buf) == midBuffer && filledMost(m, len(buf)):
+		case len(buf) == midBuffer && streams(len(buf), m):
 			putBuffer(pooled)
 			pooled = getBuffer(true)
 			buf = *pooled

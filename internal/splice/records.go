@@ -63,8 +63,8 @@ type RecordConn struct {
 	// streaming: the last record header handed out announced bulk data
 	// (see bulkRecord), so the next read takes a pooled buffer.
 	streaming bool
-	// filled: the last read of the socket filled most of a midBuffer, or
-	// was into a bigBuffer, so the next streaming read takes a bigBuffer.
+	// filled: the last read of the socket showed a stream of bulk data
+	// (see streams), so the next streaming read takes a bigBuffer.
 	filled bool
 }
 
@@ -90,10 +90,7 @@ func (c *RecordConn) Read(p []byte) (int, error) {
 		if err := c.fill(); err != nil {
 			return 0, err
 		}
-		// A stream climbs from the middle buffer to the large one and
-		// stays there while its records are bulk data.
-		size := cap(*c.buf)
-		c.filled = size == bigBuffer || size == midBuffer && filledMost(c.w, midBuffer)
+		c.filled = streams(cap(*c.buf), c.w)
 	}
 	b := (*c.buf)[c.r:c.w]
 	n := copy(p, b[:min(len(b), c.toRecordEnd(b))])
