@@ -90,7 +90,12 @@ func RewriteHeader(head []byte, rcpts []string, host string) ([]byte, Rewrite, e
 				continue
 			}
 			var kept []*mail.Address
-			changed := false
+			// A name with white space before its colon (RFC 5322's
+			// obsolete syntax, "To :") is written again in the usual
+			// form: parsers disagree on it (net/mail reads "To " as
+			// another field), and the recipients must be the same for
+			// all of them.
+			changed := !strings.HasPrefix(f, name+":")
 			for _, a := range list {
 				k := fold(a.Address)
 				if !want[k] || seen[k] {
